@@ -1,0 +1,46 @@
+# mor-workbench: set-up, demo and tests. Every target installs what it needs.
+SHELL := /bin/bash
+PY := .venv/bin/python
+BIN := $(CURDIR)/node_modules/.bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup demo test test-python test-contracts lint artifacts contracts-build bench
+
+# Python virtual environment with the package and its dev tools.
+.venv/installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Chain tools (forge, anvil, cast, solcjs) from npm, pinned by package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+setup: .venv/installed node_modules/.installed
+
+contracts-build: node_modules/.installed
+	cd contracts && forge build
+
+test-contracts: node_modules/.installed
+	cd contracts && forge test
+
+# Regenerate the compiled contracts shipped inside the package.
+artifacts: contracts-build .venv/installed
+	$(PY) contracts/export_artifacts.py
+
+lint: .venv/installed
+	$(PY) -m ruff check mor_workbench tests bench
+	$(PY) -m ruff format --check mor_workbench tests bench
+
+test-python: .venv/installed node_modules/.installed
+	$(PY) -m pytest
+
+test: setup lint test-contracts test-python
+
+demo: setup
+	$(PY) -m mor_workbench.cli demo
+
+bench: setup
+	$(PY) bench/market_snapshot.py
