@@ -1,0 +1,250 @@
+"""The chain client: contract reads (batched through Multicall3), transactions and logs.
+
+Everything the upper layers know about the chain goes through `Chain`; it speaks the live
+Diamond's ABI, so the same code works on the sandbox and on Base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi import encode as abi_encode
+from eth_utils import to_checksum_address
+
+from mor_workbench.chain.abi import Abi, canonical_type, load_abi, load_artifact
+from mor_workbench.chain.keys import Signer
+from mor_workbench.chain.rpc import RpcClient, RpcError
+from mor_workbench.errors import ChainError, ContractReverted
+
+__all__ = ["MULTICALL3", "Call", "Chain", "Deployment"]
+
+MULTICALL3 = "0xcA11bde05977b3631167028862bE2a173976CA11"
+DIAMOND_FACETS = ("SessionRouter", "Marketplace", "ProviderRegistry", "ModelRegistry", "Delegation")
+_MULTICALL_CHUNK = 400  # calls per eth_call: keeps each batch far below common gas caps
+_RECEIPT_POLL_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the marketplace lives on one chain."""
+
+    chain_id: int
+    diamond: str
+    token: str
+    multicall: str = MULTICALL3
+
+
+@dataclass(frozen=True)
+class Call:
+    """One contract read: `fn(*args)` on `to` (the Diamond unless given)."""
+
+    fn: str
+    args: tuple[Any, ...] = ()
+    to: str | None = None
+    abi: Abi | None = None
+
+
+class Chain:
+    """Reads and writes the Morpheus contracts of one deployment over JSON-RPC."""
+
+    diamond_abi: Abi = load_abi(*DIAMOND_FACETS)
+    token_abi: Abi = load_abi("MorpheusToken")
+    multicall_abi: Abi = load_abi("Multicall3")
+
+    def __init__(self, rpc: RpcClient, deployment: Deployment) -> None:
+        self.rpc = rpc
+        self.deployment = deployment
+        self._nonces: dict[str, int] = {}
+        self._nonce_locks: dict[str, asyncio.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"Chain(chain_id={self.deployment.chain_id}, diamond={self.deployment.diamond})"
+
+    # ----- reads -------------------------------------------------------------------------
+    def _resolve(self, call: Call) -> tuple[str, Abi]:
+        if call.abi is not None:
+            return call.to or self.deployment.diamond, call.abi
+        if call.to is None or call.to == self.deployment.diamond:
+            return self.deployment.diamond, self.diamond_abi
+        if call.to == self.deployment.token:
+            return call.to, self.token_abi
+        raise ValueError(f"no ABI known for {call.to}; pass Call(abi=…)")
+
+    def _revert(self, fn: str, data: bytes | None, fallback: str = "") -> ContractReverted:
+        decoded = None
+        if data:
+            decoded = (self.diamond_abi + self.token_abi).decode_error(data)
+        if decoded is None:
+            return ContractReverted(f"{fn} reverted{': ' + fallback if fallback else ''}")
+        name, args = decoded
+        detail = f"{name}({', '.join(map(str, args))})" if args else name
+        return ContractReverted(f"{fn} reverted with {detail}", error=name, args=args)
+
+    async def call(
+        self,
+        fn: str,
+        *args: Any,
+        to: str | None = None,
+        abi: Abi | None = None,
+        block: str | int = "latest",
+    ) -> Any:
+        """Read one view function and decode its result."""
+        address, codec = self._resolve(Call(fn, args, to, abi))
+        tag = hex(block) if isinstance(block, int) else block
+        try:
+            raw = await self.rpc.request(
+                "eth_call", [{"to": address, "data": "0x" + codec.encode(fn, *args).hex()}, tag]
+            )
+        except RpcError as exc:
+            raise self._revert(fn, exc.revert_data(), exc.rpc_message) from None
+        return codec.decode(fn, bytes.fromhex(raw[2:]))
+
+    async def read_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Many reads in few round trips (Multicall3 aggregate3); a failed read yields its error."""
+        chunks = [calls[i : i + _MULTICALL_CHUNK] for i in range(0, len(calls), _MULTICALL_CHUNK)]
+        results = await asyncio.gather(*(self._aggregate(chunk) for chunk in chunks))
+        return [item for chunk in results for item in chunk]
+
+    async def _aggregate(self, calls: Sequence[Call]) -> list[Any]:
+        targets = [self._resolve(c) for c in calls]
+        encoded = [
+            (address, True, codec.encode(c.fn, *c.args))
+            for c, (address, codec) in zip(calls, targets, strict=True)
+        ]
+        replies = await self.call(
+            "aggregate3", encoded, to=self.deployment.multicall, abi=self.multicall_abi
+        )
+        out: list[Any] = []
+        for c, (_, codec), reply in zip(calls, targets, replies, strict=True):
+            if reply["success"]:
+                out.append(codec.decode(c.fn, reply["returnData"]))
+            else:
+                out.append(self._revert(c.fn, reply["returnData"]))
+        return out
+
+    async def chain_id(self) -> int:
+        return int(await self.rpc.request("eth_chainId"), 16)
+
+    async def block_timestamp(self) -> int:
+        block = await self.rpc.request("eth_getBlockByNumber", ["latest", False])
+        return int(block["timestamp"], 16)
+
+    async def eth_balance(self, address: str) -> int:
+        return int(await self.rpc.request("eth_getBalance", [address, "latest"]), 16)
+
+    async def get_logs(
+        self,
+        event: str,
+        *,
+        from_block: int | str = 0,
+        to_block: int | str = "latest",
+        abi: Abi | None = None,
+        address: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Decoded logs of one event of the Diamond (or `address`), oldest first."""
+        codec = abi or self.diamond_abi
+        params = {
+            "address": address or self.deployment.diamond,
+            "topics": ["0x" + codec.event_topic(event).hex()],
+            "fromBlock": hex(from_block) if isinstance(from_block, int) else from_block,
+            "toBlock": hex(to_block) if isinstance(to_block, int) else to_block,
+        }
+        logs = []
+        for log in await self.rpc.request("eth_getLogs", [params]):
+            topics = [bytes.fromhex(t[2:]) for t in log["topics"]]
+            decoded = codec.decode_log(topics, bytes.fromhex(log["data"][2:]))
+            if decoded is not None:
+                _name, values = decoded
+                values["_block"] = int(log["blockNumber"], 16)
+                values["_tx"] = log["transactionHash"]
+                logs.append(values)
+        return logs
+
+    # ----- writes ------------------------------------------------------------------------
+    def _lock(self, address: str) -> asyncio.Lock:
+        return self._nonce_locks.setdefault(address, asyncio.Lock())
+
+    async def send(self, signer: Signer, tx: dict[str, Any], *, label: str) -> dict[str, Any]:
+        """Sign and send `tx` (to/data/value) with a locally managed nonce; wait for the receipt.
+
+        Gas, fees and the nonce are fetched in one batched round trip. Concurrent sends from one
+        account never collide because nonces are assigned under a per-account lock.
+        """
+        sender = signer.address
+        call = {"from": sender, **{k: v for k, v in tx.items() if k in ("to", "data", "value")}}
+        async with self._lock(sender):
+            estimate, block, tip, pending = await self.rpc.batch(
+                [
+                    ("eth_estimateGas", [call]),
+                    ("eth_getBlockByNumber", ["latest", False]),
+                    ("eth_maxPriorityFeePerGas", []),
+                    ("eth_getTransactionCount", [sender, "pending"]),
+                ]
+            )
+            if isinstance(estimate, RpcError):
+                raise self._revert(label, estimate.revert_data(), estimate.rpc_message) from None
+            for reply in (block, pending):
+                if isinstance(reply, RpcError):
+                    raise reply
+            nonce = max(self._nonces.get(sender, 0), int(pending, 16))
+            priority = 10**9 if isinstance(tip, RpcError) else int(tip, 16)
+            base_fee = int(block.get("baseFeePerGas", "0x0"), 16)
+            signed = signer.sign_transaction(
+                {
+                    "chainId": self.deployment.chain_id,
+                    "nonce": nonce,
+                    "gas": int(estimate, 16) * 6 // 5 + 10_000,
+                    "maxPriorityFeePerGas": priority,
+                    "maxFeePerGas": base_fee * 2 + priority,
+                    "type": 2,
+                    **{k: v for k, v in tx.items() if k in ("to", "data", "value")},
+                }
+            )
+            try:
+                tx_hash = await self.rpc.request("eth_sendRawTransaction", ["0x" + signed.hex()])
+            except RpcError as exc:
+                self._nonces.pop(sender, None)
+                raise self._revert(label, exc.revert_data(), exc.rpc_message) from None
+            self._nonces[sender] = nonce + 1
+        receipt = await self.wait_for_receipt(tx_hash)
+        if int(receipt["status"], 16) != 1:
+            raise ContractReverted(f"{label} reverted on chain (transaction {tx_hash})")
+        return receipt
+
+    async def wait_for_receipt(self, tx_hash: str, *, timeout: float = 120.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for attempt in range(1_000_000):
+            receipt = await self.rpc.request("eth_getTransactionReceipt", [tx_hash])
+            if receipt is not None:
+                return receipt
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(_RECEIPT_POLL_S[min(attempt, len(_RECEIPT_POLL_S) - 1)])
+        raise ChainError(f"transaction {tx_hash} was not mined within {timeout:.0f} s")
+
+    async def transact(
+        self,
+        signer: Signer,
+        fn: str,
+        *args: Any,
+        to: str | None = None,
+        abi: Abi | None = None,
+        value: int = 0,
+    ) -> dict[str, Any]:
+        """Call a state-changing function and wait until it is mined."""
+        address, codec = self._resolve(Call(fn, args, to, abi))
+        data = codec.encode(fn, *args)
+        return await self.send(signer, {"to": address, "data": data, "value": value}, label=fn)
+
+    async def deploy(self, signer: Signer, artifact: str, *args: Any) -> str:
+        """Deploy one of our compiled contracts; returns its address."""
+        compiled = load_artifact(artifact)
+        ctor = next((e for e in compiled["abi"] if e["type"] == "constructor"), None)
+        types = [canonical_type(i) for i in ctor["inputs"]] if ctor else []
+        code = bytes.fromhex(compiled["bytecode"].removeprefix("0x")) + abi_encode(types, args)
+        receipt = await self.send(signer, {"data": code}, label=f"deploy {artifact}")
+        return to_checksum_address(receipt["contractAddress"])

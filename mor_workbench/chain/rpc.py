@@ -1,0 +1,117 @@
+"""Async JSON-RPC over HTTP: single and batched requests, failover across several URLs.
+
+RPC URLs often embed an API key (`.../v2/<key>`), so a URL is only ever shown redacted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from mor_workbench.errors import ChainError, ConfigurationError, RpcUnavailable
+
+__all__ = ["RpcClient", "RpcError", "redact_url"]
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host[:port]/…` with any path, query or credentials hidden."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    tail = "/…" if (parts.path.strip("/") or parts.query) else ""
+    return f"{parts.scheme}://{host}{port}{tail}"
+
+
+class RpcError(ChainError):
+    """The node answered a request with a JSON-RPC error (e.g. a revert with its data)."""
+
+    def __init__(self, method: str, error: dict[str, Any]) -> None:
+        self.code = error.get("code")
+        self.data = error.get("data")
+        self.rpc_message = str(error.get("message", ""))
+        super().__init__(f"{method} failed: {self.rpc_message} (code {self.code})")
+
+    def revert_data(self) -> bytes | None:
+        """The revert payload, when the error carries one."""
+        data = self.data
+        if isinstance(data, dict):
+            data = data.get("data")
+        if isinstance(data, str) and data.startswith("0x"):
+            return bytes.fromhex(data[2:])
+        return None
+
+
+class RpcClient:
+    """JSON-RPC client that tries each URL in turn when a node cannot be reached."""
+
+    def __init__(self, urls: str | Sequence[str], *, timeout: float = 20.0) -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ConfigurationError("no RPC URL given: pass rpc_url='https://…'")
+        for url in self.urls:
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise ConfigurationError(
+                    f"RPC URL {redact_url(url)!r} is not http(s): pass e.g. rpc_url='https://…'"
+                )
+        self._http = httpx.AsyncClient(
+            timeout=timeout, limits=httpx.Limits(max_keepalive_connections=20)
+        )
+        self._ids = itertools.count(1)
+        self._current = 0
+
+    def __repr__(self) -> str:
+        return f"RpcClient({', '.join(redact_url(u) for u in self.urls)})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, payload: Any) -> Any:
+        errors = []
+        for attempt in range(len(self.urls)):
+            index = (self._current + attempt) % len(self.urls)
+            url = self.urls[index]
+            try:
+                response = await self._http.post(url, json=payload)
+                response.raise_for_status()
+                self._current = index
+                return response.json()
+            except (httpx.TransportError, httpx.HTTPStatusError, ValueError) as exc:
+                errors.append(f"{redact_url(url)}: {type(exc).__name__}")
+        raise RpcUnavailable(
+            "no RPC endpoint answered ("
+            + "; ".join(errors)
+            + "): check the URL and your network, or pass another rpc_url"
+        )
+
+    async def request(self, method: str, params: Sequence[Any] = ()) -> Any:
+        """One call; returns `result` or raises `RpcError`."""
+        reply = await self._post(
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
+        )
+        if "error" in reply:
+            raise RpcError(method, reply["error"])
+        return reply.get("result")
+
+    async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Several calls in one HTTP request; results in order, an `RpcError` for a failure."""
+        if not calls:
+            return []
+        first = next(self._ids)
+        payload = [
+            {"jsonrpc": "2.0", "id": first + i, "method": m, "params": list(p)}
+            for i, (m, p) in enumerate(calls)
+        ]
+        self._ids = itertools.count(first + len(calls))
+        replies = await self._post(payload)
+        if not isinstance(replies, list):
+            raise ChainError("the RPC endpoint does not support JSON-RPC batches")
+        by_id = {r.get("id"): r for r in replies}
+        out: list[Any] = []
+        for i, (method, _) in enumerate(calls):
+            reply = by_id.get(first + i, {"error": {"message": "missing reply"}})
+            out.append(RpcError(method, reply["error"]) if "error" in reply else reply["result"])
+        return out

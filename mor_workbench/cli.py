@@ -1,0 +1,89 @@
+"""The `mor-workbench` command: manage the sandbox and run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import pandas as pd
+
+from mor_workbench import sandbox
+from mor_workbench.errors import MorError
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        info = sandbox.status(args.dir)
+        if info is None:
+            print("sandbox: not running")
+            return 1
+        print(f"sandbox: running (pid {info.pid}) at {info.rpc_url}")
+        print(f"  diamond {info.deployment.diamond}  MOR token {info.deployment.token}")
+        print(f"  directory {info.directory}")
+    elif args.action == "start":
+        started = time.monotonic()
+        info = sandbox.start(args.dir)
+        print(f"sandbox: running at {info.rpc_url} ({time.monotonic() - started:.1f} s)")
+    elif args.action == "stop":
+        print("sandbox: stopped" if sandbox.stop(args.dir) else "sandbox: was not running")
+    elif args.action == "reset":
+        sandbox.reset(args.dir)
+        print("sandbox: reset (the next start deploys a fresh marketplace)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mor_workbench import connect
+
+    started = time.monotonic()
+    with connect("sandbox", sandbox_dir=args.dir) as wb:
+        print(f"Sandbox marketplace ready in {time.monotonic() - started:.1f} s: {wb!r}\n")
+        with pd.option_context(
+            "display.width", 160, "display.max_columns", 12, "display.max_colwidth", 24
+        ):
+            print("Models")
+            print(wb.models()[["name", "tags", "stake", "owner", "created_at"]].to_string(), "\n")
+            print("Bids")
+            print(
+                wb.bids()[
+                    [
+                        "model",
+                        "provider_short",
+                        "price_per_second",
+                        "price_per_hour",
+                        "id_short",
+                        "created_at",
+                    ]
+                ].to_string(),
+                "\n",
+            )
+            print("Providers")
+            print(
+                wb.providers()[
+                    ["address", "endpoint", "stake", "is_active", "created_at"]
+                ].to_string()
+            )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mor-workbench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    box = commands.add_parser("sandbox", help="manage the local sandbox marketplace")
+    box.add_argument("action", choices=["status", "start", "stop", "reset"])
+    box.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
+    box.set_defaults(run=_sandbox)
+    demo = commands.add_parser("demo", help="start the sandbox and show the market")
+    demo.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
+    demo.set_defaults(run=_demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except MorError as exc:
+        print(f"mor-workbench: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

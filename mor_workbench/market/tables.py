@@ -1,0 +1,330 @@
+"""Marketplace data as pandas DataFrames, read in a few batched round trips.
+
+Amounts are MOR as floats in the main column (`stake`) with the exact wei integer beside it
+(`stake_wei`); times are UTC datetimes; ids and addresses come full and short (`id_short`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from mor_workbench.chain.client import Call, Chain
+from mor_workbench.chain.keys import checksum_address
+from mor_workbench.errors import ConfigurationError, MorError
+
+__all__ = ["bids", "models", "providers", "resolve_model", "sessions", "stats"]
+
+PAGE = 500
+WEI_PER_MOR = 10**18
+
+
+def short(value: str) -> str:
+    """`0x1234…abcd` for a long hex id or address."""
+    return f"{value[:6]}…{value[-4:]}" if len(value) > 12 else value
+
+
+def hex32(raw: bytes) -> str:
+    return "0x" + raw.hex()
+
+
+def mor(wei: int) -> float:
+    return wei / WEI_PER_MOR
+
+
+def when(seconds: int) -> pd.Timestamp:
+    """A UTC timestamp, or NaT for the contracts' "not set" zero."""
+    if not seconds:
+        return pd.NaT
+    return pd.Timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+def _check(results: Sequence[Any]) -> list[Any]:
+    for item in results:
+        if isinstance(item, MorError):
+            raise item
+    return list(results)
+
+
+async def _listing(chain: Chain, fn: str, keys: Sequence[Any]) -> list[list[Any]]:
+    """All items of a paged `fn(key, offset, limit) -> (items, total)` listing, for each key."""
+    first = _check(await chain.read_many([Call(fn, (*k, 0, PAGE)) for k in keys]))
+    items = [list(page) for page, _ in first]
+    rest: list[tuple[int, Call]] = [
+        (i, Call(fn, (*k, offset, PAGE)))
+        for i, (k, (_, total)) in enumerate(zip(keys, first, strict=True))
+        for offset in range(PAGE, total, PAGE)
+    ]
+    pages = _check(await chain.read_many([c for _, c in rest]))
+    for (i, _), (page, _) in zip(rest, pages, strict=True):
+        items[i].extend(page)
+    return items
+
+
+async def _active_model_ids(chain: Chain) -> list[bytes]:
+    return (await _listing(chain, "getActiveModelIds", [()]))[0]
+
+
+async def _models_by_id(chain: Chain, ids: Sequence[bytes]) -> dict[bytes, dict[str, Any]]:
+    found = _check(await chain.read_many([Call("getModel", (i,)) for i in ids]))
+    return dict(zip(ids, found, strict=True))
+
+
+_MODEL_COLUMNS = [
+    "id",
+    "name",
+    "tags",
+    "fee",
+    "stake",
+    "owner",
+    "created_at",
+    "id_short",
+    "fee_wei",
+    "stake_wei",
+    "is_deleted",
+]
+
+
+async def models(chain: Chain) -> pd.DataFrame:
+    """Active models: one row each, newest last."""
+    ids = await _active_model_ids(chain)
+    rows = []
+    for model_id, m in (await _models_by_id(chain, ids)).items():
+        rows.append(
+            {
+                "id": hex32(model_id),
+                "name": m["name"],
+                "tags": list(m["tags"]),
+                "fee": mor(m["fee"]),
+                "stake": mor(m["stake"]),
+                "owner": m["owner"],
+                "created_at": when(m["createdAt"]),
+                "id_short": short(hex32(model_id)),
+                "fee_wei": m["fee"],
+                "stake_wei": m["stake"],
+                "is_deleted": m["isDeleted"],
+            }
+        )
+    return _frame(rows, _MODEL_COLUMNS, sort="created_at")
+
+
+async def resolve_model(chain: Chain, model: str) -> tuple[bytes, str]:
+    """(id, name) of an active model given its name or its 0x id; a clear error otherwise."""
+    ids = await _active_model_ids(chain)
+    by_id = await _models_by_id(chain, ids)
+    if model.startswith("0x") and len(model) == 66:
+        wanted = bytes.fromhex(model[2:])
+        if wanted in by_id:
+            return wanted, by_id[wanted]["name"]
+    matches = [(i, m["name"]) for i, m in by_id.items() if m["name"] == model]
+    if len(matches) == 1:
+        return matches[0]
+    names = sorted(m["name"] for m in by_id.values())
+    if matches:
+        raise ConfigurationError(f"model name {model!r} is ambiguous: pass its 0x id instead")
+    raise ConfigurationError(
+        f"no active model {model!r}: choose one of {', '.join(names) or '(none)'}"
+    )
+
+
+_BID_COLUMNS = [
+    "id",
+    "model_id",
+    "model",
+    "provider",
+    "price_per_second",
+    "price_per_hour",
+    "created_at",
+    "id_short",
+    "provider_short",
+    "price_per_second_wei",
+    "nonce",
+]
+
+
+async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
+    """Active bids, of one model (name or id) or of every active model, cheapest first."""
+    if model is None:
+        ids = await _active_model_ids(chain)
+        names = {i: m["name"] for i, m in (await _models_by_id(chain, ids)).items()}
+    else:
+        model_id, name = await resolve_model(chain, model)
+        ids, names = [model_id], {model_id: name}
+    bid_ids = [
+        b for page in await _listing(chain, "getModelActiveBids", [(i,) for i in ids]) for b in page
+    ]
+    found = _check(await chain.read_many([Call("getBid", (b,)) for b in bid_ids]))
+    rows = []
+    for bid_id, b in zip(bid_ids, found, strict=True):
+        price = b["pricePerSecond"]
+        rows.append(
+            {
+                "id": hex32(bid_id),
+                "model_id": hex32(b["modelId"]),
+                "model": names.get(b["modelId"], ""),
+                "provider": b["provider"],
+                "price_per_second": mor(price),
+                "price_per_hour": mor(price * 3600),
+                "created_at": when(b["createdAt"]),
+                "id_short": short(hex32(bid_id)),
+                "provider_short": short(b["provider"]),
+                "price_per_second_wei": price,
+                "nonce": b["nonce"],
+            }
+        )
+    return _frame(rows, _BID_COLUMNS, sort=["model", "price_per_second"])
+
+
+_PROVIDER_COLUMNS = [
+    "address",
+    "endpoint",
+    "stake",
+    "created_at",
+    "is_active",
+    "address_short",
+    "stake_wei",
+    "limit_period_end",
+    "limit_period_earned",
+]
+
+
+async def providers(chain: Chain) -> pd.DataFrame:
+    """Active providers with their endpoint and stake."""
+    addresses = (await _listing(chain, "getActiveProviders", [()]))[0]
+    found = _check(await chain.read_many([Call("getProvider", (a,)) for a in addresses]))
+    rows = [
+        {
+            "address": a,
+            "endpoint": p["endpoint"],
+            "stake": mor(p["stake"]),
+            "created_at": when(p["createdAt"]),
+            "is_active": not p["isDeleted"],
+            "address_short": short(a),
+            "stake_wei": p["stake"],
+            "limit_period_end": when(p["limitPeriodEnd"]),
+            "limit_period_earned": mor(p["limitPeriodEarned"]),
+        }
+        for a, p in zip(addresses, found, strict=True)
+    ]
+    return _frame(rows, _PROVIDER_COLUMNS, sort="created_at")
+
+
+_SESSION_COLUMNS = [
+    "id",
+    "user",
+    "provider",
+    "model",
+    "bid_id",
+    "stake",
+    "opened_at",
+    "ends_at",
+    "closed_at",
+    "is_active",
+    "direct_payment",
+    "id_short",
+    "stake_wei",
+    "price_per_second",
+    "provider_withdrawn",
+    "closeout_type",
+]
+
+
+async def sessions(chain: Chain, user: str) -> pd.DataFrame:
+    """Every session of `user`, newest first."""
+    user = checksum_address(user, what="user")
+    ids = (await _listing(chain, "getUserSessions", [(user,)]))[0]
+    found = _check(await chain.read_many([Call("getSession", (i,)) for i in ids]))
+    bid_ids = sorted({s["bidId"] for s in found})
+    bid_info = dict(
+        zip(
+            bid_ids,
+            _check(await chain.read_many([Call("getBid", (b,)) for b in bid_ids])),
+            strict=True,
+        )
+    )
+    model_ids = sorted({b["modelId"] for b in bid_info.values()})
+    names = {i: m["name"] for i, m in (await _models_by_id(chain, model_ids)).items()}
+    rows = []
+    for session_id, s in zip(ids, found, strict=True):
+        bid = bid_info[s["bidId"]]
+        rows.append(
+            {
+                "id": hex32(session_id),
+                "user": s["user"],
+                "provider": bid["provider"],
+                "model": names.get(bid["modelId"], hex32(bid["modelId"])),
+                "bid_id": hex32(s["bidId"]),
+                "stake": mor(s["stake"]),
+                "opened_at": when(s["openedAt"]),
+                "ends_at": when(s["endsAt"]),
+                "closed_at": when(s["closedAt"]),
+                "is_active": s["isActive"],
+                "direct_payment": s["isDirectPaymentFromUser"],
+                "id_short": short(hex32(session_id)),
+                "stake_wei": s["stake"],
+                "price_per_second": mor(bid["pricePerSecond"]),
+                "provider_withdrawn": mor(s["providerWithdrawnAmount"]),
+                "closeout_type": s["closeoutType"],
+            }
+        )
+    return _frame(rows, _SESSION_COLUMNS, sort="opened_at", ascending=False)
+
+
+_STATS_COLUMNS = [
+    "model",
+    "provider",
+    "tps",
+    "ttft_ms",
+    "total_duration_s",
+    "success_count",
+    "total_count",
+    "success_rate",
+    "model_id",
+    "provider_short",
+]
+
+
+async def stats(chain: Chain) -> pd.DataFrame:
+    """Provider-model rating stats (as the contracts keep them) for every active bid."""
+    table = await bids(chain)
+    pairs = sorted({(r.model_id, r.model, r.provider) for r in table.itertuples()})
+    found = _check(
+        await chain.read_many(
+            [Call("getProviderModelStats", (bytes.fromhex(m[2:]), p)) for m, _, p in pairs]
+        )
+    )
+    rows = []
+    for (model_id, name, provider), s in zip(pairs, found, strict=True):
+        total = s["totalCount"]
+        rows.append(
+            {
+                "model": name,
+                "provider": provider,
+                "tps": s["tpsScaled1000"]["mean"] / 1000,
+                "ttft_ms": float(s["ttftMs"]["mean"]),
+                "total_duration_s": s["totalDuration"],
+                "success_count": s["successCount"],
+                "total_count": total,
+                "success_rate": s["successCount"] / total if total else float("nan"),
+                "model_id": model_id,
+                "provider_short": short(provider),
+            }
+        )
+    return _frame(rows, _STATS_COLUMNS, sort=["model", "provider"])
+
+
+def _frame(
+    rows: list[dict[str, Any]], columns: list[str], *, sort: str | list[str], ascending: bool = True
+) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns)
+    for name in columns:
+        if name.endswith("_at") or name == "limit_period_end":
+            frame[name] = pd.to_datetime(frame[name], utc=True)
+        elif name.endswith("_wei") or name == "nonce":
+            frame[name] = frame[name].astype(object)
+    if rows:
+        frame = frame.sort_values(sort, ascending=ascending, kind="stable")
+    return frame.reset_index(drop=True)

@@ -1,0 +1,125 @@
+"""The sandbox daemon: a background process that owns the local chain and outlives notebooks.
+
+Started by `mor_workbench.sandbox.start()`; runs anvil with its state saved in the sandbox
+directory, deploys and seeds the marketplace the first time, publishes `sandbox.json` when
+ready and removes it when it stops (SIGTERM/SIGINT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from eth_account import Account
+
+from mor_workbench.chain.anvil import Anvil
+from mor_workbench.chain.client import Chain, Deployment
+from mor_workbench.chain.deploy import deploy_marketplace
+from mor_workbench.chain.keys import Signer
+from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.sandbox.market import PROVIDERS, seed_market
+from mor_workbench.sandbox.paths import SandboxPaths
+
+log = logging.getLogger("mor_workbench.sandbox")
+
+
+def _write_private(path: Path, data: dict) -> None:
+    path.touch(mode=0o600, exist_ok=True)
+    os.chmod(path, 0o600)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _new_accounts() -> dict:
+    """Fresh keys for this sandbox: owner, consumer and one per provider."""
+    return {
+        "owner": Account.create().key.hex(),
+        "consumer": Account.create().key.hex(),
+        "providers": {spec.name: Account.create().key.hex() for spec in PROVIDERS},
+    }
+
+
+async def _prepare(paths: SandboxPaths, rpc: RpcClient) -> Deployment:
+    """Deploy and seed on first start; on later starts reuse the saved deployment."""
+    if paths.deployment.exists():
+        saved = json.loads(paths.deployment.read_text())
+        deployment = Deployment(**saved)
+        if await rpc.request("eth_getCode", [deployment.diamond, "latest"]) not in ("0x", None):
+            return deployment
+        log.warning("saved chain state has no marketplace; deploying again")
+    accounts = _new_accounts()
+    _write_private(paths.accounts, accounts)
+    owner = Signer(accounts["owner"])
+    await rpc.request("anvil_setBalance", [owner.address, hex(10**24)])
+    deployment = await deploy_marketplace(rpc, owner)
+    chain = Chain(rpc, deployment)
+    providers = [
+        (Signer(accounts["providers"][spec.name]), spec, "127.0.0.1:0") for spec in PROVIDERS
+    ]
+    await seed_market(chain, owner, Signer(accounts["consumer"]), providers)
+    paths.deployment.write_text(json.dumps(deployment.__dict__, indent=2))
+    return deployment
+
+
+async def _run(paths: SandboxPaths) -> None:
+    anvil = Anvil(state=paths.chain_state, log=paths.anvil_log)
+    url = await asyncio.to_thread(anvil.start)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    rpc = RpcClient(url)
+    try:
+        started = time.monotonic()
+        deployment = await _prepare(paths, rpc)
+        paths.info.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "rpc_url": url,
+                    **deployment.__dict__,
+                    "started_at": time.time(),
+                },
+                indent=2,
+            )
+        )
+        log.info("sandbox ready at %s in %.1f s", url, time.monotonic() - started)
+        while not stop.is_set():
+            if anvil.process is None or anvil.process.poll() is not None:
+                log.error("anvil exited; stopping the sandbox")
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        paths.info.unlink(missing_ok=True)
+        await rpc.aclose()
+        await asyncio.to_thread(anvil.stop)
+        log.info("sandbox stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the mor-workbench sandbox in the foreground.")
+    parser.add_argument("--dir", required=True, help="the sandbox directory")
+    args = parser.parse_args()
+    paths = SandboxPaths(Path(args.dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=paths.daemon_log,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(_run(paths))
+    except Exception:
+        log.exception("sandbox failed")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Where a sandbox keeps its files (one directory per sandbox)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+HOME_ENV = "MOR_WORKBENCH_HOME"
+
+
+def workbench_home() -> Path:
+    """mor-workbench's data directory: $MOR_WORKBENCH_HOME or the user's data dir."""
+    explicit = os.environ.get(HOME_ENV)
+    return Path(explicit) if explicit else Path(platformdirs.user_data_dir("mor-workbench"))
+
+
+@dataclass(frozen=True)
+class SandboxPaths:
+    root: Path
+
+    @classmethod
+    def default(cls) -> SandboxPaths:
+        return cls(workbench_home() / "sandbox")
+
+    @property
+    def info(self) -> Path:  # present while the daemon runs: pid, RPC URL, addresses
+        return self.root / "sandbox.json"
+
+    @property
+    def deployment(self) -> Path:  # the marketplace's addresses in the saved chain
+        return self.root / "deployment.json"
+
+    @property
+    def accounts(self) -> Path:  # the sandbox's private keys (mode 0600)
+        return self.root / "accounts.json"
+
+    @property
+    def chain_state(self) -> Path:
+        return self.root / "chain-state.json"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.root / "daemon.log"
+
+    @property
+    def anvil_log(self) -> Path:
+        return self.root / "anvil.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
