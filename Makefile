@@ -43,4 +43,4 @@ demo: setup
 	$(PY) -m mor_workbench.cli demo
 
 bench: setup
-	$(PY) bench/market_snapshot.py
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
