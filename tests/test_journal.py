@@ -1,0 +1,68 @@
+"""The session journal survives the process and lists what may still hold MOR."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mor_workbench.router.journal import JournalEntry, SessionJournal
+
+
+def entry(key: str, state: str = "opening") -> JournalEntry:
+    return JournalEntry(
+        approval_hash=key,
+        state=state,
+        model_id="0x" + "01" * 32,
+        bid_id="0x" + "02" * 32,
+        provider="0x" + "03" * 20,
+        endpoint="127.0.0.1:3333",
+        provider_pubkey="0x04",
+        amount=str(123 * 10**18),
+        direct_payment=True,
+        approval="0xaa",
+        approval_signature="0xbb",
+    )
+
+
+def test_entries_round_trip_and_update(tmp_path) -> None:
+    journal = SessionJournal(tmp_path / "j.sqlite3")
+    stored = journal.record(entry("0x01"))
+    assert stored.created_at > 0 and journal.get("0x01") == stored
+    opened = journal.update("0x01", state="open", session_id="0x" + "ff" * 32, ends_at=99)
+    assert opened.created_at == stored.created_at and opened.updated_at >= stored.updated_at
+    assert journal.by_session("0x" + "ff" * 32) == opened
+    assert opened.direct_payment is True and int(opened.amount) == 123 * 10**18
+    with pytest.raises(KeyError):
+        journal.update("0x02", state="open")
+    with pytest.raises(ValueError, match="unknown journal state"):
+        journal.record(entry("0x03", state="lost"))
+
+
+def test_unfinished_lists_only_sessions_that_may_hold_money(tmp_path) -> None:
+    journal = SessionJournal(tmp_path / "j.sqlite3")
+    for key, state in [
+        ("0xa", "opening"),
+        ("0xb", "open"),
+        ("0xc", "closing"),
+        ("0xd", "closed"),
+        ("0xe", "abandoned"),
+    ]:
+        journal.record(entry(key, state))
+    assert [e.approval_hash for e in journal.unfinished()] == ["0xa", "0xb", "0xc"]
+    assert len(journal.all()) == 5
+
+
+def test_a_written_entry_survives_a_killed_writer(tmp_path) -> None:
+    path = tmp_path / "j.sqlite3"
+    script = (
+        "import os, sys; sys.path.insert(0, 'tests');"
+        "from test_journal import entry;"
+        "from mor_workbench.router.journal import SessionJournal;"
+        f"SessionJournal(__import__('pathlib').Path({str(path)!r})).record(entry('0xk'));"
+        "os.kill(os.getpid(), 9)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False)
+    assert result.returncode == -9
+    assert SessionJournal(path).get("0xk") is not None
