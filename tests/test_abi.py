@@ -49,7 +49,7 @@ def test_nested_tuples_and_multiple_outputs() -> None:
     ids, total = DIAMOND.decode(
         "getModelActiveBids", encode(["bytes32[]", "uint256"], [[b"\x01" * 32], 9])
     )
-    assert ids == (b"\x01" * 32,) and total == 9
+    assert ids == [b"\x01" * 32] and total == 9
 
 
 def test_custom_errors_string_errors_and_panics_decode() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 __all__ = ["Abi", "canonical_type", "load_abi", "load_artifact"]
 
@@ -29,14 +29,16 @@ def canonical_type(entry: Mapping[str, Any]) -> str:
 
 
 def _named(entry: Mapping[str, Any], value: Any) -> Any:
-    """Turn decoded tuples into dicts keyed by component name, recursively."""
+    """Decoded values made friendly: tuples as dicts keyed by component, checksummed addresses."""
     typ = entry["type"]
-    if not typ.startswith("tuple"):
-        return value
-    if typ != "tuple":  # an array of tuples
+    if typ.endswith("]"):  # an array: convert each element as its element type
         element = {**entry, "type": typ[: typ.rindex("[")]}
         return [_named(element, item) for item in value]
-    return {c["name"]: _named(c, v) for c, v in zip(entry["components"], value, strict=True)}
+    if typ == "address":
+        return to_checksum_address(value)
+    if typ == "tuple":
+        return {c["name"]: _named(c, v) for c, v in zip(entry["components"], value, strict=True)}
+    return value
 
 
 class _Function:
@@ -123,7 +125,7 @@ class Abi:
         plain = [i for i in inputs if not i.get("indexed")]
         values: dict[str, Any] = {}
         for entry, topic in zip(indexed, topics[1:], strict=False):
-            values[entry["name"]] = abi_decode([canonical_type(entry)], topic)[0]
+            values[entry["name"]] = _named(entry, abi_decode([canonical_type(entry)], topic)[0])
         for entry, value in zip(
             plain, abi_decode([canonical_type(i) for i in plain], data), strict=True
         ):

@@ -174,7 +174,11 @@ class Chain:
         account never collide because nonces are assigned under a per-account lock.
         """
         sender = signer.address
-        call = {"from": sender, **{k: v for k, v in tx.items() if k in ("to", "data", "value")}}
+        call: dict[str, Any] = {"from": sender, "data": "0x" + bytes(tx.get("data", b"")).hex()}
+        if tx.get("to"):
+            call["to"] = tx["to"]
+        if tx.get("value"):
+            call["value"] = hex(tx["value"])
         async with self._lock(sender):
             estimate, block, tip, pending = await self.rpc.batch(
                 [
