@@ -110,20 +110,22 @@ library LibMarket {
         uint48 deletedAt;
         bytes32 modelId;
         uint128 pricePerSecond;
-        uint128 nonce;
+        uint96 nonce;
+        uint32 index; // position in bidIdAt: sessions refer to their bid by it
     }
 
+    /// Two slots per session: the bid is referred to by its uint32 index, not its 32-byte id.
     struct StoredSession {
         address user; // slot 0
-        uint40 openedAt;
-        uint40 endsAt;
+        uint32 openedAt;
+        uint32 endsAt;
         bool isActive;
         bool isDirect;
-        bytes32 bidId; // slot 1
-        uint96 stake; // slot 2
-        uint96 providerWithdrawn;
-        uint40 closedAt;
         uint8 closeoutType;
+        uint96 stake; // slot 1
+        uint96 providerWithdrawn;
+        uint32 closedAt;
+        uint32 bidIndex;
     }
 
     struct OnHold {
@@ -174,6 +176,8 @@ library LibMarket {
         bytes32[] modelIds;
         Bytes32Set activeModels;
         mapping(bytes32 => StoredBid) bids;
+        mapping(uint256 => bytes32) bidIdAt;
+        uint256 bidCount;
         mapping(bytes32 => uint256) providerModelNonce;
         mapping(bytes32 => bytes32[]) modelBids;
         mapping(address => bytes32[]) providerBids;
@@ -269,9 +273,9 @@ library LibMarket {
     function push(IndexList storage list, uint256 index) internal {
         uint256 head = list.words[0];
         uint256 count = head & 0xffffffff;
-        uint256 at = count + 1; // item i lives at position i + 1 (position 0 is the length)
-        uint256 word = at / 8;
-        uint256 shift = (at % 8) * 32;
+        uint256 slotIndex = count + 1; // item i lives at position i + 1 (position 0 is the length)
+        uint256 word = slotIndex / 8;
+        uint256 shift = (slotIndex % 8) * 32;
         if (word == 0) {
             list.words[0] = ((head & ~uint256(0xffffffff)) | (count + 1)) | (index << shift);
         } else {

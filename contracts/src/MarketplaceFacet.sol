@@ -247,13 +247,16 @@ contract MarketplaceFacet {
             if (LibMarket.bidIsActive(s.bids[previous])) _deleteBid(s, previous);
         }
         bidId = getBidId(provider_, modelId_, nonce);
+        uint256 index = s.bidCount++;
+        s.bidIdAt[index] = bidId;
         s.bids[bidId] = LibMarket.StoredBid({
             provider: provider_,
             createdAt: uint48(block.timestamp),
             deletedAt: 0,
             modelId: modelId_,
             pricePerSecond: uint128(pricePerSecond_),
-            nonce: uint128(nonce)
+            nonce: uint96(nonce),
+            index: uint32(index)
         });
         s.modelBids[modelId_].push(bidId);
         s.providerBids[provider_].push(bidId);

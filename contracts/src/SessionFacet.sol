@@ -279,12 +279,12 @@ contract SessionFacet {
         LibMarket.pull(user, amount);
         LibMarket.StoredSession storage session = s.sessions[sessionId];
         session.user = user;
-        session.openedAt = uint40(block.timestamp);
-        session.endsAt = uint40(block.timestamp + duration);
+        session.openedAt = uint32(block.timestamp);
+        session.endsAt = uint32(block.timestamp + duration);
         session.isActive = true;
         session.isDirect = isDirect;
-        session.bidId = bidId;
         session.stake = uint96(amount);
+        session.bidIndex = bid.index;
 
         address provider = bid.provider;
         uint256 index = s.sessionCount++;
@@ -320,7 +320,7 @@ contract SessionFacet {
         LibMarket.StoredSession storage session = s.sessions[sessionId];
         LibMarket.enforceSelf(session.user);
         if (session.closedAt != 0) revert SessionAlreadyClosed();
-        LibMarket.StoredBid storage bid = s.bids[session.bidId];
+        LibMarket.StoredBid storage bid = s.bids[s.bidIdAt[session.bidIndex]];
         Closing memory c;
         c.user = session.user;
         c.provider = bid.provider;
@@ -334,7 +334,7 @@ contract SessionFacet {
 
         uint256 earned = (c.end - c.openedAt) * c.price;
         session.isActive = false;
-        session.closedAt = uint40(block.timestamp);
+        session.closedAt = uint32(block.timestamp);
         if (!c.noDispute) session.closeoutType = 1;
 
         // The user: the stake back, less the provider's pay when it came from the stake, less
@@ -351,6 +351,7 @@ contract SessionFacet {
 
         // The provider: what the session earned; on a disputed early close, today's part waits.
         uint256 held = (!c.noDispute && c.early) ? (c.end - c.usedSince) * c.price : 0;
+        held += session.providerWithdrawn; // already claimed after the session's end
         _payProvider(session, c.provider, earned > held ? earned - held : 0);
         _recordStats(bid.modelId, c.provider, c.noDispute, block.timestamp - c.openedAt, tpsScaled1000, ttftMs);
         emit SessionClosed(c.user, sessionId, c.provider);
@@ -359,8 +360,8 @@ contract SessionFacet {
     function claimForProvider(bytes32 sessionId_) external {
         LibMarket.Layout storage s = LibMarket.layout();
         LibMarket.StoredSession storage session = s.sessions[sessionId_];
-        LibMarket.StoredBid storage bid = s.bids[session.bidId];
         if (session.user == address(0)) revert SessionNotEndedOrNotExist();
+        LibMarket.StoredBid storage bid = s.bids[s.bidIdAt[session.bidIndex]];
         LibMarket.enforceSelf(bid.provider);
         uint256 closedAt = session.closedAt;
         uint256 endsAt = session.endsAt;
@@ -500,10 +501,11 @@ contract SessionFacet {
 
     // ----- session views -----
     function getSession(bytes32 sessionId_) external view returns (LibMarket.Session memory) {
-        LibMarket.StoredSession storage x = LibMarket.layout().sessions[sessionId_];
+        LibMarket.Layout storage s = LibMarket.layout();
+        LibMarket.StoredSession storage x = s.sessions[sessionId_];
         return LibMarket.Session({
             user: x.user,
-            bidId: x.bidId,
+            bidId: x.user == address(0) ? bytes32(0) : s.bidIdAt[x.bidIndex],
             stake: x.stake,
             closeoutReceipt: "",
             closeoutType: x.closeoutType,

@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {MorpheusToken} from "../src/MorpheusToken.sol";
+import {Diamond} from "../src/Diamond.sol";
+import {MarketplaceFacet} from "../src/MarketplaceFacet.sol";
+import {SessionFacet} from "../src/SessionFacet.sol";
+import {LibMarket} from "../src/LibMarket.sol";
+
+/// The forge cheatcodes these tests use (forge-std is not installable offline).
+interface Vm {
+    function warp(uint256) external;
+    function prank(address) external;
+    function startPrank(address) external;
+    function stopPrank() external;
+    function addr(uint256) external pure returns (address);
+    function sign(uint256, bytes32) external pure returns (uint8, bytes32, bytes32);
+    function expectRevert(bytes4) external;
+    function expectRevert(bytes calldata) external;
+    function snapshotValue(string calldata group, string calldata name, uint256 value) external;
+    function assume(bool) external pure;
+}
+
+/// One interface over the whole diamond (both facets), as a router sees it.
+interface IMarket {
+    function __Marketplace_init(address, uint256, uint256) external;
+    function __SessionRouter_init(address, uint128, LibMarket.Pool[] calldata) external;
+    function setMarketplaceBidFee(uint256) external;
+    function providerSetMinStake(uint256) external;
+    function modelSetMinStake(uint256) external;
+    function providerRegister(address, uint256, string calldata) external;
+    function providerDeregister(address) external;
+    function modelRegister(address, bytes32, bytes32, uint256, uint256, string calldata, string[] calldata) external;
+    function modelDeregister(bytes32) external;
+    function getModelId(address, bytes32) external pure returns (bytes32);
+    function postModelBid(address, bytes32, uint256) external returns (bytes32);
+    function deleteModelBid(bytes32) external;
+    function getBid(bytes32) external view returns (LibMarket.Bid memory);
+    function getProvider(address) external view returns (LibMarket.Provider memory);
+    function getModel(bytes32) external view returns (LibMarket.Model memory);
+    function getModelActiveBids(bytes32, uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getProviderActiveBids(address, uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getModelBids(bytes32, uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getActiveModelIds(uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getActiveProviders(uint256, uint256) external view returns (address[] memory, uint256);
+    function getFeeBalance() external view returns (uint256);
+    function getBidFee() external view returns (uint256);
+    function openSession(address, uint256, bool, bytes calldata, bytes calldata) external returns (bytes32);
+    function closeSession(bytes calldata, bytes calldata) external;
+    function claimForProvider(bytes32) external;
+    function withdrawUserStakes(address, uint8) external;
+    function getUserStakesOnHold(address, uint8) external view returns (uint256, uint256);
+    function getSession(bytes32) external view returns (LibMarket.Session memory);
+    function getUserSessions(address, uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getProviderSessions(address, uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getModelSessions(bytes32, uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getSessionEnd(uint256, uint256, uint128) external view returns (uint128);
+    function stakeToStipend(uint256, uint128) external view returns (uint256);
+    function stipendToStake(uint256, uint128) external view returns (uint256);
+    function totalMORSupply(uint128) external view returns (uint256);
+    function getComputeBalance(uint128) external view returns (uint256);
+    function getIsProviderApprovalUsed(bytes calldata) external view returns (bool);
+    function getProviderModelStats(bytes32, address) external view returns (LibMarket.ProviderModelStats memory);
+    function getModelStats(bytes32) external view returns (LibMarket.ModelStats memory);
+    function getProvidersTotalClaimed() external view returns (uint256);
+    function getTotalSessions(address) external view returns (uint256);
+    function owner() external view returns (address);
+}
+
+contract Base {
+    bool public IS_TEST = true;
+    Vm internal constant vm = Vm(address(uint160(uint256(keccak256("hevm cheat code")))));
+
+    uint256 internal constant MOR = 1e18;
+    uint256 internal constant START = 1707393600; // mainnet payoutStart, 2024-02-08 12:00 UTC
+    uint256 internal constant NOW = 1764000000 + 12 hours; // 2025-11-24 12:00 UTC
+    uint256 internal constant PRICE = 1e13; // wei per second
+
+    MorpheusToken internal token;
+    IMarket internal market;
+    address internal admin = address(this);
+    uint256 internal providerKey = 0xA11CE;
+    uint256 internal userKey = 0xB0B;
+    address internal provider;
+    address internal user;
+    bytes32 internal modelId;
+    bytes32 internal bidId;
+
+    function setUp() public virtual {
+        vm.warp(NOW);
+        provider = vm.addr(providerKey);
+        user = vm.addr(userKey);
+        token = new MorpheusToken(100_000_000 * MOR);
+        market = IMarket(address(deployDiamond(admin)));
+        market.__Marketplace_init(address(token), 1e10, 1e16);
+        market.__SessionRouter_init(admin, 7 days, mainnetPools());
+        market.setMarketplaceBidFee(MOR / 10);
+        market.providerSetMinStake(MOR / 5);
+        market.modelSetMinStake(MOR / 10);
+        token.approve(address(market), type(uint256).max);
+
+        token.transfer(provider, 1_000 * MOR);
+        token.transfer(user, 10_000 * MOR);
+        modelId = registerModel("llama-3.2");
+        bidId = registerProvider(provider, 100 * MOR, modelId, PRICE);
+        vm.prank(user);
+        token.approve(address(market), type(uint256).max);
+    }
+
+    function deployDiamond(address owner_) internal returns (Diamond) {
+        Diamond.FacetCut[] memory cuts = new Diamond.FacetCut[](2);
+        cuts[0] = Diamond.FacetCut(address(new MarketplaceFacet()), marketplaceSelectors());
+        cuts[1] = Diamond.FacetCut(address(new SessionFacet()), sessionSelectors());
+        return new Diamond(owner_, cuts);
+    }
+
+    function marketplaceSelectors() internal pure returns (bytes4[] memory s) {
+        s = new bytes4[](40);
+        s[0] = MarketplaceFacet.__Marketplace_init.selector;
+        s[1] = MarketplaceFacet.setMinMaxBidPricePerSecond.selector;
+        s[2] = MarketplaceFacet.setMarketplaceBidFee.selector;
+        s[3] = MarketplaceFacet.providerSetMinStake.selector;
+        s[4] = MarketplaceFacet.modelSetMinStake.selector;
+        s[5] = MarketplaceFacet.withdrawFee.selector;
+        s[6] = MarketplaceFacet.providerRegister.selector;
+        s[7] = MarketplaceFacet.providerDeregister.selector;
+        s[8] = MarketplaceFacet.getProvider.selector;
+        s[9] = MarketplaceFacet.getProviderMinimumStake.selector;
+        s[10] = MarketplaceFacet.getIsProviderActive.selector;
+        s[11] = MarketplaceFacet.getActiveProviders.selector;
+        s[12] = MarketplaceFacet.getModelId.selector;
+        s[13] = MarketplaceFacet.modelRegister.selector;
+        s[14] = MarketplaceFacet.modelDeregister.selector;
+        s[15] = MarketplaceFacet.getModel.selector;
+        s[16] = MarketplaceFacet.getModelIds.selector;
+        s[17] = MarketplaceFacet.getActiveModelIds.selector;
+        s[18] = MarketplaceFacet.getModelMinimumStake.selector;
+        s[19] = MarketplaceFacet.getIsModelActive.selector;
+        s[20] = MarketplaceFacet.getBidId.selector;
+        s[21] = MarketplaceFacet.getProviderModelId.selector;
+        s[22] = MarketplaceFacet.postModelBid.selector;
+        s[23] = MarketplaceFacet.deleteModelBid.selector;
+        s[24] = MarketplaceFacet.getBid.selector;
+        s[25] = MarketplaceFacet.isBidActive.selector;
+        s[26] = MarketplaceFacet.getModelBids.selector;
+        s[27] = MarketplaceFacet.getProviderBids.selector;
+        s[28] = MarketplaceFacet.getModelActiveBids.selector;
+        s[29] = MarketplaceFacet.getProviderActiveBids.selector;
+        s[30] = MarketplaceFacet.getBidFee.selector;
+        s[31] = MarketplaceFacet.getFeeBalance.selector;
+        s[32] = MarketplaceFacet.getMinMaxBidPricePerSecond.selector;
+        s[33] = MarketplaceFacet.getToken.selector;
+        s[34] = MarketplaceFacet.owner.selector;
+        s[35] = MarketplaceFacet.isRightsDelegated.selector;
+        s[36] = MarketplaceFacet.getRegistry.selector;
+        assembly {
+            mstore(s, 37)
+        }
+    }
+
+    function sessionSelectors() internal pure returns (bytes4[] memory s) {
+        s = new bytes4[](40);
+        s[0] = SessionFacet.__SessionRouter_init.selector;
+        s[1] = SessionFacet.setMaxSessionDuration.selector;
+        s[2] = SessionFacet.setPoolConfig.selector;
+        s[3] = SessionFacet.startOfTheDay.selector;
+        s[4] = SessionFacet.getComputeBalance.selector;
+        s[5] = SessionFacet.totalMORSupply.selector;
+        s[6] = SessionFacet.getTodaysBudget.selector;
+        s[7] = SessionFacet.stakeToStipend.selector;
+        s[8] = SessionFacet.stipendToStake.selector;
+        s[9] = SessionFacet.getSessionEnd.selector;
+        s[10] = SessionFacet.getSessionId.selector;
+        s[11] = SessionFacet.getIsProviderApprovalUsed.selector;
+        s[12] = SessionFacet.openSession.selector;
+        s[13] = SessionFacet.closeSession.selector;
+        s[14] = SessionFacet.claimForProvider.selector;
+        s[15] = SessionFacet.withdrawUserStakes.selector;
+        s[16] = SessionFacet.getUserStakesOnHold.selector;
+        s[17] = SessionFacet.getProviderModelStats.selector;
+        s[18] = SessionFacet.getModelStats.selector;
+        s[19] = SessionFacet.getSession.selector;
+        s[20] = SessionFacet.getUserSessions.selector;
+        s[21] = SessionFacet.getProviderSessions.selector;
+        s[22] = SessionFacet.getModelSessions.selector;
+        s[23] = SessionFacet.getTotalSessions.selector;
+        s[24] = SessionFacet.getPools.selector;
+        s[25] = SessionFacet.getPool.selector;
+        s[26] = SessionFacet.getFundingAccount.selector;
+        s[27] = SessionFacet.getProvidersTotalClaimed.selector;
+        s[28] = SessionFacet.getMaxSessionDuration.selector;
+        s[29] = SessionFacet.MIN_SESSION_DURATION.selector;
+        s[30] = SessionFacet.SIGNATURE_TTL.selector;
+        s[31] = SessionFacet.COMPUTE_POOL_INDEX.selector;
+        assembly {
+            mstore(s, 32)
+        }
+    }
+
+    function mainnetPools() internal pure returns (LibMarket.Pool[] memory pools) {
+        pools = new LibMarket.Pool[](5);
+        for (uint256 i; i < 4; ++i) {
+            pools[i] = LibMarket.Pool(3456 * MOR, 592558728240000000, uint128(START), 1 days);
+        }
+        pools[4] = LibMarket.Pool(576 * MOR, 98759788040000000, uint128(START), 1 days);
+    }
+
+    function registerModel(string memory name) internal returns (bytes32 id) {
+        string[] memory tags = new string[](1);
+        tags[0] = "llm";
+        market.modelRegister(admin, keccak256(bytes(name)), bytes32(0), 0, MOR / 10, name, tags);
+        id = market.getModelId(admin, keccak256(bytes(name)));
+    }
+
+    function registerProvider(address who, uint256 stake, bytes32 model, uint256 price) internal returns (bytes32) {
+        if (token.balanceOf(who) < stake + MOR) token.transfer(who, stake + MOR);
+        vm.startPrank(who);
+        token.approve(address(market), type(uint256).max);
+        market.providerRegister(who, stake, "127.0.0.1:3333");
+        bytes32 id = market.postModelBid(who, model, price);
+        vm.stopPrank();
+        return id;
+    }
+
+    // ----- signatures as the provider / user sign them off chain (EIP-191 over keccak) -----
+    function signEth(uint256 key, bytes memory payload) internal pure returns (bytes memory) {
+        bytes32 digest = keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", keccak256(payload)));
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        return abi.encodePacked(r, s, v);
+    }
+
+    function approval(bytes32 bid, address who, uint256 timestamp) internal view returns (bytes memory) {
+        return abi.encode(bid, block.chainid, who, uint128(timestamp));
+    }
+
+    function receipt(bytes32 sessionId, uint256 timestamp) internal view returns (bytes memory) {
+        return abi.encode(sessionId, block.chainid, uint128(timestamp), uint32(15_000), uint32(250));
+    }
+
+    function open(uint256 amount, bool direct) internal returns (bytes32 id) {
+        bytes memory a = approval(bidId, user, block.timestamp);
+        bytes memory sig = signEth(providerKey, a);
+        vm.prank(user);
+        id = market.openSession(user, amount, direct, a, sig);
+    }
+
+    function close(bytes32 id, uint256 signerKey) internal {
+        bytes memory r = receipt(id, block.timestamp);
+        bytes memory sig = signEth(signerKey, r);
+        vm.prank(user);
+        market.closeSession(r, sig);
+    }
+
+    /// Deposit that buys `duration` seconds at `price`, by the contract's own maths.
+    function depositFor(uint256 duration, uint256 price) internal view returns (uint256 amount) {
+        amount = market.stipendToStake(duration * price, uint128(block.timestamp)) + 1;
+        while (market.getSessionEnd(amount, price, uint128(block.timestamp)) < block.timestamp + duration) {
+            amount += amount / 1e6 + 1;
+        }
+    }
+
+    // ----- assertions -----
+    function assertEq(uint256 a, uint256 b, string memory what) internal pure {
+        if (a != b) revert(string.concat(what, ": ", vm_toString(a), " != ", vm_toString(b)));
+    }
+
+    function assertTrue(bool ok, string memory what) internal pure {
+        require(ok, what);
+    }
+
+    function vm_toString(uint256 v) internal pure returns (string memory) {
+        if (v == 0) return "0";
+        bytes memory buf;
+        while (v != 0) {
+            buf = abi.encodePacked(bytes1(uint8(48 + (v % 10))), buf);
+            v /= 10;
+        }
+        return string(buf);
+    }
+}
