@@ -22,7 +22,16 @@ from mor_workbench.errors import ChainError, ContractReverted
 __all__ = ["MULTICALL3", "Call", "Chain", "Deployment"]
 
 MULTICALL3 = "0xcA11bde05977b3631167028862bE2a173976CA11"
-DIAMOND_FACETS = ("SessionRouter", "Marketplace", "ProviderRegistry", "ModelRegistry", "Delegation")
+# The live facets, plus the four SessionRouter errors as the deployed source spells them (the
+# published bindings misspell them "Sesssion…", so their selectors would not decode by name).
+DIAMOND_FACETS = (
+    "SessionRouter",
+    "Marketplace",
+    "ProviderRegistry",
+    "ModelRegistry",
+    "Delegation",
+    "SessionRouterErrors",
+)
 _MULTICALL_CHUNK = 400  # calls per eth_call: keeps each batch far below common gas caps
 _RECEIPT_POLL_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
