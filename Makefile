@@ -31,8 +31,8 @@ artifacts: contracts-build .venv/installed
 	$(PY) contracts/export_artifacts.py
 
 lint: .venv/installed
-	$(PY) -m ruff check mor_workbench tests bench
-	$(PY) -m ruff format --check mor_workbench tests bench
+	$(PY) -m ruff check mor_workbench tests bench contracts
+	$(PY) -m ruff format --check mor_workbench tests bench contracts
 
 test-python: .venv/installed node_modules/.installed
 	$(PY) -m pytest

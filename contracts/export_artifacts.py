@@ -29,7 +29,7 @@ FACETS = ["MarketplaceFacet", "SessionFacet"]
 def canonical(entry: dict) -> str:
     if entry["type"].startswith("tuple"):
         inner = ",".join(canonical(c) for c in entry["components"])
-        return f"({inner}){entry['type'][len('tuple'):]}"
+        return f"({inner}){entry['type'][len('tuple') :]}"
     return entry["type"]
 
 
