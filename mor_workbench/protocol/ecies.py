@@ -1,0 +1,97 @@
+"""ECIES exactly as go-ethereum's crypto/ecies does it with secp256k1 (what live routers use).
+
+secp256k1 ECDH (the shared x coordinate), NIST SP 800-56 concat KDF with SHA-256 into a 16-byte
+AES key and a MAC key (itself hashed with SHA-256), AES-128-CTR with a random IV, and
+HMAC-SHA-256 over IV ‖ ciphertext ‖ s2. Output: ephemeral public key (65) ‖ IV (16) ‖
+ciphertext ‖ tag (32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from coincurve import PrivateKey, PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from mor_workbench.protocol.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["concat_kdf", "ecies_decrypt", "ecies_encrypt", "shared_secret"]
+
+KEY_LEN = 16  # AES-128
+BLOCK = 16
+TAG_LEN = 32
+PUB_LEN = 65
+OVERHEAD = PUB_LEN + BLOCK + TAG_LEN
+
+
+def concat_kdf(z: bytes, s1: bytes, length: int) -> bytes:
+    """NIST SP 800-56 concatenation KDF with SHA-256 (go-ethereum's concatKDF)."""
+    out = b""
+    counter = 1
+    while len(out) < length:
+        out += hashlib.sha256(counter.to_bytes(4, "big") + z + s1).digest()
+        counter += 1
+    return out[:length]
+
+
+def shared_secret(private_key: bytes, public_key: bytes) -> bytes:
+    """The ECDH x coordinate, left-padded to 32 bytes."""
+    point = PublicKey(public_key).multiply(private_key)
+    return point.format(compressed=False)[1:33]
+
+
+def _keys(z: bytes, s1: bytes) -> tuple[bytes, bytes]:
+    k = concat_kdf(z, s1, 2 * KEY_LEN)
+    return k[:KEY_LEN], hashlib.sha256(k[KEY_LEN:]).digest()
+
+
+def _ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
+    cipher = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return cipher.update(data) + cipher.finalize()
+
+
+def _public(public_key: bytes) -> bytes:
+    if len(public_key) == 64:
+        public_key = b"\x04" + public_key
+    try:
+        return PublicKey(public_key).format(compressed=False)
+    except Exception:
+        raise LocalProtocolError(
+            "not a secp256k1 public key: expected 65 bytes 0x04 ‖ X ‖ Y"
+        ) from None
+
+
+def ecies_encrypt(
+    public_key: bytes,
+    plaintext: bytes,
+    *,
+    s1: bytes = b"",
+    s2: bytes = b"",
+    ephemeral: bytes | None = None,
+    iv: bytes | None = None,
+) -> bytes:
+    """Encrypt to `public_key` (65 or 64 bytes). `ephemeral`/`iv` are for test vectors only."""
+    recipient = _public(public_key)
+    eph = PrivateKey(ephemeral) if ephemeral is not None else PrivateKey()
+    ke, km = _keys(shared_secret(eph.secret, recipient), s1)
+    iv = iv if iv is not None else os.urandom(BLOCK)
+    em = iv + _ctr(ke, iv, plaintext)
+    tag = hmac.new(km, em + s2, hashlib.sha256).digest()
+    return eph.public_key.format(compressed=False) + em + tag
+
+
+def ecies_decrypt(private_key: bytes, data: bytes, *, s1: bytes = b"", s2: bytes = b"") -> bytes:
+    """Decrypt a go-ethereum ECIES message; a wrong key or any tampering raises."""
+    if len(data) < OVERHEAD or data[0] != 4:
+        raise RemoteProtocolError("ECIES message is malformed (too short or bad ephemeral key)")
+    try:
+        ephemeral = PublicKey(data[:PUB_LEN])
+    except Exception:
+        raise RemoteProtocolError("ECIES ephemeral key is not on secp256k1") from None
+    ke, km = _keys(shared_secret(private_key, ephemeral.format(compressed=False)), s1)
+    em, tag = data[PUB_LEN:-TAG_LEN], data[-TAG_LEN:]
+    if not hmac.compare_digest(hmac.new(km, em + s2, hashlib.sha256).digest(), tag):
+        raise RemoteProtocolError("ECIES message failed authentication (wrong key or tampered)")
+    return _ctr(ke, em[:BLOCK], em[BLOCK:])
