@@ -1,1 +1,79 @@
-"""protocol layer."""
+"""MOR-RPC, the consumer ↔ provider protocol of the live Morpheus network, sans-IO.
+
+Messages encode to the exact bytes a Go peer produces (so signatures match), parse from decoded
+JSON, sign and verify; `Decoder` splits a byte stream into messages; ECIES is go-ethereum's.
+Encrypted prompts are our extension: a provider whose pong `version` carries the token
+`encrypted-prompts` accepts a session.prompt whose `message` is 0x-hex ECIES of the JSON
+(a JSON body always starts with "{", so the two forms cannot be confused).
+"""
+
+from mor_workbench.protocol.ecies import ecies_decrypt, ecies_encrypt
+from mor_workbench.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from mor_workbench.protocol.framing import Decoder
+from mor_workbench.protocol.messages import (
+    PingReq,
+    PongRes,
+    Request,
+    Response,
+    RpcError,
+    SessionPromptReq,
+    SessionPromptRes,
+    SessionReportReq,
+    SessionReportRes,
+    SessionReq,
+    SessionRes,
+)
+from mor_workbench.protocol.security import ReplayGuard, check_fresh
+from mor_workbench.protocol.signing import (
+    Approval,
+    Receipt,
+    address_of,
+    decode_approval,
+    decode_receipt,
+    encode_approval,
+    encode_receipt,
+    eth_recover,
+    eth_sign,
+    public_key_of,
+    sign,
+    sign_error,
+    verify,
+)
+
+ENCRYPTED_PROMPTS = "encrypted-prompts"
+
+__all__ = [
+    "ENCRYPTED_PROMPTS",
+    "Approval",
+    "Decoder",
+    "LocalProtocolError",
+    "PingReq",
+    "PongRes",
+    "ProtocolError",
+    "Receipt",
+    "RemoteProtocolError",
+    "ReplayGuard",
+    "Request",
+    "Response",
+    "RpcError",
+    "SessionPromptReq",
+    "SessionPromptRes",
+    "SessionReportReq",
+    "SessionReportRes",
+    "SessionReq",
+    "SessionRes",
+    "address_of",
+    "check_fresh",
+    "decode_approval",
+    "decode_receipt",
+    "ecies_decrypt",
+    "ecies_encrypt",
+    "encode_approval",
+    "encode_receipt",
+    "eth_recover",
+    "eth_sign",
+    "public_key_of",
+    "sign",
+    "sign_error",
+    "verify",
+]

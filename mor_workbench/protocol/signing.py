@@ -1,0 +1,183 @@
+"""Signatures: MOR-RPC messages (keccak256 of the Go JSON, raw secp256k1, v in {0,1}) and the
+payloads checked on chain (approval and receipt ABI encodings, EIP-191 signatures, v + 27)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from coincurve import PrivateKey, PublicKey
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_utils import keccak, to_checksum_address
+
+from mor_workbench.protocol.errors import LocalProtocolError, RemoteProtocolError
+from mor_workbench.protocol.messages import Message, RpcError
+
+__all__ = [
+    "Approval",
+    "Receipt",
+    "address_of",
+    "decode_approval",
+    "decode_receipt",
+    "encode_approval",
+    "encode_receipt",
+    "eth_recover",
+    "eth_sign",
+    "public_key_of",
+    "recover_public_key",
+    "sign",
+    "sign_error",
+    "verify",
+]
+
+M = TypeVar("M", bound=Message)
+_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
+def public_key_of(private_key: bytes) -> bytes:
+    """The uncompressed public key (65 bytes, 0x04 ‖ X ‖ Y) of a private key."""
+    return PrivateKey(private_key).public_key.format(compressed=False)
+
+
+def address_of(public_key: bytes) -> str:
+    """The checksummed Ethereum address of a public key (65 or 64 bytes)."""
+    raw = public_key[1:] if len(public_key) == 65 else public_key
+    if len(raw) != 64:
+        raise RemoteProtocolError("a public key must be 64 or 65 bytes")
+    return to_checksum_address(keccak(raw)[-20:])
+
+
+def _sign_digest(digest: bytes, private_key: bytes) -> bytes:
+    return PrivateKey(private_key).sign_recoverable(digest, hasher=None)
+
+
+def _recover(digest: bytes, signature: bytes) -> bytes:
+    if len(signature) != 65:
+        raise RemoteProtocolError("a signature must be 65 bytes")
+    v = signature[64]
+    if v >= 27:
+        v -= 27
+    if v not in (0, 1) or int.from_bytes(signature[32:64], "big") > _SECP256K1_HALF_N:
+        raise RemoteProtocolError("the signature is malformed")
+    try:
+        key = PublicKey.from_signature_and_message(signature[:64] + bytes([v]), digest, hasher=None)
+    except Exception:
+        raise RemoteProtocolError("the signature does not recover to a key") from None
+    return key.format(compressed=False)
+
+
+def sign(message: M, private_key: bytes) -> M:
+    """`message` with its signature: keccak256 of its Go JSON without the signature."""
+    return message.with_signature(_sign_digest(keccak(message.encode(signed=False)), private_key))
+
+
+def sign_error(error: RpcError, private_key: bytes) -> RpcError:
+    """A signed error reply (the live network signs its error struct with signature null)."""
+    return replace(error, signature=_sign_digest(keccak(error.encode(signed=False)), private_key))
+
+
+def recover_public_key(message: Message | RpcError) -> bytes:
+    """The public key that signed `message`."""
+    signature = message.signature
+    if not signature:
+        raise RemoteProtocolError(f"{type(message).__name__} is not signed")
+    return _recover(keccak(message.encode(signed=False)), signature)
+
+
+def verify(
+    message: Message | RpcError, *, public_key: bytes | None = None, address: str | None = None
+) -> None:
+    """Check `message` was signed by `public_key` or by the key of `address`; raise if not."""
+    if public_key is None and address is None:
+        raise LocalProtocolError("verify needs the expected public_key or address")
+    signer = recover_public_key(message)
+    if public_key is not None:
+        expected = public_key if len(public_key) == 65 else b"\x04" + public_key
+        if signer != expected:
+            raise RemoteProtocolError(f"{type(message).__name__} is not signed by the expected key")
+    if address is not None and address_of(signer).lower() != address.lower():
+        raise RemoteProtocolError(f"{type(message).__name__} is not signed by {address}")
+
+
+def _eth_digest(data: bytes) -> bytes:
+    return keccak(b"\x19Ethereum Signed Message:\n32" + keccak(data))
+
+
+def eth_sign(data: bytes, private_key: bytes) -> bytes:
+    """EIP-191 signature over keccak256(data), v + 27: what openSession/closeSession check."""
+    raw = _sign_digest(_eth_digest(data), private_key)
+    return raw[:64] + bytes([raw[64] + 27])
+
+
+def eth_recover(data: bytes, signature: bytes) -> str:
+    """The address that made an EIP-191 signature over keccak256(data)."""
+    return address_of(_recover(_eth_digest(data), signature))
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A provider's approval to open a session on one bid, for one user, on one chain."""
+
+    bid_id: bytes
+    chain_id: int
+    user: str
+    timestamp: int
+
+
+def encode_approval(approval: Approval) -> bytes:
+    return abi_encode(
+        ["bytes32", "uint256", "address", "uint128"],
+        [approval.bid_id, approval.chain_id, approval.user, approval.timestamp],
+    )
+
+
+def decode_approval(data: bytes) -> Approval:
+    try:
+        bid, chain, user, ts = abi_decode(["bytes32", "uint256", "address", "uint128"], data)
+    except Exception:
+        raise RemoteProtocolError(
+            "the approval is not abi(bytes32,uint256,address,uint128)"
+        ) from None
+    return Approval(bid, chain, to_checksum_address(user), ts)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A provider's close receipt: the live layout with its two token counts."""
+
+    session_id: bytes
+    chain_id: int
+    timestamp: int
+    tps_scaled1000: int
+    ttft_ms: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+_RECEIPT_TYPES = ["bytes32", "uint256", "uint128", "uint32", "uint32", "uint32", "uint32"]
+
+
+def encode_receipt(receipt: Receipt) -> bytes:
+    return abi_encode(
+        _RECEIPT_TYPES,
+        [
+            receipt.session_id,
+            receipt.chain_id,
+            receipt.timestamp,
+            min(receipt.tps_scaled1000, 2**32 - 1),
+            min(receipt.ttft_ms, 2**32 - 1),
+            min(receipt.input_tokens, 2**32 - 1),
+            min(receipt.output_tokens, 2**32 - 1),
+        ],
+    )
+
+
+def decode_receipt(data: bytes) -> Receipt:
+    """Decode a 7-field receipt, or the contract's 5-field one."""
+    try:
+        if len(data) >= 7 * 32:
+            return Receipt(*abi_decode(_RECEIPT_TYPES, data[: 7 * 32]))
+        return Receipt(*abi_decode(_RECEIPT_TYPES[:5], data[: 5 * 32]))
+    except Exception:
+        raise RemoteProtocolError("the receipt is not the expected ABI layout") from None

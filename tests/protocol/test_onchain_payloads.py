@@ -1,0 +1,96 @@
+"""Approvals and receipts built here are accepted by the contracts on a real chain."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from eth_account import Account
+
+import mor_workbench as mor
+from mor_workbench.protocol import (
+    Approval,
+    Receipt,
+    decode_approval,
+    decode_receipt,
+    encode_approval,
+    encode_receipt,
+    eth_recover,
+    eth_sign,
+)
+
+KEY = bytes.fromhex("42" * 32)
+
+
+def test_eth_signatures_recover_to_the_signer() -> None:
+    data = encode_approval(Approval(b"\x01" * 32, 31337, "0x" + "ab" * 20, 1_700_000_000))
+    signature = eth_sign(data, KEY)
+    assert signature[64] in (27, 28)
+    assert eth_recover(data, signature) == Account.from_key(KEY).address
+    assert decode_approval(data).timestamp == 1_700_000_000
+
+
+def test_receipt_has_the_live_seven_field_layout() -> None:
+    receipt = Receipt(b"\x02" * 32, 8453, 1_700_000_000_000, 12_345, 210, 31, 400)
+    data = encode_receipt(receipt)
+    assert len(data) == 7 * 32
+    assert decode_receipt(data) == receipt
+    assert decode_receipt(data[: 5 * 32]) == Receipt(
+        b"\x02" * 32, 8453, 1_700_000_000_000, 12_345, 210
+    )
+
+
+@pytest.mark.usefixtures("sandbox_dir")
+def test_contract_accepts_our_approval_and_receipt(sandbox_info) -> None:
+    """Open and close a real session with payloads signed by this module."""
+
+    async def scenario() -> None:
+        from mor_workbench.chain.client import Chain
+        from mor_workbench.chain.rpc import RpcClient
+
+        chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
+        consumer = sandbox_info.signer("consumer")
+        provider = sandbox_info.signer("provider:balanced")
+        wb = await mor.aconnect("sandbox", sandbox_dir=sandbox_info.directory)
+        bids = await wb.bids("llama-3.2")
+        await wb.close()
+        row = bids[bids["provider"] == provider.address].iloc[0]
+        bid_id = bytes.fromhex(row["id"][2:])
+        now = await chain.block_timestamp()
+        approval = encode_approval(
+            Approval(bid_id, sandbox_info.deployment.chain_id, consumer.address, now * 1000)
+        )
+        signature = eth_sign(approval, provider.private_key_bytes())
+        amount = await chain.call("stipendToStake", int(row["price_per_second_wei"]) * 900, now)
+        await chain.transact(
+            consumer,
+            "approve",
+            sandbox_info.deployment.diamond,
+            amount * 2,
+            to=sandbox_info.deployment.token,
+        )
+        receipt = await chain.transact(
+            consumer, "openSession", consumer.address, amount * 2, False, approval, signature
+        )
+        session_id = None
+        for log in receipt["logs"]:
+            topics = [bytes.fromhex(t[2:]) for t in log["topics"]]
+            decoded = chain.diamond_abi.decode_log(topics, bytes.fromhex(log["data"][2:]))
+            if decoded and decoded[0] == "SessionOpened":
+                session_id = decoded[1]["sessionId"]
+        assert session_id is not None
+        close = encode_receipt(
+            Receipt(
+                session_id, sandbox_info.deployment.chain_id, (now + 1) * 1000, 20_000, 150, 10, 90
+            )
+        )
+        await chain.transact(
+            consumer, "closeSession", close, eth_sign(close, provider.private_key_bytes())
+        )
+        stats = await chain.call(
+            "getProviderModelStats", bytes.fromhex(row["model_id"][2:]), provider.address
+        )
+        assert stats["successCount"] >= 1 and stats["tpsScaled1000"]["mean"] > 0
+        await chain.rpc.aclose()
+
+    asyncio.run(scenario())
