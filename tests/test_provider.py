@@ -1,0 +1,271 @@
+"""A real provider router on a real socket, a simulated backend, the real contracts: a raw
+MOR-RPC client built from the protocol module gets signed, encrypted, streamed answers, and
+forged, replayed, stale and foreign requests are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+from eth_account import Account
+
+from mor_workbench.chain.client import Chain
+from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.market import tables
+from mor_workbench.protocol import (
+    Decoder,
+    PingReq,
+    PongRes,
+    Request,
+    Response,
+    SessionPromptReq,
+    SessionPromptRes,
+    SessionReportReq,
+    SessionReportRes,
+    SessionReq,
+    SessionRes,
+    address_of,
+    decode_approval,
+    ecies_decrypt,
+    ecies_encrypt,
+    eth_recover,
+    public_key_of,
+    sign,
+    verify,
+)
+from mor_workbench.provider.config import ModelConfig
+from mor_workbench.provider.server import ProviderServer
+from mor_workbench.sandbox.model_server import ModelServer
+
+MODEL = "llama-3.2"
+
+
+async def rpc(endpoint: str, request: Request | bytes, expect) -> list[Response]:
+    """One MOR-RPC call as the live consumer makes it: connect, write, read until closed."""
+    host, port = endpoint.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request if isinstance(request, bytes) else request.encode())
+    await writer.drain()
+    decoder, out = Decoder(), []
+    while data := await reader.read(65536):
+        out += [Response.from_json(obj, expect) for obj in decoder.feed(data)]
+    writer.close()
+    return out
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@pytest.fixture
+async def market(sandbox_info):
+    chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
+    provider = sandbox_info.signer("provider:balanced")
+    model_id, _ = await tables.resolve_model(chain, MODEL)
+    async with ModelServer([MODEL], profile="fast") as backend:
+        config = ModelConfig(
+            model_id, MODEL, backend.base_url + "/chat/completions", concurrent_slots=8
+        )
+        async with ProviderServer(signer=provider, chain=chain, models=[config]) as server:
+            bids = await tables.bids(chain, MODEL)
+            bid = bids[bids["provider"] == provider.address].iloc[0]
+            yield {
+                "chain": chain,
+                "server": server,
+                "provider": provider,
+                "backend": backend,
+                "consumer": sandbox_info.signer("consumer"),
+                "bid": bid,
+                "model_id": model_id,
+            }
+    await chain.rpc.aclose()
+
+
+async def open_session(m) -> tuple[bytes, bytes]:
+    """session.request to the provider, then openSession on chain; (session id, provider key)."""
+    consumer = m["consumer"]
+    key = consumer.private_key_bytes()
+    bid_id = bytes.fromhex(m["bid"]["id"][2:])
+    req = sign(SessionReq(consumer.address, public_key_of(key), 10**18, now_ms(), bid_id), key)
+    (reply,) = await rpc(m["server"].endpoint, Request("a1", req), SessionRes)
+    res = reply.result
+    verify(res, public_key=res.pubkey)
+    assert address_of(res.pubkey) == m["provider"].address  # bind the key to the bid's provider
+    assert eth_recover(res.approval, res.approval_sig) == m["provider"].address
+    assert decode_approval(res.approval).user == consumer.address
+    chain = m["chain"]
+    now = await chain.block_timestamp()
+    amount = 2 * await chain.call(
+        "stipendToStake", int(m["bid"]["price_per_second_wei"]) * 900, now
+    )
+    await chain.transact(
+        consumer, "approve", chain.deployment.diamond, amount, to=chain.deployment.token
+    )
+    receipt = await chain.transact(
+        consumer, "openSession", consumer.address, amount, False, res.approval, res.approval_sig
+    )
+    for log in receipt["logs"]:
+        decoded = chain.diamond_abi.decode_log(
+            [bytes.fromhex(t[2:]) for t in log["topics"]], bytes.fromhex(log["data"][2:])
+        )
+        if decoded and decoded[0] == "SessionOpened":
+            return decoded[1]["sessionId"], res.pubkey
+    raise AssertionError("no SessionOpened event")
+
+
+def prompt(
+    m,
+    session_id: bytes,
+    body: dict,
+    *,
+    provider_key: bytes | None = None,
+    key: bytes | None = None,
+    timestamp: int | None = None,
+) -> Request:
+    key = key or m["consumer"].private_key_bytes()
+    text = json.dumps(body)
+    if provider_key is not None:
+        text = "0x" + ecies_encrypt(provider_key, text.encode()).hex()
+    return Request("p1", sign(SessionPromptReq(session_id, text, timestamp or now_ms()), key))
+
+
+async def test_ping_advertises_encrypted_prompts(market) -> None:
+    nonce = os.urandom(8)
+    key = market["consumer"].private_key_bytes()
+    (reply,) = await rpc(
+        market["server"].endpoint, Request("1", sign(PingReq(nonce), key)), PongRes
+    )
+    verify(reply.result, address=market["provider"].address)
+    assert reply.result.nonce == nonce and "encrypted-prompts" in reply.result.version
+
+
+async def test_streamed_prompt_and_signed_report(market) -> None:
+    session_id, provider_key = await open_session(market)
+    key = market["consumer"].private_key_bytes()
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": True,
+        "seed": 3,
+    }
+    replies = await rpc(
+        market["server"].endpoint,
+        prompt(market, session_id, body, provider_key=provider_key),
+        SessionPromptRes,
+    )
+    payloads = []
+    for reply in replies:
+        verify(reply.result, public_key=provider_key)
+        payloads.append(json.loads(ecies_decrypt(key, bytes.fromhex(reply.result.message[2:]))))
+    assert payloads[-1] == "[DONE]"
+    chunks = payloads[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    streamed = "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+    )
+    direct = await _direct(market["backend"], {**body, "stream": False})
+    assert streamed == direct and streamed
+
+    plain = {"model": MODEL, "messages": [{"role": "user", "content": "again"}]}
+    (reply,) = await rpc(
+        market["server"].endpoint, prompt(market, session_id, plain), SessionPromptRes
+    )
+    completion = json.loads(ecies_decrypt(key, bytes.fromhex(reply.result.message[2:])))
+    assert (
+        completion["object"] == "chat.completion" and completion["usage"]["completion_tokens"] > 0
+    )
+
+    report = sign(SessionReportReq("0x" + session_id.hex(), now_ms()), key)
+    (reply,) = await rpc(market["server"].endpoint, Request("r1", report), SessionReportRes)
+    verify(reply.result, public_key=provider_key)
+    assert (
+        eth_recover(reply.result.message, reply.result.signed_report) == market["provider"].address
+    )
+    chain, consumer = market["chain"], market["consumer"]
+    before = await chain.call(
+        "getProviderModelStats", market["model_id"], market["provider"].address
+    )
+    await chain.transact(consumer, "closeSession", reply.result.message, reply.result.signed_report)
+    after = await chain.call(
+        "getProviderModelStats", market["model_id"], market["provider"].address
+    )
+    assert after["successCount"] == before["successCount"] + 1  # accepted as the provider's receipt
+
+
+async def _direct(backend: ModelServer, body: dict) -> str:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=backend.base_url, api_key="x")
+    reply = await client.chat.completions.create(**body)
+    return reply.choices[0].message.content
+
+
+async def test_forged_replayed_stale_and_foreign_requests_are_refused(market) -> None:
+    session_id, _ = await open_session(market)
+    endpoint = market["server"].endpoint
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+    forged = prompt(market, session_id, body, key=Account.create().key)
+    (reply,) = await rpc(endpoint, forged, SessionPromptRes)
+    assert "not signed by the session's user" in reply.error.message
+
+    good = prompt(market, session_id, body)
+    (first,) = await rpc(endpoint, good, SessionPromptRes)
+    assert first.result is not None
+    (again,) = await rpc(endpoint, good, SessionPromptRes)
+    assert "replayed" in again.error.message
+
+    stale = prompt(market, session_id, body, timestamp=now_ms() - 10 * 60 * 1000)
+    (reply,) = await rpc(endpoint, stale, SessionPromptRes)
+    assert "off the provider's clock" in reply.error.message
+
+    (reply,) = await rpc(endpoint, prompt(market, b"\x07" * 32, body), SessionPromptRes)
+    assert "unknown session" in reply.error.message
+
+    key = market["consumer"].private_key_bytes()
+    other_bid = bytes.fromhex("ee" * 32)
+    req = sign(
+        SessionReq(market["consumer"].address, public_key_of(key), 1, now_ms(), other_bid), key
+    )
+    (reply,) = await rpc(endpoint, Request("x", req), SessionRes)
+    assert "not an active bid of this provider" in reply.error.message
+
+    impostor = sign(
+        SessionReq(
+            market["consumer"].address, public_key_of(Account.create().key), 1, now_ms(), other_bid
+        ),
+        key,
+    )
+    (reply,) = await rpc(endpoint, Request("y", impostor), SessionRes)
+    assert (
+        "not signed by the expected key" in reply.error.message
+        or "does not belong" in reply.error.message
+    )
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"{not json}",
+        b'{"id":"1","method":"session.nuke","params":{}}',
+        b'{"id":"1","method":"session.prompt","params":{"timestamp":"x"}}',
+        b"[1,2,3]",
+    ],
+)
+async def test_malformed_requests_get_an_error_and_the_server_keeps_serving(market, junk) -> None:
+    (reply,) = await rpc(market["server"].endpoint, junk, SessionPromptRes)
+    assert reply.error is not None and reply.error.signature is not None
+    key = market["consumer"].private_key_bytes()
+    (pong,) = await rpc(
+        market["server"].endpoint, Request("2", sign(PingReq(b"12345678"), key)), PongRes
+    )
+    assert pong.result is not None
+
+
+async def test_oversized_message_is_cut_off(market) -> None:
+    big = b'{"id":"1","method":"session.prompt","params":{"message":"' + b"x" * (2 * 1024 * 1024)
+    (reply,) = await rpc(market["server"].endpoint, big, SessionPromptRes)
+    assert "longer than" in reply.error.message
