@@ -32,13 +32,15 @@ def test_shipped_artifacts_match_a_fresh_build(tmp_path: Path) -> None:
         pytest.fail("forge is missing: run `make setup` (npm ci) first")
     out = tmp_path / "out"
     env = {**os.environ, "PATH": f"{forge.parent}:{os.environ['PATH']}"}
-    subprocess.run(
+    build = subprocess.run(
         [str(forge), "build", "--out", str(out), "--cache-path", str(tmp_path / "cache")],
         cwd=ROOT / "contracts",
         env=env,
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if build.returncode != 0:
+        pytest.fail(f"forge build failed:\n{build.stdout[-2000:]}\n{build.stderr[-2000:]}")
     fresh = load_exporter().export(out=out)
     for name, content in fresh.items():
         shipped = json.loads((ARTIFACTS / name).read_text())
