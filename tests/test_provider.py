@@ -4,7 +4,6 @@ forged, replayed, stale and foreign requests are refused."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -16,7 +15,6 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.market import tables
 from mor_workbench.protocol import (
-    Decoder,
     PingReq,
     PongRes,
     Request,
@@ -38,6 +36,7 @@ from mor_workbench.protocol import (
 )
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
+from mor_workbench.router.transport import call_once
 from mor_workbench.sandbox.model_server import ModelServer
 
 MODEL = "llama-3.2"
@@ -45,15 +44,7 @@ MODEL = "llama-3.2"
 
 async def rpc(endpoint: str, request: Request | bytes, expect) -> list[Response]:
     """One MOR-RPC call as the live consumer makes it: connect, write, read until closed."""
-    host, port = endpoint.split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(request if isinstance(request, bytes) else request.encode())
-    await writer.drain()
-    decoder, out = Decoder(), []
-    while data := await reader.read(65536):
-        out += [Response.from_json(obj, expect) for obj in decoder.feed(data)]
-    writer.close()
-    return out
+    return await call_once(endpoint, request, expect)
 
 
 def now_ms() -> int:

@@ -150,3 +150,20 @@ def test_concurrent_starts_share_one_sandbox(tmp_path: Path) -> None:
         assert len({info.pid for info in found}) == 1
     finally:
         sandbox.reset(tmp_path)
+
+
+def test_every_provider_answers_at_its_registered_endpoint(wb, sandbox_info) -> None:
+    import asyncio
+    import os
+
+    from mor_workbench.protocol import PingReq, PongRes, Request, sign, verify
+    from mor_workbench.router.transport import call_once
+
+    key = sandbox_info.signer("consumer").private_key_bytes()
+    for row in wb.providers().itertuples():
+        nonce = os.urandom(8)
+        (reply,) = asyncio.run(
+            call_once(row.endpoint, Request("1", sign(PingReq(nonce), key)), PongRes)
+        )
+        verify(reply.result, address=row.address)
+        assert reply.result.nonce == nonce

@@ -11,6 +11,7 @@ from mor_workbench.protocol.ecies import ecies_decrypt, ecies_encrypt
 from mor_workbench.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from mor_workbench.protocol.framing import Decoder
 from mor_workbench.protocol.messages import (
+    Message,
     PingReq,
     PongRes,
     Request,
@@ -47,6 +48,7 @@ __all__ = [
     "Approval",
     "Decoder",
     "LocalProtocolError",
+    "Message",
     "PingReq",
     "PongRes",
     "ProtocolError",

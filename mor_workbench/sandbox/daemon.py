@@ -1,7 +1,8 @@
 """The sandbox daemon: a background process that owns the local chain and outlives notebooks.
 
 Started by `mor_workbench.sandbox.start()`; runs anvil with its state saved in the sandbox
-directory, deploys and seeds the marketplace the first time, publishes `sandbox.json` when
+directory, deploys and seeds the marketplace the first time, runs the providers (each a real
+provider router in front of its own simulated model server), publishes `sandbox.json` when
 ready and removes it when it stops (SIGTERM/SIGINT).
 """
 
@@ -15,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from eth_account import Account
@@ -26,6 +28,7 @@ from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.sandbox.market import PROVIDERS, seed_market
 from mor_workbench.sandbox.paths import SandboxPaths
+from mor_workbench.sandbox.providers import run_providers
 
 log = logging.getLogger("mor_workbench.sandbox")
 
@@ -75,9 +78,14 @@ async def _run(paths: SandboxPaths) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     rpc = RpcClient(url)
+    stack = AsyncExitStack()
     try:
         started = time.monotonic()
         deployment = await _prepare(paths, rpc)
+        accounts = json.loads(paths.accounts.read_text())
+        await run_providers(
+            Chain(rpc, deployment), Signer(accounts["owner"]).address, accounts["providers"], stack
+        )
         paths.info.write_text(
             json.dumps(
                 {
@@ -98,6 +106,7 @@ async def _run(paths: SandboxPaths) -> None:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
         paths.info.unlink(missing_ok=True)
+        await stack.aclose()
         await rpc.aclose()
         await asyncio.to_thread(anvil.stop)
         log.info("sandbox stopped")
