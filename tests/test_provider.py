@@ -25,8 +25,6 @@ from mor_workbench.protocol import (
     SessionReportRes,
     SessionReq,
     SessionRes,
-    address_of,
-    decode_approval,
     ecies_decrypt,
     ecies_encrypt,
     eth_recover,
@@ -36,6 +34,7 @@ from mor_workbench.protocol import (
 )
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
+from mor_workbench.router import peer
 from mor_workbench.router.transport import call_once
 from mor_workbench.sandbox.model_server import ModelServer
 
@@ -76,35 +75,19 @@ async def market(sandbox_info):
 
 
 async def open_session(m) -> tuple[bytes, bytes]:
-    """session.request to the provider, then openSession on chain; (session id, provider key)."""
-    consumer = m["consumer"]
-    key = consumer.private_key_bytes()
-    bid_id = bytes.fromhex(m["bid"]["id"][2:])
-    req = sign(SessionReq(consumer.address, public_key_of(key), 10**18, now_ms(), bid_id), key)
-    (reply,) = await rpc(m["server"].endpoint, Request("a1", req), SessionRes)
-    res = reply.result
-    verify(res, public_key=res.pubkey)
-    assert address_of(res.pubkey) == m["provider"].address  # bind the key to the bid's provider
-    assert eth_recover(res.approval, res.approval_sig) == m["provider"].address
-    assert decode_approval(res.approval).user == consumer.address
-    chain = m["chain"]
-    now = await chain.block_timestamp()
-    amount = 2 * await chain.call(
-        "stipendToStake", int(m["bid"]["price_per_second_wei"]) * 900, now
+    """Approval from the provider, then openSession on chain: (session id, provider key)."""
+    price = int(m["bid"]["price_per_second_wei"])
+    approved = await peer.request_approval(
+        m["server"].endpoint,
+        m["consumer"],
+        m["provider"].address,
+        bytes.fromhex(m["bid"]["id"][2:]),
+        10**18,
+        m["chain"].deployment.chain_id,
     )
-    await chain.transact(
-        consumer, "approve", chain.deployment.diamond, amount, to=chain.deployment.token
-    )
-    receipt = await chain.transact(
-        consumer, "openSession", consumer.address, amount, False, res.approval, res.approval_sig
-    )
-    for log in receipt["logs"]:
-        decoded = chain.diamond_abi.decode_log(
-            [bytes.fromhex(t[2:]) for t in log["topics"]], bytes.fromhex(log["data"][2:])
-        )
-        if decoded and decoded[0] == "SessionOpened":
-            return decoded[1]["sessionId"], res.pubkey
-    raise AssertionError("no SessionOpened event")
+    amount = await peer.deposit_for(m["chain"], price, 900)
+    session_id = await peer.open_session(m["chain"], m["consumer"], approved, amount)
+    return session_id, approved.pubkey
 
 
 def prompt(
@@ -260,3 +243,43 @@ async def test_oversized_message_is_cut_off(market) -> None:
     big = b'{"id":"1","method":"session.prompt","params":{"message":"' + b"x" * (2 * 1024 * 1024)
     (reply,) = await rpc(market["server"].endpoint, big, SessionPromptRes)
     assert "longer than" in reply.error.message
+
+
+async def test_consumer_peer_calls_end_to_end(market) -> None:
+    """The router's peer calls: ping, approval, deposit by the contract's maths, a streamed
+    encrypted prompt, the report, and a close the contract accepts as undisputed."""
+    m = market
+    pong = await peer.ping(m["server"].endpoint, m["consumer"], m["provider"].address)
+    assert peer.supports_encrypted_prompts(pong)
+    session_id, provider_key = await open_session(m)
+    session = await m["chain"].call("getSession", session_id)
+    assert session["endsAt"] - session["openedAt"] >= 900
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "stream"}], "stream": True}
+    chunks = [
+        c
+        async for c in peer.prompt(
+            m["server"].endpoint, m["consumer"], session_id, provider_key, body, encrypt=True
+        )
+    ]
+    assert chunks and all(c["object"] == "chat.completion.chunk" for c in chunks)
+    receipt, signature = await peer.report(
+        m["server"].endpoint, m["consumer"], session_id, provider_key, m["provider"].address
+    )
+    await m["chain"].transact(m["consumer"], "closeSession", receipt, signature)
+    closed = await m["chain"].call("getSession", session_id)
+    assert closed["closedAt"] and closed["closeoutType"] == 0
+
+
+async def test_backend_errors_reach_the_consumer_decrypted(market) -> None:
+    session_id, provider_key = await open_session(market)
+    body = {"model": MODEL, "messages": []}  # the backend answers 400
+    with pytest.raises(peer.ProviderError, match="non-empty array"):
+        async for _ in peer.prompt(
+            market["server"].endpoint,
+            market["consumer"],
+            session_id,
+            provider_key,
+            body,
+            encrypt=False,
+        ):
+            pass

@@ -69,6 +69,11 @@ class Signer:
         """Uncompressed public key without the 0x04 prefix (64 bytes)."""
         return self.__account._key_obj.public_key.to_bytes()
 
+    @property
+    def public_key_65(self) -> bytes:
+        """Uncompressed public key with the 0x04 prefix (65 bytes), as MOR-RPC carries it."""
+        return b"\x04" + self.public_key
+
     def private_key_bytes(self) -> bytes:
         """The raw key, for the few primitives that need it (ECIES decrypt). Never log it."""
         return bytes(self.__account.key)

@@ -115,6 +115,7 @@ class ProviderServer:
             m.model_id: asyncio.Semaphore(m.concurrent_slots) for m in models if m.concurrent_slots
         }
         self._reservations: dict[bytes, list[float]] = {}
+        self._last_approval_ms = 0
         self._replay = ReplayGuard(freshness_window_ms)
         self._stats: dict[bytes, _SessionStats] = {}
         self._sessions: dict[bytes, _OpenSession] = {}
@@ -244,8 +245,11 @@ class ProviderServer:
         if model is None:
             raise RemoteProtocolError("this provider does not serve the bid's model")
         self._reserve(model)
+        # Milliseconds, as live providers sign (our contract reads them as such for the TTL),
+        # strictly increasing so two approvals never share bytes (one approval, one session).
+        self._last_approval_ms = max(_now_ms(), self._last_approval_ms + 1)
         approval = encode_approval(
-            Approval(req.bid_id, self.chain.deployment.chain_id, req.user, int(time.time()))
+            Approval(req.bid_id, self.chain.deployment.chain_id, req.user, self._last_approval_ms)
         )
         return sign(
             SessionRes(self._pubkey, approval, eth_sign(approval, self._key), req.user, _now_ms()),

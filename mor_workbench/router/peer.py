@@ -1,0 +1,222 @@
+"""What a consumer does with one provider: get an approval, open and pay for the session on
+chain, send prompts and read the verified, decrypted answer, and get the close receipt.
+
+Every reply is checked: the provider's key must belong to the bid's provider address, every
+chunk must be signed by that key, approvals must be for us, this chain and this bid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from mor_workbench.chain.client import Chain
+from mor_workbench.chain.keys import Signer
+from mor_workbench.errors import MorError
+from mor_workbench.protocol import (
+    ENCRYPTED_PROMPTS,
+    PingReq,
+    PongRes,
+    RemoteProtocolError,
+    Request,
+    SessionPromptReq,
+    SessionPromptRes,
+    SessionReportReq,
+    SessionReportRes,
+    SessionReq,
+    SessionRes,
+    address_of,
+    decode_approval,
+    decode_receipt,
+    ecies_decrypt,
+    ecies_encrypt,
+    eth_recover,
+    sign,
+    verify,
+)
+from mor_workbench.router.transport import call, call_once
+
+__all__ = [
+    "Approved",
+    "ProviderError",
+    "deposit_for",
+    "open_session",
+    "ping",
+    "prompt",
+    "report",
+    "request_approval",
+]
+
+
+class ProviderError(MorError):
+    """A provider refused or failed a request; the message is the provider's own."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _request_id() -> str:
+    return os.urandom(4).hex()
+
+
+@dataclass(frozen=True)
+class Approved:
+    """A provider's signed approval, checked, ready for openSession."""
+
+    provider: str
+    pubkey: bytes
+    approval: bytes
+    signature: bytes
+    bid_id: bytes
+
+
+async def ping(endpoint: str, signer: Signer, provider: str) -> PongRes:
+    """Ping a provider; the pong must be signed by `provider`."""
+    key = signer.private_key_bytes()
+    nonce = os.urandom(8)
+    (reply,) = await call_once(
+        endpoint,
+        Request(_request_id(), sign(PingReq(nonce), key)),
+        PongRes,
+        first_reply_timeout=5.0,
+    )
+    if reply.error is not None or reply.result is None:
+        raise ProviderError(reply.error.message if reply.error else "no pong")
+    verify(reply.result, address=provider)
+    if reply.result.nonce != nonce:
+        raise RemoteProtocolError("the pong answers another ping")
+    return reply.result
+
+
+def supports_encrypted_prompts(pong: PongRes) -> bool:
+    return ENCRYPTED_PROMPTS in pong.version.split()
+
+
+async def request_approval(
+    endpoint: str, signer: Signer, provider: str, bid_id: bytes, spend: int, chain_id: int
+) -> Approved:
+    """session.request: the approval must come from `provider` for us, this chain and bid."""
+    key = signer.private_key_bytes()
+    req = sign(SessionReq(signer.address, signer.public_key_65, spend, _now_ms(), bid_id), key)
+    replies = await call_once(
+        endpoint, Request(_request_id(), req), SessionRes, first_reply_timeout=15.0
+    )
+    if not replies:
+        raise ProviderError("the provider closed the connection without answering")
+    if replies[0].error is not None:
+        raise ProviderError(replies[0].error.message)
+    res = replies[0].result
+    assert isinstance(res, SessionRes)
+    verify(res, public_key=res.pubkey)
+    if address_of(res.pubkey) != provider:
+        raise RemoteProtocolError("the approving key does not belong to the bid's provider")
+    if eth_recover(res.approval, res.approval_sig) != provider:
+        raise RemoteProtocolError("the approval is not signed by the bid's provider")
+    approval = decode_approval(res.approval)
+    if (approval.user, approval.chain_id, approval.bid_id) != (signer.address, chain_id, bid_id):
+        raise RemoteProtocolError("the approval is for another user, chain or bid")
+    return Approved(provider, res.pubkey, res.approval, res.approval_sig, bid_id)
+
+
+async def deposit_for(chain: Chain, price_per_second: int, duration_s: int) -> int:
+    """The smallest deposit whose session lasts `duration_s`, by the contract's own maths
+    (getSessionEnd), in both stake and direct-payment mode."""
+    now = await chain.block_timestamp()
+    amount = await chain.call("stipendToStake", price_per_second * duration_s, now) + 1
+    for _ in range(64):
+        if await chain.call("getSessionEnd", amount, price_per_second, now) >= now + duration_s:
+            return max(amount, price_per_second * duration_s)
+        amount += amount // 10**6 + 1
+    raise MorError("could not size a deposit for that duration")
+
+
+async def open_session(
+    chain: Chain, signer: Signer, approved: Approved, amount: int, *, direct_payment: bool = False
+) -> bytes:
+    """Approve MOR if the allowance is short, open the session on chain; its id."""
+    token, diamond = chain.deployment.token, chain.deployment.diamond
+    allowance = await chain.call("allowance", signer.address, diamond, to=token)
+    if allowance < amount:
+        await chain.transact(signer, "approve", diamond, amount, to=token)
+    receipt = await chain.transact(
+        signer,
+        "openSession",
+        signer.address,
+        amount,
+        direct_payment,
+        approved.approval,
+        approved.signature,
+    )
+    for log in receipt["logs"]:
+        topics = [bytes.fromhex(t[2:]) for t in log["topics"]]
+        decoded = chain.diamond_abi.decode_log(topics, bytes.fromhex(log["data"][2:]))
+        if decoded and decoded[0] == "SessionOpened":
+            return decoded[1]["sessionId"]
+    raise MorError("openSession was mined without a SessionOpened event")
+
+
+async def prompt(
+    endpoint: str,
+    signer: Signer,
+    session_id: bytes,
+    provider_pubkey: bytes,
+    body: dict[str, Any],
+    *,
+    encrypt: bool,
+    first_reply_timeout: float = 90.0,
+    idle_timeout: float = 60.0,
+) -> AsyncIterator[Any]:
+    """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
+    completion), stopping at "[DONE]"."""
+    key = signer.private_key_bytes()
+    text = json.dumps(body, separators=(",", ":"))
+    if encrypt:
+        text = "0x" + ecies_encrypt(provider_pubkey, text.encode()).hex()
+    req = Request(_request_id(), sign(SessionPromptReq(session_id, text, _now_ms()), key))
+    async for reply in call(
+        endpoint,
+        req,
+        SessionPromptRes,
+        first_reply_timeout=first_reply_timeout,
+        idle_timeout=idle_timeout,
+    ):
+        if reply.error is not None:
+            message = reply.error.message
+            if reply.error.signature is not None and message.startswith("0x"):
+                verify(reply.error, public_key=provider_pubkey)
+                message = ecies_decrypt(key, bytes.fromhex(message[2:])).decode(errors="replace")
+            raise ProviderError(message)
+        assert reply.result is not None
+        verify(reply.result, public_key=provider_pubkey)
+        payload = json.loads(
+            ecies_decrypt(key, bytes.fromhex(reply.result.message.removeprefix("0x")))
+        )
+        if payload == "[DONE]":
+            return
+        yield payload
+
+
+async def report(
+    endpoint: str, signer: Signer, session_id: bytes, provider_pubkey: bytes, provider: str
+) -> tuple[bytes, bytes]:
+    """The provider's signed close receipt: (receipt bytes, EIP-191 signature)."""
+    key = signer.private_key_bytes()
+    req = sign(SessionReportReq("0x" + session_id.hex(), _now_ms()), key)
+    replies = await call_once(
+        endpoint, Request(_request_id(), req), SessionReportRes, first_reply_timeout=15.0
+    )
+    if not replies or replies[0].error is not None:
+        raise ProviderError(replies[0].error.message if replies else "no report")
+    res = replies[0].result
+    assert isinstance(res, SessionReportRes)
+    verify(res, public_key=provider_pubkey)
+    if eth_recover(res.message, res.signed_report) != provider:
+        raise RemoteProtocolError("the receipt is not signed by the session's provider")
+    if decode_receipt(res.message).session_id != session_id:
+        raise RemoteProtocolError("the receipt is for another session")
+    return res.message, res.signed_report
