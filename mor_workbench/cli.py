@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
 import sys
 import time
 
 import pandas as pd
 
 from mor_workbench import sandbox
-from mor_workbench.errors import MorError
+from mor_workbench.errors import ConfigurationError, MorError
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -67,6 +70,44 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _provider(args: argparse.Namespace) -> int:
+    from mor_workbench.chain.client import Chain
+    from mor_workbench.chain.keys import load_signer
+    from mor_workbench.chain.networks import get_network
+    from mor_workbench.chain.rpc import RpcClient
+    from mor_workbench.provider.config import load_models_config
+    from mor_workbench.provider.server import ProviderServer
+
+    models = load_models_config(args.config)
+    if args.network == "sandbox":
+        info = sandbox.start(args.dir)
+        rpc, deployment = RpcClient(info.rpc_url), info.deployment
+        signer = info.signer(args.account) if args.account else load_signer()
+    else:
+        preset = get_network(args.network)
+        url = args.rpc_url or os.environ.get("MOR_RPC_URL")
+        if not url:
+            raise ConfigurationError("pass --rpc-url or set MOR_RPC_URL")
+        rpc, deployment = RpcClient(url), preset.deployment
+        signer = load_signer(keystore=args.keystore)
+
+    async def serve() -> None:
+        chain = Chain(rpc, deployment)
+        async with ProviderServer(
+            signer=signer, chain=chain, models=models, host=args.host, port=args.port
+        ) as server:
+            print(
+                f"provider {signer.address} serving {len(models)} model(s) on "
+                f"{server.endpoint}; Ctrl-C stops",
+                flush=True,
+            )
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mor-workbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="start the sandbox and show the market")
     demo.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
     demo.set_defaults(run=_demo)
+    provider = commands.add_parser(
+        "provider", help="serve models as a provider (MOR-RPC) from a models-config.json"
+    )
+    provider.add_argument("--config", required=True, help="models-config.json (live format)")
+    provider.add_argument("--network", default="sandbox", help="sandbox, base or base-sepolia")
+    provider.add_argument("--rpc-url", default=None, help="RPC URL (or $MOR_RPC_URL)")
+    provider.add_argument(
+        "--keystore", default=None, help="encrypted keystore (else $MOR_PRIVATE_KEY)"
+    )
+    provider.add_argument("--account", default=None, help="sandbox account, e.g. provider:balanced")
+    provider.add_argument("--host", default="127.0.0.1")
+    provider.add_argument("--port", type=int, default=3333)
+    provider.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
+    provider.set_defaults(run=_provider)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
