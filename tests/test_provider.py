@@ -59,7 +59,9 @@ async def market(sandbox_info):
         config = ModelConfig(
             model_id, MODEL, backend.base_url + "/chat/completions", concurrent_slots=8
         )
-        async with ProviderServer(signer=provider, chain=chain, models=[config]) as server:
+        async with ProviderServer(
+            signer=provider, chain=chain, models=[config], claim_interval=None
+        ) as server:
             bids = await tables.bids(chain, MODEL)
             bid = bids[bids["provider"] == provider.address].iloc[0]
             yield {

@@ -100,6 +100,7 @@ class ProviderServer:
         read_timeout: float = 30.0,
         max_message: int = 1024 * 1024,
         freshness_window_ms: int = 120_000,
+        claim_interval: float | None = 30.0,
     ) -> None:
         self.signer = signer
         self.chain = chain
@@ -122,6 +123,10 @@ class ProviderServer:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(240.0, connect=5.0))
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self.claim_interval = claim_interval
+        self._claimer: asyncio.Task[None] | None = None
+        self._owed: dict[bytes, int] = {}  # session id -> chain time from which to try a claim
+        self._next_block = 0
 
     @property
     def endpoint(self) -> str:
@@ -133,10 +138,16 @@ class ProviderServer:
             self._on_connection, self.host, self.port, limit=self.max_message
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.claim_interval:
+            self._claimer = asyncio.create_task(self._claim_forever(self.claim_interval))
         return self
 
     async def stop(self) -> None:
         """Stop accepting, let running answers finish briefly, then close everything."""
+        if self._claimer is not None:
+            self._claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claimer
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -388,3 +399,64 @@ class ProviderServer:
             )
         )
         return sign(SessionReportRes(receipt, eth_sign(receipt, self._key), _now_ms()), self._key)
+
+    # ----- payments -----
+    async def _claim_forever(self, interval: float) -> None:
+        while True:
+            try:
+                await self.claim_owed()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the chain may be briefly unreachable; try again next round
+                log.warning("claiming provider payments failed; will retry", exc_info=True)
+            await asyncio.sleep(interval)
+
+    async def claim_owed(self) -> int:
+        """Find our sessions on chain and claim what has become payable; how many claims paid.
+
+        Payment normally arrives in the user's closeSession; a claim collects sessions the user
+        never closed (after their end), the day's part held back by a disputed close (the next
+        day), and what the payout cap left unpaid (when the cap's period resets).
+        """
+        me = "0x" + "00" * 12 + self.signer.address[2:].lower()
+        latest = int(await self.chain.rpc.request("eth_blockNumber"), 16)
+        for event in ("SessionOpened", "SessionClosed"):
+            topic = "0x" + self.chain.diamond_abi.event_topic(event).hex()
+            logs = await self.chain.rpc.request(
+                "eth_getLogs",
+                [
+                    {
+                        "address": self.chain.deployment.diamond,
+                        "fromBlock": hex(self._next_block),
+                        "toBlock": hex(latest),
+                        "topics": [topic, None, None, me],
+                    }
+                ],
+            )
+            for entry in logs:
+                self._owed.setdefault(bytes.fromhex(entry["topics"][2][2:]), 0)
+        self._next_block = latest + 1
+        now = await self.chain.block_timestamp()
+        paid = 0
+        for session_id, not_before in list(self._owed.items()):
+            if now < not_before:
+                continue
+            session = await self.chain.call("getSession", session_id)
+            bid = await self.chain.call("getBid", session["bidId"])
+            closed, ends = session["closedAt"], session["endsAt"]
+            end = closed if closed and closed < ends else ends
+            earned = (end - session["openedAt"]) * bid["pricePerSecond"]
+            if session["providerWithdrawnAmount"] >= earned:
+                del self._owed[session_id]  # fully paid
+                continue
+            if now < end:
+                self._owed[session_id] = end
+                continue
+            before = session["providerWithdrawnAmount"]
+            await self.chain.transact(self.signer, "claimForProvider", session_id)
+            after = (await self.chain.call("getSession", session_id))["providerWithdrawnAmount"]
+            if after > before:
+                paid += 1
+            if after < earned:  # held for the day or capped: look again tomorrow
+                self._owed[session_id] = now - now % 86400 + 86400
+        return paid

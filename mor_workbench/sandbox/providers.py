@@ -16,7 +16,12 @@ __all__ = ["run_providers"]
 
 
 async def run_providers(
-    chain: Chain, owner: str, keys: dict[str, str], stack: AsyncExitStack
+    chain: Chain,
+    owner: str,
+    keys: dict[str, str],
+    stack: AsyncExitStack,
+    *,
+    claim_interval: float = 5.0,
 ) -> list[ProviderServer]:
     """Start every sandbox provider (closed with `stack`) and point its chain endpoint at it."""
     model_ids = [await chain.call("getModelId", owner, base_model_id(m.name)) for m in MODELS]
@@ -33,7 +38,9 @@ async def run_providers(
             for m, model_id in zip(MODELS, model_ids, strict=True)
         ]
         server = await stack.enter_async_context(
-            ProviderServer(signer=signer, chain=chain, models=configs)
+            ProviderServer(
+                signer=signer, chain=chain, models=configs, claim_interval=claim_interval
+            )
         )
         registered = await chain.call("getProvider", signer.address)
         if registered["endpoint"] != server.endpoint:
