@@ -285,3 +285,14 @@ async def test_backend_errors_reach_the_consumer_decrypted(market) -> None:
             encrypt=False,
         ):
             pass
+
+
+def test_plaintext_only_providers_are_refused_when_encryption_is_required() -> None:
+    from mor_workbench.protocol import PongRes
+
+    live = PongRes(b"\x01", "v7.0.0")
+    ours = PongRes(b"\x01", "mor-workbench/0.1.0 encrypted-prompts")
+    assert peer.encrypt_prompts_for(ours, require_encrypted_prompts=True) is True
+    assert peer.encrypt_prompts_for(live) is False  # plaintext, as the live network sends it
+    with pytest.raises(peer.ProviderError, match="require_encrypted_prompts"):
+        peer.encrypt_prompts_for(live, require_encrypted_prompts=True)

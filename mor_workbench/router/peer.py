@@ -94,7 +94,21 @@ async def ping(endpoint: str, signer: Signer, provider: str) -> PongRes:
 
 
 def supports_encrypted_prompts(pong: PongRes) -> bool:
+    """Whether the provider advertised that it decrypts ECIES-encrypted prompts."""
     return ENCRYPTED_PROMPTS in pong.version.split()
+
+
+def encrypt_prompts_for(pong: PongRes, *, require_encrypted_prompts: bool = False) -> bool:
+    """Encrypt prompts when the provider can decrypt them; live providers that cannot get
+    plaintext (as the live network sends it), unless encryption is required."""
+    if supports_encrypted_prompts(pong):
+        return True
+    if require_encrypted_prompts:
+        raise ProviderError(
+            "this provider cannot receive encrypted prompts (require_encrypted_prompts=True); "
+            "choose another provider or allow plaintext prompts"
+        )
+    return False
 
 
 async def request_approval(
