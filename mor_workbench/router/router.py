@@ -1,0 +1,239 @@
+"""The in-process router: rank a model's bids, open a session with the best provider that
+accepts, send prompts to it, and close what it opened — journaled so nothing is stranded.
+
+Every session is written to the journal before the openSession transaction is sent and
+updated after each step; `recover()` closes or settles whatever a previous process left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import keccak
+
+from mor_workbench.chain.client import Call, Chain
+from mor_workbench.chain.keys import Signer
+from mor_workbench.errors import MorError
+from mor_workbench.market import tables
+from mor_workbench.protocol import ProtocolError, Receipt, encode_receipt, eth_sign
+from mor_workbench.router import peer
+from mor_workbench.router.journal import JournalEntry, SessionJournal
+from mor_workbench.router.scoring import Score, ScoreInput, score_bid
+
+__all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router"]
+
+
+class NoProviderAvailable(MorError):
+    """No provider of the model accepted a session; `tried` says who and why."""
+
+    def __init__(self, model: str, tried: list[tuple[str, str]]) -> None:
+        self.tried = tried
+        detail = "; ".join(f"{p[:10]}…: {why}" for p, why in tried) or "the model has no bids"
+        super().__init__(f"no provider accepted a session for {model!r} ({detail})")
+
+
+@dataclass(frozen=True)
+class RankedBid:
+    """A bid with everything needed to open a session on it, and its score."""
+
+    bid_id: bytes
+    model_id: bytes
+    provider: str
+    endpoint: str
+    price_per_second: int
+    score: Score
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    """A session this router opened and may use."""
+
+    session_id: bytes
+    model_id: bytes
+    bid_id: bytes
+    provider: str
+    endpoint: str
+    provider_pubkey: bytes
+    encrypt: bool
+    ends_at: int
+    approval_hash: str
+
+
+class Router:
+    """Sessions and prompts for one account on one chain."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        signer: Signer,
+        journal: SessionJournal,
+        *,
+        require_encrypted_prompts: bool = False,
+    ) -> None:
+        self.chain = chain
+        self.signer = signer
+        self.journal = journal
+        self.require_encrypted_prompts = require_encrypted_prompts
+
+    # ----- choosing a provider -----
+    async def rank(self, model: str) -> list[RankedBid]:
+        """The model's active bids, best score first (the reference's default scorer)."""
+        model_id, _ = await tables.resolve_model(self.chain, model)
+        frame = await tables.bids(self.chain, "0x" + model_id.hex())
+        if frame.empty:
+            return []
+        providers = sorted(set(frame["provider"]))
+        reads = [Call("getProviderMinimumStake"), Call("getModelStats", (model_id,))]
+        reads += [Call("getProvider", (p,)) for p in providers]
+        reads += [Call("getProviderModelStats", (model_id, p)) for p in providers]
+        results = await self.chain.read_many(reads)
+        min_stake, model_stats = results[0], results[1]
+        info = dict(zip(providers, results[2 : 2 + len(providers)], strict=True))
+        stats = dict(zip(providers, results[2 + len(providers) :], strict=True))
+        ranked = []
+        for row in frame.itertuples():
+            score = score_bid(
+                ScoreInput(
+                    int(row.price_per_second_wei),
+                    info[row.provider]["stake"],
+                    min_stake,
+                    stats[row.provider],
+                    model_stats,
+                )
+            )
+            ranked.append(
+                RankedBid(
+                    bytes.fromhex(row.id[2:]),
+                    model_id,
+                    row.provider,
+                    info[row.provider]["endpoint"],
+                    int(row.price_per_second_wei),
+                    score,
+                )
+            )
+        return sorted(ranked, key=lambda b: b.score.score, reverse=True)
+
+    # ----- opening -----
+    async def open(
+        self, model: str, duration_s: int, *, direct_payment: bool = False
+    ) -> OpenSession:
+        """Open a session with the best provider that accepts, trying each in score order."""
+        tried: list[tuple[str, str]] = []
+        for bid in await self.rank(model):
+            try:
+                return await self._open_on(bid, duration_s, direct_payment)
+            except (peer.ProviderError, ProtocolError, OSError, TimeoutError) as exc:
+                tried.append((bid.provider, str(exc) or type(exc).__name__))
+        raise NoProviderAvailable(model, tried)
+
+    async def _open_on(self, bid: RankedBid, duration_s: int, direct: bool) -> OpenSession:
+        pong = await peer.ping(bid.endpoint, self.signer, bid.provider)
+        encrypt = peer.encrypt_prompts_for(
+            pong, require_encrypted_prompts=self.require_encrypted_prompts
+        )
+        amount = await peer.deposit_for(self.chain, bid.price_per_second, duration_s)
+        approved = await peer.request_approval(
+            bid.endpoint,
+            self.signer,
+            bid.provider,
+            bid.bid_id,
+            amount,
+            self.chain.deployment.chain_id,
+        )
+        entry = self.journal.record(
+            JournalEntry(
+                approval_hash="0x" + keccak(approved.approval).hex(),
+                state="opening",
+                model_id="0x" + bid.model_id.hex(),
+                bid_id="0x" + bid.bid_id.hex(),
+                provider=bid.provider,
+                endpoint=bid.endpoint,
+                provider_pubkey="0x" + approved.pubkey.hex(),
+                amount=str(amount),
+                direct_payment=direct,
+                approval="0x" + approved.approval.hex(),
+                approval_signature="0x" + approved.signature.hex(),
+            )
+        )
+        session_id = await peer.open_session(
+            self.chain, self.signer, approved, amount, direct_payment=direct
+        )
+        ends_at = (await self.chain.call("getSession", session_id))["endsAt"]
+        self.journal.update(
+            entry.approval_hash, state="open", session_id="0x" + session_id.hex(), ends_at=ends_at
+        )
+        return OpenSession(
+            session_id,
+            bid.model_id,
+            bid.bid_id,
+            bid.provider,
+            bid.endpoint,
+            approved.pubkey,
+            encrypt,
+            ends_at,
+            entry.approval_hash,
+        )
+
+    # ----- prompts -----
+    async def stream(self, session: OpenSession, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """The provider's verified, decrypted chunks (or completion) for one request body."""
+        async for payload in peer.prompt(
+            session.endpoint,
+            self.signer,
+            session.session_id,
+            session.provider_pubkey,
+            body,
+            encrypt=session.encrypt,
+        ):
+            yield payload
+
+    # ----- closing -----
+    async def close(self, session: OpenSession) -> bool:
+        """Close with the provider's receipt, or dispute-close with our own when it is gone.
+        True when the provider signed the receipt."""
+        self.journal.update(session.approval_hash, state="closing")
+        try:
+            receipt, signature = await peer.report(
+                session.endpoint,
+                self.signer,
+                session.session_id,
+                session.provider_pubkey,
+                session.provider,
+            )
+            undisputed = True
+        except (peer.ProviderError, ProtocolError, OSError, TimeoutError):
+            receipt = encode_receipt(
+                Receipt(session.session_id, self.chain.deployment.chain_id, int(time.time()), 0, 0)
+            )
+            signature = eth_sign(receipt, self.signer.private_key_bytes())
+            undisputed = False
+        await self.chain.transact(self.signer, "closeSession", receipt, signature)
+        self.journal.update(session.approval_hash, state="closed")
+        return undisputed
+
+    async def close_all(self) -> int:
+        """Close every session this account's journal holds open; how many were closed."""
+        closed = 0
+        for entry in self.journal.unfinished():
+            if entry.state in ("open", "closing") and entry.session_id:
+                await self.close(_from_entry(entry))
+                closed += 1
+        return closed
+
+
+def _from_entry(entry: JournalEntry) -> OpenSession:
+    """A journaled session, enough to close it (it is not prompted again: no encryption)."""
+    return OpenSession(
+        bytes.fromhex(entry.session_id[2:]),
+        bytes.fromhex(entry.model_id[2:]),
+        bytes.fromhex(entry.bid_id[2:]),
+        entry.provider,
+        entry.endpoint,
+        bytes.fromhex(entry.provider_pubkey[2:]),
+        False,
+        entry.ends_at or 0,
+        entry.approval_hash,
+    )

@@ -1,0 +1,63 @@
+"""The router on the sandbox: rank, open with the best provider, stream, close, journal."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mor_workbench.chain.client import Chain
+from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.router.journal import SessionJournal
+from mor_workbench.router.router import Router
+from mor_workbench.sandbox.market import PROVIDERS
+
+
+@pytest.fixture
+async def router(sandbox_info, tmp_path):
+    chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
+    yield Router(
+        chain, sandbox_info.signer("consumer"), SessionJournal(tmp_path / "journal.sqlite3")
+    )
+    await chain.rpc.aclose()
+
+
+async def test_ranking_puts_price_first_when_nobody_has_stats(router, sandbox_info) -> None:
+    ranked = await router.rank("llama-3.2")
+    assert len(ranked) == len(PROVIDERS)
+    assert [b.score.score for b in ranked] == sorted((b.score.score for b in ranked), reverse=True)
+    cheapest = min(ranked, key=lambda b: b.price_per_second)
+    assert ranked[0].provider == cheapest.provider == sandbox_info.signer("provider:budget").address
+
+
+async def test_open_stream_close_is_journaled_and_undisputed(router) -> None:
+    session = await router.open("llama-3.2", 600)
+    entry = router.journal.get(session.approval_hash)
+    assert entry.state == "open" and entry.session_id == "0x" + session.session_id.hex()
+    on_chain = await router.chain.call("getSession", session.session_id)
+    assert on_chain["isActive"] and on_chain["endsAt"] - on_chain["openedAt"] >= 600
+    body = {"model": "llama-3.2", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    chunks = [c async for c in router.stream(session, body)]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text
+    assert await router.close(session) is True
+    assert router.journal.get(session.approval_hash).state == "closed"
+    closed = await router.chain.call("getSession", session.session_id)
+    assert closed["closedAt"] and closed["closeoutType"] == 0
+
+
+async def test_close_falls_back_to_a_dispute_when_the_provider_is_gone(router) -> None:
+    session = await router.open("llama-3.2", 600)
+    gone = dataclasses.replace(session, endpoint="127.0.0.1:9")
+    assert await router.close(gone) is False
+    closed = await router.chain.call("getSession", session.session_id)
+    assert closed["closedAt"] and closed["closeoutType"] == 1
+    assert router.journal.unfinished() == []
+
+
+async def test_close_all_closes_what_the_journal_holds(router) -> None:
+    first = await router.open("llama-3.2", 600)
+    second = await router.open("qwen-2.5-coder", 600)
+    assert await router.close_all() == 2
+    for s in (first, second):
+        assert (await router.chain.call("getSession", s.session_id))["closedAt"]
