@@ -7,6 +7,8 @@ same coroutines on a background loop so it also works inside Jupyter.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pandas as pd
@@ -19,6 +21,10 @@ from mor_workbench.chain.networks import get_network
 from mor_workbench.chain.rpc import RpcClient, redact_url
 from mor_workbench.errors import ChainError, ConfigurationError
 from mor_workbench.market import tables
+from mor_workbench.router.journal import SessionJournal
+from mor_workbench.router.router import Router
+from mor_workbench.sandbox.paths import workbench_home
+from mor_workbench.session import AsyncSession, Session, parse_duration
 
 __all__ = ["AsyncWorkbench", "Workbench", "aconnect", "connect"]
 
@@ -32,6 +38,56 @@ class AsyncWorkbench:
         self.network = network
         self.chain = chain
         self.account = account
+        self._router: Router | None = None
+        self._sessions: dict[str, AsyncSession] = {}  # open sessions by model, for reuse
+
+    @property
+    def router(self) -> Router:
+        """The router for this account (sessions are journaled per chain and account)."""
+        if self.account is None:
+            raise ConfigurationError(
+                "a read-only workbench cannot open sessions: connect with key=… or MOR_PRIVATE_KEY"
+            )
+        if self._router is None:
+            name = f"{self.chain.deployment.chain_id}-{self.account.address}.sqlite3"
+            journal = SessionJournal(workbench_home() / "journal" / name)
+            self._router = Router(self.chain, self.account, journal)
+        return self._router
+
+    async def open_session(
+        self, model: str, *, duration: str | int = "10m", direct_payment: bool = False
+    ) -> AsyncSession:
+        """Open a session for `model` with the best provider that accepts."""
+        opened = await self.router.open(
+            model, parse_duration(duration), direct_payment=direct_payment
+        )
+        return AsyncSession(self.router, opened, model)
+
+    async def _session_for(self, model: str) -> AsyncSession:
+        session = self._sessions.get(model)
+        if session is None or session.closed or session.ends_at.timestamp() < time.time() + 30:
+            session = await self.open_session(model)
+            self._sessions[model] = session
+        return session
+
+    async def stream(
+        self, prompt: str | list[dict[str, Any]], *, model: str, **params: Any
+    ) -> AsyncIterator[str]:
+        """Text deltas; opens (or reuses) this workbench's session for `model`."""
+        session = await self._session_for(model)
+        async for delta in session.stream(prompt, **params):
+            yield delta
+
+    async def chat(self, prompt: str | list[dict[str, Any]], *, model: str, **params: Any) -> str:
+        """The answer as a string; opens (or reuses) this workbench's session for `model`."""
+        return await (await self._session_for(model)).chat(prompt, **params)
+
+    async def close_all(self) -> int:
+        """Close every open session this account's journal holds (from any process)."""
+        for session in self._sessions.values():
+            session.closed = True
+        self._sessions.clear()
+        return await self.router.close_all()
 
     def __repr__(self) -> str:
         who = self.account.address if self.account else "read-only"
@@ -67,7 +123,10 @@ class AsyncWorkbench:
         return await tables.stats(self.chain)
 
     async def close(self) -> None:
-        """Detach from the network (a sandbox keeps running for the next connect)."""
+        """Close the sessions this workbench opened, then detach (a sandbox keeps running)."""
+        for session in list(self._sessions.values()):
+            await session.close()
+        self._sessions.clear()
         await self.chain.rpc.aclose()
 
     async def __aenter__(self) -> AsyncWorkbench:
@@ -114,6 +173,20 @@ class Workbench:
 
     def stats(self) -> pd.DataFrame:
         return self._portal.run(self._inner.stats())
+
+    def open_session(self, model: str, **options: Any) -> Session:
+        return Session(self._portal.run(self._inner.open_session(model, **options)), self._portal)
+
+    def chat(self, prompt: str | list[dict[str, Any]], *, model: str, **params: Any) -> str:
+        return self._portal.run(self._inner.chat(prompt, model=model, **params))
+
+    def stream(
+        self, prompt: str | list[dict[str, Any]], *, model: str, **params: Any
+    ) -> Iterator[str]:
+        return self._portal.iterate(self._inner.stream(prompt, model=model, **params))
+
+    def close_all(self) -> int:
+        return self._portal.run(self._inner.close_all())
 
     def close(self) -> None:
         self._portal.run(self._inner.close())

@@ -22,12 +22,15 @@ async def router(sandbox_info, tmp_path):
     await chain.rpc.aclose()
 
 
-async def test_ranking_puts_price_first_when_nobody_has_stats(router, sandbox_info) -> None:
+async def test_ranking_follows_the_score_of_each_bid(router) -> None:
     ranked = await router.rank("llama-3.2")
     assert len(ranked) == len(PROVIDERS)
     assert [b.score.score for b in ranked] == sorted((b.score.score for b in ranked), reverse=True)
-    cheapest = min(ranked, key=lambda b: b.price_per_second)
-    assert ranked[0].provider == cheapest.provider == sandbox_info.signer("provider:budget").address
+    for bid in ranked:  # the score is the weighted stats divided by the price in MOR/s
+        assert bid.score.score == pytest.approx(bid.score.raw / (bid.price_per_second / 1e18))
+        assert 0 <= bid.score.raw <= 1
+    endpoints = {b.endpoint for b in ranked}
+    assert len(endpoints) == len(PROVIDERS) and all(":" in e for e in endpoints)
 
 
 async def test_open_stream_close_is_journaled_and_undisputed(router) -> None:
