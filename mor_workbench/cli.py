@@ -65,8 +65,31 @@ def _demo(args: argparse.Namespace) -> int:
             print(
                 wb.providers()[
                     ["address", "endpoint", "stake", "is_active", "created_at"]
-                ].to_string()
+                ].to_string(),
+                "\n",
             )
+        before = wb.balance()
+        print(f"Balance before: {before['mor']:.6f} MOR, {before['eth']:.4f} ETH\n")
+        with wb.open_session("llama-3.2", duration="10m") as session:
+            info = session.info()
+            print(
+                f"Session {info['id'][:10]}… with provider {info['provider'][:10]}… "
+                f"(best score), ends {info['ends_at']:%H:%M:%S} UTC"
+            )
+            print("Chat:", session.chat("What is the Morpheus marketplace?"))
+            print("Stream: ", end="", flush=True)
+            for delta in session.stream("And how are providers chosen?"):
+                print(delta, end="", flush=True)
+            print()
+            during = wb.balance()
+            print(f"\nStaked while open: {during['mor_staked']:.6f} MOR")
+        after = wb.balance()
+        print(
+            f"Closed with the provider's receipt. Balance after: {after['mor']:.6f} MOR, and "
+            f"{after['mor_on_hold']:.6f} MOR on hold until midnight UTC (today's use, as the "
+            f"contract keeps it). In staking mode the provider is paid from the compute budget, "
+            f"so the whole stake comes back: {after['mor'] + after['mor_on_hold']:.6f} MOR."
+        )
     return 0
 
 

@@ -6,6 +6,7 @@ same coroutines on a background loop so it also works inside Jupyter.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -81,6 +82,27 @@ class AsyncWorkbench:
     async def chat(self, prompt: str | list[dict[str, Any]], *, model: str, **params: Any) -> str:
         """The answer as a string; opens (or reuses) this workbench's session for `model`."""
         return await (await self._session_for(model)).chat(prompt, **params)
+
+    async def balance(self, user: str | None = None) -> dict[str, float]:
+        """ETH, MOR, MOR staked in open sessions and MOR on hold (available now / later)."""
+        who = user or self.address
+        if who is None:
+            raise ConfigurationError("a read-only workbench has no account: pass user='0x…'")
+        token = self.chain.deployment.token
+        eth, mor, (available, hold), sessions = await asyncio.gather(
+            self.chain.eth_balance(who),
+            self.chain.call("balanceOf", who, to=token),
+            self.chain.call("getUserStakesOnHold", who, 255),
+            tables.sessions(self.chain, who),
+        )
+        staked = int(sum(sessions.loc[sessions["is_active"], "stake_wei"])) if len(sessions) else 0
+        return {
+            "eth": eth / 1e18,
+            "mor": mor / 1e18,
+            "mor_staked": staked / 1e18,
+            "mor_on_hold_available": available / 1e18,
+            "mor_on_hold": hold / 1e18,
+        }
 
     async def close_all(self) -> int:
         """Close every open session this account's journal holds (from any process)."""
@@ -187,6 +209,9 @@ class Workbench:
 
     def close_all(self) -> int:
         return self._portal.run(self._inner.close_all())
+
+    def balance(self, user: str | None = None) -> dict[str, float]:
+        return self._portal.run(self._inner.balance(user))
 
     def close(self) -> None:
         self._portal.run(self._inner.close())

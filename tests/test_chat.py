@@ -66,3 +66,21 @@ def test_durations(value, seconds) -> None:
 def test_bad_durations_are_named(bad) -> None:
     with pytest.raises(mor.ConfigurationError, match="not understood"):
         parse_duration(bad)
+
+
+def test_balance_shows_stake_while_open_and_back_after(wb) -> None:
+    before = wb.balance()
+    session = wb.open_session("mistral-small", duration="6m")
+    during = wb.balance()
+    assert during["mor_staked"] > 0
+    assert during["mor"] == pytest.approx(
+        before["mor"] - during["mor_staked"] + before["mor_staked"]
+    )
+    session.close()
+    after = wb.balance()
+    assert after["mor_staked"] == pytest.approx(before["mor_staked"])
+    # staking mode: the provider is paid from the compute budget; the stake all comes back,
+    # part of it on hold until the next UTC midnight
+    assert after["mor"] + after["mor_on_hold"] + after["mor_on_hold_available"] == pytest.approx(
+        before["mor"] + before["mor_on_hold"] + before["mor_on_hold_available"]
+    )
