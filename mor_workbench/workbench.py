@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
 from mor_workbench.chain.networks import get_network
 from mor_workbench.chain.rpc import RpcClient, redact_url
-from mor_workbench.errors import ChainError, ConfigurationError
+from mor_workbench.errors import ChainError, ConfigurationError, MorError
 from mor_workbench.market import tables
 from mor_workbench.router.journal import SessionJournal
 from mor_workbench.router.router import Router
@@ -54,6 +55,17 @@ class AsyncWorkbench:
             journal = SessionJournal(workbench_home() / "journal" / name)
             self._router = Router(self.chain, self.account, journal)
         return self._router
+
+    async def recover(self) -> dict[str, int]:
+        """Settle what an earlier process of this account left (run by connect): sessions
+        still open are closed and released on-hold stakes withdrawn. Failures only warn."""
+        if self.account is None:
+            return {}
+        try:
+            return await self.router.recover()
+        except MorError as exc:
+            warnings.warn(f"could not settle earlier sessions yet: {exc}", stacklevel=2)
+            return {}
 
     async def open_session(
         self, model: str, *, duration: str | int = "10m", direct_payment: bool = False
@@ -241,7 +253,11 @@ async def aconnect(
 
         info = await asyncio.to_thread(sandbox.start, sandbox_dir)
         account = load_signer(key) if key else info.signer("consumer")
-        return AsyncWorkbench("sandbox", Chain(RpcClient(info.rpc_url), info.deployment), account)
+        workbench = AsyncWorkbench(
+            "sandbox", Chain(RpcClient(info.rpc_url), info.deployment), account
+        )
+        await workbench.recover()
+        return workbench
     preset = get_network(network)
     urls = rpc_url or os.environ.get(RPC_URL_ENV)
     if not urls:
@@ -265,7 +281,9 @@ async def aconnect(
         )
     has_key = key or keystore or os.environ.get("MOR_PRIVATE_KEY")
     account = load_signer(key, keystore=keystore, password=password) if has_key else None
-    return AsyncWorkbench(network, chain, account)
+    workbench = AsyncWorkbench(network, chain, account)
+    await workbench.recover()
+    return workbench
 
 
 def connect(network: str = "sandbox", **options: Any) -> Workbench:

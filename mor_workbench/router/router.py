@@ -25,6 +25,8 @@ from mor_workbench.router.scoring import Score, ScoreInput, score_bid
 
 __all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router"]
 
+APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
+
 
 class NoProviderAvailable(MorError):
     """No provider of the model accepted a session; `tried` says who and why."""
@@ -213,6 +215,53 @@ class Router:
         await self.chain.transact(self.signer, "closeSession", receipt, signature)
         self.journal.update(session.approval_hash, state="closed")
         return undisputed
+
+    async def recover(self) -> dict[str, int]:
+        """Settle what earlier processes left: find sessions an interrupted open created, close
+        sessions still open, and withdraw on-hold stakes whose time has come."""
+        done = {"found": 0, "closed": 0, "abandoned": 0, "withdrawn": 0}
+        for entry in self.journal.unfinished():
+            if entry.state == "opening":
+                session_id = await self._find_opened(entry)
+                if session_id is None:
+                    if time.time() - entry.created_at > APPROVAL_TTL_S:
+                        self.journal.update(entry.approval_hash, state="abandoned")
+                        done["abandoned"] += 1
+                    continue
+                raw = await self.chain.call("getSession", session_id)
+                entry = self.journal.update(
+                    entry.approval_hash,
+                    state="open",
+                    session_id="0x" + session_id.hex(),
+                    ends_at=raw["endsAt"],
+                )
+                done["found"] += 1
+            raw = await self.chain.call("getSession", bytes.fromhex(entry.session_id[2:]))
+            if raw["closedAt"]:
+                self.journal.update(entry.approval_hash, state="closed")
+                continue
+            await self.close(_from_entry(entry))
+            done["closed"] += 1
+        available, _ = await self.chain.call("getUserStakesOnHold", self.signer.address, 255)
+        if available:
+            await self.chain.transact(self.signer, "withdrawUserStakes", self.signer.address, 255)
+            done["withdrawn"] = available
+        return done
+
+    async def _find_opened(self, entry: JournalEntry) -> bytes | None:
+        """The session an interrupted open created from this entry's approval, if any."""
+        approval = bytes.fromhex(entry.approval[2:])
+        if not await self.chain.call("getIsProviderApprovalUsed", approval):
+            return None
+        ids, _ = await self.chain.call("getUserSessions", self.signer.address, 0, 10_000)
+        known = {e.session_id for e in self.journal.all() if e.session_id}
+        sessions = await self.chain.read_many([Call("getSession", (i,)) for i in ids])
+        for session_id, raw in zip(ids, sessions, strict=True):
+            if ("0x" + session_id.hex()) in known or isinstance(raw, Exception):
+                continue
+            if "0x" + raw["bidId"].hex() == entry.bid_id and raw["stake"] == int(entry.amount):
+                return session_id
+        return None
 
     async def close_all(self) -> int:
         """Close every session this account's journal holds open; how many were closed."""
