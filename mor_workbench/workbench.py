@@ -24,7 +24,7 @@ from mor_workbench.chain.rpc import RpcClient, redact_url
 from mor_workbench.errors import ChainError, ConfigurationError, MorError
 from mor_workbench.market import tables
 from mor_workbench.router.journal import SessionJournal
-from mor_workbench.router.router import Router
+from mor_workbench.router.router import Router, rank_bids
 from mor_workbench.sandbox.paths import workbench_home
 from mor_workbench.session import AsyncSession, Session, parse_duration
 
@@ -138,8 +138,16 @@ class AsyncWorkbench:
         return await tables.models(self.chain)
 
     async def bids(self, model: str | None = None) -> pd.DataFrame:
-        """Active bids of `model` (name or id), or of every model."""
-        return await tables.bids(self.chain, model)
+        """Active bids of `model` (name or id) with each bid's score and its parts, or the bids
+        of every model."""
+        frame = await tables.bids(self.chain, model)
+        if model is None or frame.empty:
+            return frame
+        scores = {"0x" + b.bid_id.hex(): b.score for b in await rank_bids(self.chain, model)}
+        for part in ("score", "raw", "tps", "ttft", "duration", "success", "stake"):
+            column = "score" if part == "score" else f"score_{part}"
+            frame[column] = [getattr(scores[i], part) for i in frame["id"]]
+        return frame
 
     async def providers(self) -> pd.DataFrame:
         """Active providers."""

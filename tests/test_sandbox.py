@@ -48,6 +48,12 @@ def test_bids_table_has_one_bid_per_provider_and_model(wb) -> None:
     assert one["price_per_second"].is_monotonic_increasing
     by_id = wb.bids(one["model_id"].iloc[0])
     assert list(by_id["id"]) == list(one["id"])
+    # one model's bids carry their score and its parts (price divides the weighted parts)
+    parts = ["score_tps", "score_ttft", "score_duration", "score_success", "score_stake"]
+    assert ((one[parts] >= 0) & (one[parts] <= 1)).all().all()
+    expected = one["score_raw"] / one["price_per_second"]
+    assert ((one["score"] - expected).abs() <= 1e-9 * expected).all()
+    assert "score" not in frame.columns  # all models: no scores
 
 
 def test_unknown_model_names_the_choices(wb) -> None:

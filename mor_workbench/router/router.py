@@ -23,7 +23,7 @@ from mor_workbench.router import peer
 from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
 
-__all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router"]
+__all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router", "rank_bids"]
 
 APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
 
@@ -64,6 +64,45 @@ class OpenSession:
     approval_hash: str
 
 
+async def rank_bids(chain: Chain, model: str) -> list[RankedBid]:
+    """A model's active bids, best score first (the reference's default scorer), from one
+    batched read of bids, providers and stats."""
+    model_id, _ = await tables.resolve_model(chain, model)
+    frame = await tables.bids(chain, "0x" + model_id.hex())
+    if frame.empty:
+        return []
+    providers = sorted(set(frame["provider"]))
+    reads = [Call("getProviderMinimumStake"), Call("getModelStats", (model_id,))]
+    reads += [Call("getProvider", (p,)) for p in providers]
+    reads += [Call("getProviderModelStats", (model_id, p)) for p in providers]
+    results = await chain.read_many(reads)
+    min_stake, model_stats = results[0], results[1]
+    info = dict(zip(providers, results[2 : 2 + len(providers)], strict=True))
+    stats = dict(zip(providers, results[2 + len(providers) :], strict=True))
+    ranked = []
+    for row in frame.itertuples():
+        score = score_bid(
+            ScoreInput(
+                int(row.price_per_second_wei),
+                info[row.provider]["stake"],
+                min_stake,
+                stats[row.provider],
+                model_stats,
+            )
+        )
+        ranked.append(
+            RankedBid(
+                bytes.fromhex(row.id[2:]),
+                model_id,
+                row.provider,
+                info[row.provider]["endpoint"],
+                int(row.price_per_second_wei),
+                score,
+            )
+        )
+    return sorted(ranked, key=lambda b: b.score.score, reverse=True)
+
+
 class Router:
     """Sessions and prompts for one account on one chain."""
 
@@ -83,40 +122,7 @@ class Router:
     # ----- choosing a provider -----
     async def rank(self, model: str) -> list[RankedBid]:
         """The model's active bids, best score first (the reference's default scorer)."""
-        model_id, _ = await tables.resolve_model(self.chain, model)
-        frame = await tables.bids(self.chain, "0x" + model_id.hex())
-        if frame.empty:
-            return []
-        providers = sorted(set(frame["provider"]))
-        reads = [Call("getProviderMinimumStake"), Call("getModelStats", (model_id,))]
-        reads += [Call("getProvider", (p,)) for p in providers]
-        reads += [Call("getProviderModelStats", (model_id, p)) for p in providers]
-        results = await self.chain.read_many(reads)
-        min_stake, model_stats = results[0], results[1]
-        info = dict(zip(providers, results[2 : 2 + len(providers)], strict=True))
-        stats = dict(zip(providers, results[2 + len(providers) :], strict=True))
-        ranked = []
-        for row in frame.itertuples():
-            score = score_bid(
-                ScoreInput(
-                    int(row.price_per_second_wei),
-                    info[row.provider]["stake"],
-                    min_stake,
-                    stats[row.provider],
-                    model_stats,
-                )
-            )
-            ranked.append(
-                RankedBid(
-                    bytes.fromhex(row.id[2:]),
-                    model_id,
-                    row.provider,
-                    info[row.provider]["endpoint"],
-                    int(row.price_per_second_wei),
-                    score,
-                )
-            )
-        return sorted(ranked, key=lambda b: b.score.score, reverse=True)
+        return await rank_bids(self.chain, model)
 
     # ----- opening -----
     async def open(
