@@ -18,7 +18,13 @@ from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import MorError
 from mor_workbench.market import tables
-from mor_workbench.protocol import ProtocolError, Receipt, encode_receipt, eth_sign
+from mor_workbench.protocol import (
+    ProtocolError,
+    Receipt,
+    decode_approval,
+    encode_receipt,
+    eth_sign,
+)
 from mor_workbench.router import peer
 from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
@@ -255,19 +261,37 @@ class Router:
         return done
 
     async def _find_opened(self, entry: JournalEntry) -> bytes | None:
-        """The session an interrupted open created from this entry's approval, if any."""
+        """The session an interrupted open created from this entry's approval, if any.
+
+        Exact where the contract derives the session id from the approval (ours does:
+        getSessionId(user, provider, bid, approval timestamp)); otherwise the one session on
+        that bid, with that deposit, opened while the approval was valid and not journaled.
+        """
         approval = bytes.fromhex(entry.approval[2:])
         if not await self.chain.call("getIsProviderApprovalUsed", approval):
             return None
+        stamp = decode_approval(approval).timestamp
+        bid_id = bytes.fromhex(entry.bid_id[2:])
+        exact = await self.chain.call(
+            "getSessionId", self.signer.address, entry.provider, bid_id, stamp
+        )
+        raw = await self.chain.call("getSession", exact)
+        if raw["user"] == self.signer.address and "0x" + raw["bidId"].hex() == entry.bid_id:
+            return exact
+        opened_from = stamp // 1000 if stamp > 10**12 else stamp
         ids, _ = await self.chain.call("getUserSessions", self.signer.address, 0, 10_000)
         known = {e.session_id for e in self.journal.all() if e.session_id}
         sessions = await self.chain.read_many([Call("getSession", (i,)) for i in ids])
-        for session_id, raw in zip(ids, sessions, strict=True):
-            if ("0x" + session_id.hex()) in known or isinstance(raw, Exception):
-                continue
-            if "0x" + raw["bidId"].hex() == entry.bid_id and raw["stake"] == int(entry.amount):
-                return session_id
-        return None
+        matches = [
+            session_id
+            for session_id, raw in zip(ids, sessions, strict=True)
+            if not isinstance(raw, Exception)
+            and ("0x" + session_id.hex()) not in known
+            and "0x" + raw["bidId"].hex() == entry.bid_id
+            and raw["stake"] == int(entry.amount)
+            and opened_from - 5 <= raw["openedAt"] <= opened_from + APPROVAL_TTL_S
+        ]
+        return matches[0] if len(matches) == 1 else None
 
     async def close_all(self) -> int:
         """Close every session this account's journal holds open; how many were closed."""
