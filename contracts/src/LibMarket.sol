@@ -204,6 +204,24 @@ library LibMarket {
     error OwnableUnauthorizedAccount(address account);
     error InsufficientRightsForOperation(address delegator, address delegatee);
 
+    /// A value does not fit the packed field it is stored in (OpenZeppelin SafeCast's error).
+    error SafeCastOverflowedUintDowncast(uint8 bits, uint256 value);
+
+    function toUint32(uint256 value) internal pure returns (uint32) {
+        if (value > type(uint32).max) revert SafeCastOverflowedUintDowncast(32, value);
+        return uint32(value);
+    }
+
+    function toUint96(uint256 value) internal pure returns (uint96) {
+        if (value > type(uint96).max) revert SafeCastOverflowedUintDowncast(96, value);
+        return uint96(value);
+    }
+
+    function toUint128(uint256 value) internal pure returns (uint128) {
+        if (value > type(uint128).max) revert SafeCastOverflowedUintDowncast(128, value);
+        return uint128(value);
+    }
+
     function enforceOwner() internal view {
         if (msg.sender != layout().owner) revert OwnableUnauthorizedAccount(msg.sender);
     }

@@ -81,9 +81,10 @@ contract MarketplaceFacet {
     function withdrawFee(address recipient_, uint256 amount_) external {
         LibMarket.enforceOwner();
         LibMarket.Layout storage s = LibMarket.layout();
-        if (amount_ == 0 || amount_ > s.feeBalance) revert MarketplaceFeeAmountIsZero();
-        s.feeBalance -= amount_;
-        LibMarket.pay(recipient_, amount_);
+        uint256 amount = amount_ < s.feeBalance ? amount_ : s.feeBalance;
+        if (amount == 0) revert MarketplaceFeeAmountIsZero();
+        s.feeBalance -= amount;
+        LibMarket.pay(recipient_, amount);
     }
 
     // ----- providers -----
@@ -99,7 +100,7 @@ contract MarketplaceFacet {
             p.limitPeriodEnd = uint64(block.timestamp + LibMarket.REWARD_PERIOD);
         }
         p.isDeleted = false;
-        p.stake = uint128(newStake);
+        p.stake = LibMarket.toUint128(newStake);
         p.endpoint = endpoint_;
         s.activeProviders.add(provider_);
         emit ProviderRegistered(provider_);
@@ -171,7 +172,7 @@ contract MarketplaceFacet {
             m.createdAt = uint64(block.timestamp);
             m.owner = modelOwner_;
         }
-        m.stake = uint128(newStake);
+        m.stake = LibMarket.toUint128(newStake);
         m.ipfsCID = ipfsCID_;
         m.fee = fee_;
         m.name = name_;
@@ -254,9 +255,9 @@ contract MarketplaceFacet {
             createdAt: uint48(block.timestamp),
             deletedAt: 0,
             modelId: modelId_,
-            pricePerSecond: uint128(pricePerSecond_),
+            pricePerSecond: LibMarket.toUint128(pricePerSecond_),
             nonce: uint96(nonce),
-            index: uint32(index)
+            index: LibMarket.toUint32(index)
         });
         s.modelBids[modelId_].push(bidId);
         s.providerBids[provider_].push(bidId);
@@ -334,5 +335,22 @@ contract MarketplaceFacet {
 
     function getRegistry() external pure returns (address) {
         return address(0);
+    }
+
+    // The live network's delegation rule ids (delegate.xyz rights), for callers that read them.
+    function DELEGATION_RULES_PROVIDER() external pure returns (bytes32) {
+        return keccak256("delegation.rules.provider");
+    }
+
+    function DELEGATION_RULES_MODEL() external pure returns (bytes32) {
+        return keccak256("delegation.rules.model");
+    }
+
+    function DELEGATION_RULES_MARKETPLACE() external pure returns (bytes32) {
+        return keccak256("delegation.rules.marketplace");
+    }
+
+    function DELEGATION_RULES_SESSION() external pure returns (bytes32) {
+        return keccak256("delegation.rules.session");
     }
 }

@@ -134,7 +134,7 @@ contract SessionFacet {
     function _emissionsCached(uint256 day) private returns (uint256 compute, uint256 other) {
         (compute, other) = _emissions(day);
         LibMarket.Layout storage s = LibMarket.layout();
-        if (s.dayCache.day != day) {
+        if (s.dayCache.day != day && compute <= type(uint96).max && other <= type(uint96).max) {
             s.dayCache = LibMarket.DayCache(uint64(day), uint96(compute), uint96(other));
         }
     }
@@ -275,15 +275,16 @@ contract SessionFacet {
         uint256 duration = _sessionEnd(amount, price, block.timestamp, compute, other) - block.timestamp;
         if (duration < LibMarket.MIN_SESSION_DURATION) revert SessionTooShort();
         if (isDirect && duration * price > amount) revert SessionStakeTooLow();
+        LibMarket.toUint96(duration * price); // what the provider can earn fits its packed field
 
         LibMarket.pull(user, amount);
         LibMarket.StoredSession storage session = s.sessions[sessionId];
         session.user = user;
         session.openedAt = uint32(block.timestamp);
-        session.endsAt = uint32(block.timestamp + duration);
+        session.endsAt = LibMarket.toUint32(block.timestamp + duration);
         session.isActive = true;
         session.isDirect = isDirect;
-        session.stake = uint96(amount);
+        session.stake = LibMarket.toUint96(amount);
         session.bidIndex = bid.index;
 
         address provider = bid.provider;
@@ -366,7 +367,7 @@ contract SessionFacet {
         uint256 closedAt = session.closedAt;
         uint256 endsAt = session.endsAt;
         uint256 end = closedAt != 0 && closedAt < endsAt ? closedAt : endsAt;
-        if (block.timestamp < end) revert SessionNotEndedOrNotExist();
+        if (block.timestamp < end) return; // still running: nothing to claim yet
         uint256 earned = (end - session.openedAt) * bid.pricePerSecond;
         uint256 held;
         if (session.closeoutType == 1 && closedAt != 0 && closedAt < endsAt) {
@@ -387,13 +388,14 @@ contract SessionFacet {
         uint256 earnedInPeriod = p.limitPeriodEarned;
         if (block.timestamp > p.limitPeriodEnd) {
             p.limitPeriodEnd = uint64(block.timestamp + LibMarket.REWARD_PERIOD);
+            p.limitPeriodEarned = 0;
             earnedInPeriod = 0;
         }
         uint256 room = p.stake > earnedInPeriod ? p.stake - earnedInPeriod : 0;
         if (amount > room) amount = room;
         if (amount == 0) return;
         session.providerWithdrawn += uint96(amount);
-        p.limitPeriodEarned = uint128(earnedInPeriod + amount);
+        p.limitPeriodEarned = uint128(earnedInPeriod + amount); // at most the stake, a uint128
         s.providersTotalClaimed += amount;
         if (session.isDirect) LibMarket.pay(provider, amount);
         else LibMarket.payFrom(s.fundingAccount, provider, amount);

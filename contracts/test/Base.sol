@@ -9,6 +9,15 @@ import {LibMarket} from "../src/LibMarket.sol";
 
 /// The forge cheatcodes these tests use (forge-std is not installable offline).
 interface Vm {
+    function readFile(string calldata) external view returns (string memory);
+    function parseJsonKeys(string calldata, string calldata) external pure returns (string[] memory);
+    function getCode(string calldata) external view returns (bytes memory);
+    function getDeployedCode(string calldata) external view returns (bytes memory);
+    function etch(address, bytes calldata) external;
+    function cool(address) external;
+    function expectEmit() external;
+    function expectEmit(address) external;
+    function expectRevert() external;
     function warp(uint256) external;
     function prank(address) external;
     function startPrank(address) external;
@@ -114,87 +123,23 @@ contract Base {
         return new Diamond(owner_, cuts);
     }
 
-    function marketplaceSelectors() internal pure returns (bytes4[] memory s) {
-        s = new bytes4[](40);
-        s[0] = MarketplaceFacet.__Marketplace_init.selector;
-        s[1] = MarketplaceFacet.setMinMaxBidPricePerSecond.selector;
-        s[2] = MarketplaceFacet.setMarketplaceBidFee.selector;
-        s[3] = MarketplaceFacet.providerSetMinStake.selector;
-        s[4] = MarketplaceFacet.modelSetMinStake.selector;
-        s[5] = MarketplaceFacet.withdrawFee.selector;
-        s[6] = MarketplaceFacet.providerRegister.selector;
-        s[7] = MarketplaceFacet.providerDeregister.selector;
-        s[8] = MarketplaceFacet.getProvider.selector;
-        s[9] = MarketplaceFacet.getProviderMinimumStake.selector;
-        s[10] = MarketplaceFacet.getIsProviderActive.selector;
-        s[11] = MarketplaceFacet.getActiveProviders.selector;
-        s[12] = MarketplaceFacet.getModelId.selector;
-        s[13] = MarketplaceFacet.modelRegister.selector;
-        s[14] = MarketplaceFacet.modelDeregister.selector;
-        s[15] = MarketplaceFacet.getModel.selector;
-        s[16] = MarketplaceFacet.getModelIds.selector;
-        s[17] = MarketplaceFacet.getActiveModelIds.selector;
-        s[18] = MarketplaceFacet.getModelMinimumStake.selector;
-        s[19] = MarketplaceFacet.getIsModelActive.selector;
-        s[20] = MarketplaceFacet.getBidId.selector;
-        s[21] = MarketplaceFacet.getProviderModelId.selector;
-        s[22] = MarketplaceFacet.postModelBid.selector;
-        s[23] = MarketplaceFacet.deleteModelBid.selector;
-        s[24] = MarketplaceFacet.getBid.selector;
-        s[25] = MarketplaceFacet.isBidActive.selector;
-        s[26] = MarketplaceFacet.getModelBids.selector;
-        s[27] = MarketplaceFacet.getProviderBids.selector;
-        s[28] = MarketplaceFacet.getModelActiveBids.selector;
-        s[29] = MarketplaceFacet.getProviderActiveBids.selector;
-        s[30] = MarketplaceFacet.getBidFee.selector;
-        s[31] = MarketplaceFacet.getFeeBalance.selector;
-        s[32] = MarketplaceFacet.getMinMaxBidPricePerSecond.selector;
-        s[33] = MarketplaceFacet.getToken.selector;
-        s[34] = MarketplaceFacet.owner.selector;
-        s[35] = MarketplaceFacet.isRightsDelegated.selector;
-        s[36] = MarketplaceFacet.getRegistry.selector;
-        assembly {
-            mstore(s, 37)
+    /// A facet's selectors exactly as the package ships them: every external function of the
+    /// facet, from forge's methodIdentifiers (what export_artifacts.py writes to deployment.json).
+    function facetSelectors(string memory name) internal view returns (bytes4[] memory selectors) {
+        string memory json = vm.readFile(string.concat("out/", name, ".sol/", name, ".json"));
+        string[] memory signatures = vm.parseJsonKeys(json, ".methodIdentifiers");
+        selectors = new bytes4[](signatures.length);
+        for (uint256 i; i < signatures.length; ++i) {
+            selectors[i] = bytes4(keccak256(bytes(signatures[i])));
         }
     }
 
-    function sessionSelectors() internal pure returns (bytes4[] memory s) {
-        s = new bytes4[](40);
-        s[0] = SessionFacet.__SessionRouter_init.selector;
-        s[1] = SessionFacet.setMaxSessionDuration.selector;
-        s[2] = SessionFacet.setPoolConfig.selector;
-        s[3] = SessionFacet.startOfTheDay.selector;
-        s[4] = SessionFacet.getComputeBalance.selector;
-        s[5] = SessionFacet.totalMORSupply.selector;
-        s[6] = SessionFacet.getTodaysBudget.selector;
-        s[7] = SessionFacet.stakeToStipend.selector;
-        s[8] = SessionFacet.stipendToStake.selector;
-        s[9] = SessionFacet.getSessionEnd.selector;
-        s[10] = SessionFacet.getSessionId.selector;
-        s[11] = SessionFacet.getIsProviderApprovalUsed.selector;
-        s[12] = SessionFacet.openSession.selector;
-        s[13] = SessionFacet.closeSession.selector;
-        s[14] = SessionFacet.claimForProvider.selector;
-        s[15] = SessionFacet.withdrawUserStakes.selector;
-        s[16] = SessionFacet.getUserStakesOnHold.selector;
-        s[17] = SessionFacet.getProviderModelStats.selector;
-        s[18] = SessionFacet.getModelStats.selector;
-        s[19] = SessionFacet.getSession.selector;
-        s[20] = SessionFacet.getUserSessions.selector;
-        s[21] = SessionFacet.getProviderSessions.selector;
-        s[22] = SessionFacet.getModelSessions.selector;
-        s[23] = SessionFacet.getTotalSessions.selector;
-        s[24] = SessionFacet.getPools.selector;
-        s[25] = SessionFacet.getPool.selector;
-        s[26] = SessionFacet.getFundingAccount.selector;
-        s[27] = SessionFacet.getProvidersTotalClaimed.selector;
-        s[28] = SessionFacet.getMaxSessionDuration.selector;
-        s[29] = SessionFacet.MIN_SESSION_DURATION.selector;
-        s[30] = SessionFacet.SIGNATURE_TTL.selector;
-        s[31] = SessionFacet.COMPUTE_POOL_INDEX.selector;
-        assembly {
-            mstore(s, 32)
-        }
+    function marketplaceSelectors() internal view returns (bytes4[] memory) {
+        return facetSelectors("MarketplaceFacet");
+    }
+
+    function sessionSelectors() internal view returns (bytes4[] memory) {
+        return facetSelectors("SessionFacet");
     }
 
     function mainnetPools() internal pure returns (LibMarket.Pool[] memory pools) {
