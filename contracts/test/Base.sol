@@ -15,6 +15,7 @@ interface Vm {
     function getDeployedCode(string calldata) external view returns (bytes memory);
     function etch(address, bytes calldata) external;
     function cool(address) external;
+    function deal(address, uint256) external;
     function expectEmit() external;
     function expectEmit(address) external;
     function expectRevert() external;
@@ -32,48 +33,86 @@ interface Vm {
 
 /// One interface over the whole diamond (both facets), as a router sees it.
 interface IMarket {
+    // administration
     function __Marketplace_init(address, uint256, uint256) external;
     function __SessionRouter_init(address, uint128, LibMarket.Pool[] calldata) external;
     function setMarketplaceBidFee(uint256) external;
+    function setMinMaxBidPricePerSecond(uint256, uint256) external;
     function providerSetMinStake(uint256) external;
     function modelSetMinStake(uint256) external;
+    function withdrawFee(address, uint256) external;
+    function setMaxSessionDuration(uint128) external;
+    function setPoolConfig(uint256, LibMarket.Pool calldata) external;
+    function owner() external view returns (address);
+    // providers
     function providerRegister(address, uint256, string calldata) external;
     function providerDeregister(address) external;
+    function getProvider(address) external view returns (LibMarket.Provider memory);
+    function getProviderMinimumStake() external view returns (uint256);
+    function getIsProviderActive(address) external view returns (bool);
+    function getActiveProviders(uint256, uint256) external view returns (address[] memory, uint256);
+    // models
     function modelRegister(address, bytes32, bytes32, uint256, uint256, string calldata, string[] calldata) external;
     function modelDeregister(bytes32) external;
     function getModelId(address, bytes32) external pure returns (bytes32);
+    function getModel(bytes32) external view returns (LibMarket.Model memory);
+    function getModelIds(uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getActiveModelIds(uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getModelMinimumStake() external view returns (uint256);
+    function getIsModelActive(bytes32) external view returns (bool);
+    // bids
     function postModelBid(address, bytes32, uint256) external returns (bytes32);
     function deleteModelBid(bytes32) external;
+    function getBidId(address, bytes32, uint256) external pure returns (bytes32);
+    function getProviderModelId(address, bytes32) external pure returns (bytes32);
     function getBid(bytes32) external view returns (LibMarket.Bid memory);
-    function getProvider(address) external view returns (LibMarket.Provider memory);
-    function getModel(bytes32) external view returns (LibMarket.Model memory);
+    function isBidActive(bytes32) external view returns (bool);
+    function getModelBids(bytes32, uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getProviderBids(address, uint256, uint256) external view returns (bytes32[] memory, uint256);
     function getModelActiveBids(bytes32, uint256, uint256) external view returns (bytes32[] memory, uint256);
     function getProviderActiveBids(address, uint256, uint256) external view returns (bytes32[] memory, uint256);
-    function getModelBids(bytes32, uint256, uint256) external view returns (bytes32[] memory, uint256);
-    function getActiveModelIds(uint256, uint256) external view returns (bytes32[] memory, uint256);
-    function getActiveProviders(uint256, uint256) external view returns (address[] memory, uint256);
-    function getFeeBalance() external view returns (uint256);
     function getBidFee() external view returns (uint256);
+    function getFeeBalance() external view returns (uint256);
+    function getMinMaxBidPricePerSecond() external view returns (uint256, uint256);
+    function getToken() external view returns (address);
+    // delegation (none here)
+    function isRightsDelegated(address, address, bytes32) external view returns (bool);
+    function getRegistry() external view returns (address);
+    function DELEGATION_RULES_PROVIDER() external view returns (bytes32);
+    function DELEGATION_RULES_MODEL() external view returns (bytes32);
+    function DELEGATION_RULES_MARKETPLACE() external view returns (bytes32);
+    function DELEGATION_RULES_SESSION() external view returns (bytes32);
+    // sessions
     function openSession(address, uint256, bool, bytes calldata, bytes calldata) external returns (bytes32);
     function closeSession(bytes calldata, bytes calldata) external;
     function claimForProvider(bytes32) external;
     function withdrawUserStakes(address, uint8) external;
     function getUserStakesOnHold(address, uint8) external view returns (uint256, uint256);
     function getSession(bytes32) external view returns (LibMarket.Session memory);
+    function getSessionId(address, address, bytes32, uint256) external pure returns (bytes32);
     function getUserSessions(address, uint256, uint256) external view returns (bytes32[] memory, uint256);
     function getProviderSessions(address, uint256, uint256) external view returns (bytes32[] memory, uint256);
     function getModelSessions(bytes32, uint256, uint256) external view returns (bytes32[] memory, uint256);
+    function getTotalSessions(address) external view returns (uint256);
+    function getIsProviderApprovalUsed(bytes calldata) external view returns (bool);
+    function getProviderModelStats(bytes32, address) external view returns (LibMarket.ProviderModelStats memory);
+    function getModelStats(bytes32) external view returns (LibMarket.ModelStats memory);
+    // economics
+    function startOfTheDay(uint128) external pure returns (uint128);
     function getSessionEnd(uint256, uint256, uint128) external view returns (uint128);
     function stakeToStipend(uint256, uint128) external view returns (uint256);
     function stipendToStake(uint256, uint128) external view returns (uint256);
     function totalMORSupply(uint128) external view returns (uint256);
     function getComputeBalance(uint128) external view returns (uint256);
-    function getIsProviderApprovalUsed(bytes calldata) external view returns (bool);
-    function getProviderModelStats(bytes32, address) external view returns (LibMarket.ProviderModelStats memory);
-    function getModelStats(bytes32) external view returns (LibMarket.ModelStats memory);
+    function getTodaysBudget(uint128) external view returns (uint256);
     function getProvidersTotalClaimed() external view returns (uint256);
-    function getTotalSessions(address) external view returns (uint256);
-    function owner() external view returns (address);
+    function getFundingAccount() external view returns (address);
+    function getMaxSessionDuration() external view returns (uint128);
+    function getPools() external view returns (LibMarket.Pool[] memory);
+    function getPool(uint256) external view returns (LibMarket.Pool memory);
+    function MIN_SESSION_DURATION() external view returns (uint32);
+    function SIGNATURE_TTL() external view returns (uint32);
+    function COMPUTE_POOL_INDEX() external view returns (uint256);
 }
 
 contract Base {
@@ -211,6 +250,10 @@ contract Base {
 
     function assertTrue(bool ok, string memory what) internal pure {
         require(ok, what);
+    }
+
+    function bound(uint256 x, uint256 lo, uint256 hi) internal pure returns (uint256) {
+        return lo + (x % (hi - lo + 1));
     }
 
     function vm_toString(uint256 v) internal pure returns (string memory) {

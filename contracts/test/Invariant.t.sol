@@ -14,8 +14,11 @@ contract Handler {
     bytes32 internal modelId;
     uint256[] internal providerKeys;
     uint256 internal constant USER_KEY = 0xB0B;
+    address internal constant TREASURY = address(0x7EA5);
     address public user;
     bytes32[] public sessions;
+    uint256 public closed;
+    uint256 public collected;
     mapping(address => uint256) internal keyOf;
     mapping(address => bytes32) internal bidOf;
 
@@ -42,6 +45,7 @@ contract Handler {
     function rebid(uint256 seed, uint256 price) external {
         address p = providerAt(seed);
         price = 1e12 + (price % 1e15);
+        if (token.balanceOf(p) < market.getBidFee()) return;
         vm.prank(p);
         bidOf[p] = market.postModelBid(p, modelId, price);
     }
@@ -70,6 +74,7 @@ contract Handler {
         (uint8 v, bytes32 rr, bytes32 ss) = vm.sign(dispute ? USER_KEY : keyOf[p], digest);
         vm.prank(user);
         market.closeSession(r, abi.encodePacked(rr, ss, v));
+        ++closed;
     }
 
     function claim(uint256 seed) external {
@@ -77,6 +82,30 @@ contract Handler {
         bytes32 id = sessions[seed % sessions.length];
         vm.prank(market.getBid(market.getSession(id).bidId).provider);
         try market.claimForProvider(id) {} catch {}
+    }
+
+    function topUp(uint256 seed, uint256 amount) external {
+        address p = providerAt(seed);
+        amount = amount % (5 * 1e18);
+        if (token.balanceOf(p) < amount) return;
+        vm.prank(p);
+        market.providerRegister(p, amount, "127.0.0.1:4444");
+    }
+
+    function deleteBid(uint256 seed) external {
+        address p = providerAt(seed);
+        if (!market.isBidActive(bidOf[p])) return;
+        vm.prank(p);
+        market.deleteModelBid(bidOf[p]);
+    }
+
+    function collectFees(uint256 amount) external {
+        uint256 fees = market.getFeeBalance();
+        if (fees == 0) return;
+        address owner = market.owner();
+        vm.prank(owner);
+        market.withdrawFee(TREASURY, 1 + (amount % fees));
+        ++collected;
     }
 
     function withdraw() external {
@@ -104,7 +133,7 @@ contract InvariantTest is Base {
             bids[i] = registerProvider(vm.addr(keys[i]), i == 1 ? MOR / 5 : 50 * MOR, modelId, PRICE * (i + 1));
         }
         handler = new Handler(token, market, modelId, keys, bids);
-        holders = [admin, user, address(market), vm.addr(keys[0]), vm.addr(keys[1]), vm.addr(keys[2])];
+        holders = [admin, user, address(market), vm.addr(keys[0]), vm.addr(keys[1]), vm.addr(keys[2]), address(0x7EA5)];
     }
 
     function targetContracts() public view returns (address[] memory targets) {
@@ -122,7 +151,8 @@ contract InvariantTest is Base {
         assertEq(token.totalSupply(), 100_000_000 * MOR, "supply unchanged");
     }
 
-    /// The diamond can always pay back what it owes: open stakes, on-hold stakes, fees, stakes.
+    /// The diamond can always pay back what it owes: fees, model and provider stakes, on-hold
+    /// stakes, the stakes of open sessions and the unpaid earnings of direct-payment sessions.
     function invariant_diamondIsSolvent() public view {
         uint256 owed = market.getFeeBalance() + MOR / 10; // fees and the model's stake
         for (uint256 i; i < 3; ++i) {
@@ -132,8 +162,47 @@ contract InvariantTest is Base {
         owed += available + hold;
         for (uint256 i; i < handler.sessionCount(); ++i) {
             LibMarket.Session memory s = market.getSession(handler.sessions(i));
-            if (s.closedAt == 0) owed += s.stake - (s.isDirectPaymentFromUser ? s.providerWithdrawnAmount : 0);
+            uint256 withdrawn = s.isDirectPaymentFromUser ? s.providerWithdrawnAmount : 0;
+            if (s.closedAt == 0) {
+                owed += s.stake - withdrawn;
+            } else if (s.isDirectPaymentFromUser) {
+                uint256 end = s.closedAt < s.endsAt ? s.closedAt : s.endsAt;
+                owed += (end - s.openedAt) * market.getBid(s.bidId).pricePerSecond - withdrawn;
+            }
         }
         assertTrue(token.balanceOf(address(market)) >= owed, "diamond holds what it owes");
+    }
+
+    /// Each handler action really acts (the invariant runs would prove little otherwise).
+    function test_handlerActionsTakeEffect() public {
+        handler.openSession(0, 100 * MOR, false);
+        handler.openSession(1, 100 * MOR, true);
+        assertEq(handler.sessionCount(), 2, "opened");
+        handler.warp(600);
+        handler.closeSession(0, false);
+        handler.closeSession(1, true);
+        assertEq(handler.closed(), 2, "closed");
+        handler.warp(1 days);
+        handler.claim(1);
+        handler.withdraw();
+        handler.rebid(0, 5e12);
+        handler.deleteBid(0);
+        handler.topUp(2, MOR);
+        handler.collectFees(1);
+        assertEq(handler.collected(), 1, "fees collected");
+        (uint256 available, uint256 hold) = market.getUserStakesOnHold(handler.user(), 255);
+        assertEq(available + hold, 0, "on-hold stakes withdrawn");
+        invariant_noMorCreatedOrLost();
+        invariant_diamondIsSolvent();
+        invariant_claimsAddUp();
+    }
+
+    /// Every payout is accounted for: the total claimed is the sum of what sessions paid.
+    function invariant_claimsAddUp() public view {
+        uint256 paid;
+        for (uint256 i; i < handler.sessionCount(); ++i) {
+            paid += market.getSession(handler.sessions(i)).providerWithdrawnAmount;
+        }
+        assertEq(market.getProvidersTotalClaimed(), paid, "claimed = sum of session payouts");
     }
 }

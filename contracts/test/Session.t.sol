@@ -269,4 +269,252 @@ contract SessionTest is Base {
         else assertEq(back, amount, "staking: the whole stake comes back");
         assertEq(token.totalSupply(), supply, "supply constant");
     }
+
+    // ----- opening -----
+    function test_sessionIdIsDerivedFromTheApproval() public {
+        bytes32 id = open(10 * MOR, false);
+        assertTrue(id == market.getSessionId(user, provider, bidId, NOW), "id = getSessionId(user, provider, bid, approval time)");
+        assertTrue(id == keccak256(abi.encodePacked(user, provider, bidId, uint256(NOW))), "formula");
+        assertTrue(!market.getIsProviderApprovalUsed(approval(bidId, user, NOW + 1)), "another approval unused");
+    }
+
+    function test_openEmitsAndRecordsTheSession() public {
+        bytes memory a = approval(bidId, user, NOW);
+        bytes memory sig = signEth(providerKey, a);
+        bytes32 expected = market.getSessionId(user, provider, bidId, NOW);
+        vm.expectEmit(address(market));
+        emit SessionFacet.SessionOpened(user, expected, provider);
+        vm.prank(user);
+        market.openSession(user, 10 * MOR, true, a, sig);
+        LibMarket.Session memory s = market.getSession(expected);
+        assertTrue(s.bidId == bidId && s.isDirectPaymentFromUser && s.isActive, "fields");
+        assertEq(s.openedAt, NOW, "opened");
+        assertEq(s.closedAt, 0, "open");
+        assertEq(s.closeoutType, 0, "no closeout");
+        assertEq(market.getTotalSessions(provider), 1, "provider's sessions");
+        assertEq(market.getSession(keccak256("none")).openedAt, 0, "unknown session is empty");
+    }
+
+    function test_openingForSomeoneElseIsRefused() public {
+        bytes memory a = approval(bidId, user, NOW);
+        bytes memory sig = signEth(providerKey, a);
+        vm.prank(provider);
+        vm.expectRevert(abi.encodeWithSelector(LibMarket.InsufficientRightsForOperation.selector, user, provider));
+        market.openSession(user, 10 * MOR, false, a, sig);
+    }
+
+    function test_approvalsFromTheFutureAreAcceptedAsLive() public {
+        bytes memory a = approval(bidId, user, NOW + 3600);
+        bytes memory sig = signEth(providerKey, a);
+        vm.prank(user);
+        market.openSession(user, 10 * MOR, false, a, sig);
+    }
+
+    function test_malformedSignaturesAreRefused() public {
+        bytes memory a = approval(bidId, user, NOW);
+        bytes memory sig = signEth(providerKey, a);
+        vm.startPrank(user);
+        vm.expectRevert(bytes("ECDSA: invalid signature length"));
+        market.openSession(user, 10 * MOR, false, a, slice(sig, 64));
+        vm.expectRevert(bytes("ECDSA: invalid signature"));
+        market.openSession(user, 10 * MOR, false, a, new bytes(65));
+        vm.expectRevert(bytes("ECDSA: invalid signature"));
+        market.openSession(user, 10 * MOR, false, a, highS(sig));
+        vm.stopPrank();
+        // a dispute still needs a valid signature from someone
+        bytes32 id = open(10 * MOR, false);
+        bytes memory r = receipt(id, NOW);
+        vm.prank(user);
+        vm.expectRevert(bytes("ECDSA: invalid signature"));
+        market.closeSession(r, new bytes(65));
+    }
+
+    function slice(bytes memory b, uint256 n) internal pure returns (bytes memory out) {
+        out = new bytes(n);
+        for (uint256 i; i < n; ++i) {
+            out[i] = b[i];
+        }
+    }
+
+    /// The same signature with s mirrored into the upper half (valid maths, refused as malleable).
+    function highS(bytes memory sig) internal pure returns (bytes memory) {
+        (bytes32 r, bytes32 s) = abi.decode(slice(sig, 64), (bytes32, bytes32));
+        uint8 v = uint8(sig[64]);
+        uint256 n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
+        return abi.encodePacked(r, bytes32(n - uint256(s)), v == 27 ? uint8(28) : uint8(27));
+    }
+
+    // ----- closing -----
+    function test_closeChecksChainAndSession() public {
+        bytes32 id = open(10 * MOR, false);
+        bytes memory r = abi.encode(id, block.chainid + 1, uint128(NOW), uint32(1), uint32(1));
+        bytes memory sig = signEth(providerKey, r);
+        vm.prank(user);
+        vm.expectRevert(SessionFacet.SessionReceiptForAnotherChainId.selector);
+        market.closeSession(r, sig);
+        r = receipt(keccak256("unknown"), NOW);
+        sig = signEth(providerKey, r);
+        vm.prank(user);
+        vm.expectRevert(abi.encodeWithSelector(LibMarket.InsufficientRightsForOperation.selector, address(0), user));
+        market.closeSession(r, sig);
+        vm.prank(user);
+        vm.expectRevert();
+        market.closeSession(slice(receipt(id, NOW), 150), sig); // too short to hold the five fields
+    }
+
+    function test_closeEmitsAndKeepsNoReceipt() public {
+        bytes32 id = open(depositFor(HOUR, PRICE), false);
+        vm.warp(NOW + 100);
+        vm.expectEmit(address(market));
+        emit SessionFacet.SessionClosed(user, id, provider);
+        close(id, providerKey);
+        LibMarket.Session memory s = market.getSession(id);
+        assertEq(s.closeoutReceipt.length, 0, "raw receipt not stored");
+        assertEq(s.closedAt, NOW + 100, "closed at");
+        assertTrue(!s.isActive && s.closeoutType == 0, "closed without dispute");
+        assertEq(s.providerWithdrawnAmount, 100 * PRICE, "provider paid");
+        assertEq(market.getProvidersTotalClaimed(), 100 * PRICE, "total claimed");
+    }
+
+    function test_closeNeedsTheFundingAccountsAllowance() public {
+        bytes32 id = open(depositFor(HOUR, PRICE), false);
+        vm.warp(NOW + 100);
+        token.approve(address(market), 0); // the funding account withdraws its allowance
+        vm.expectRevert(bytes("ERC20: insufficient allowance"));
+        this.closeAs(id);
+        token.approve(address(market), type(uint256).max);
+        this.closeAs(id);
+    }
+
+    function test_directEarlyCloseSplitsTheStake() public {
+        uint256 amount = depositFor(HOUR, PRICE);
+        bytes32 id = open(amount, true);
+        vm.warp(NOW + 600);
+        uint256 hold = market.stipendToStake(600 * PRICE, uint128(NOW - NOW % 1 days));
+        uint256 userBefore = token.balanceOf(user);
+        uint256 providerBefore = token.balanceOf(provider);
+        uint256 fundingBefore = token.balanceOf(admin);
+        close(id, providerKey);
+        assertEq(token.balanceOf(provider) - providerBefore, 600 * PRICE, "paid from the stake");
+        assertEq(token.balanceOf(user) - userBefore, amount - 600 * PRICE - hold, "the rest less today's hold");
+        assertEq(token.balanceOf(admin), fundingBefore, "funding account untouched");
+        (, uint256 held) = market.getUserStakesOnHold(user, 10);
+        assertEq(held, hold, "held");
+    }
+
+    function test_directDisputePaysTodaysPartTomorrow() public {
+        bytes32 id = open(depositFor(HOUR, PRICE), true);
+        vm.warp(NOW + 600);
+        uint256 before = token.balanceOf(provider);
+        close(id, userKey);
+        assertEq(token.balanceOf(provider), before, "today's part held");
+        vm.warp(NOW - NOW % 1 days + 1 days);
+        vm.prank(provider);
+        market.claimForProvider(id);
+        assertEq(token.balanceOf(provider) - before, 600 * PRICE, "paid from the diamond the next day");
+    }
+
+    function test_claimAfterAFullyPaidCloseIsANoOp() public {
+        // the live contract panics here (on-hold subtracted from an already paid reward)
+        bytes32 id = open(depositFor(HOUR, PRICE), false);
+        vm.warp(NOW + 600);
+        close(id, providerKey);
+        uint256 before = token.balanceOf(provider);
+        vm.startPrank(provider);
+        market.claimForProvider(id);
+        vm.warp(NOW + 2 days);
+        market.claimForProvider(id);
+        vm.stopPrank();
+        assertEq(token.balanceOf(provider), before, "nothing more");
+    }
+
+    function test_onlyTheProviderClaims() public {
+        bytes32 id = open(depositFor(HOUR, PRICE), false);
+        vm.warp(NOW + 2 hours);
+        vm.prank(user);
+        vm.expectRevert(abi.encodeWithSelector(LibMarket.InsufficientRightsForOperation.selector, provider, user));
+        market.claimForProvider(id);
+    }
+
+    function test_aDeregisteredProviderIsPaidWithinWhatItStillStakes() public {
+        bytes32 id = open(depositFor(HOUR, PRICE), false);
+        vm.startPrank(provider);
+        market.deleteModelBid(bidId); // the session goes on
+        market.providerDeregister(provider);
+        vm.stopPrank();
+        vm.warp(market.getSession(id).endsAt + 1);
+        uint256 userBefore = token.balanceOf(user);
+        uint256 before = token.balanceOf(provider);
+        close(id, providerKey);
+        assertEq(token.balanceOf(provider), before, "no stake left, nothing paid");
+        assertEq(token.balanceOf(user) - userBefore, market.getSession(id).stake, "user made whole");
+    }
+
+    // ----- on-hold stakes -----
+    function test_withdrawUserStakesTakesReleasedEntriesUpToIterations() public {
+        // two early closes today, one tomorrow
+        bytes32 a = open(depositFor(HOUR, PRICE), false);
+        vm.warp(NOW + 100);
+        close(a, providerKey);
+        (, uint256 first) = market.getUserStakesOnHold(user, 10);
+        vm.warp(NOW + 200);
+        bytes32 b = open(depositFor(HOUR, PRICE), false);
+        vm.warp(NOW + 300);
+        close(b, providerKey);
+        (, uint256 both) = market.getUserStakesOnHold(user, 10);
+        uint256 second = both - first;
+        assertTrue(first > 0 && second > 0, "two entries held");
+        uint256 tomorrow = NOW - NOW % 1 days + 1 days;
+        vm.warp(tomorrow + 10);
+        bytes32 c = open(depositFor(HOUR, PRICE), false);
+        vm.warp(tomorrow + 110);
+        close(c, providerKey);
+        (uint256 available, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertEq(available, first + second, "today's entries released");
+        assertTrue(hold > 0, "tomorrow's entry held");
+        (uint256 one,) = market.getUserStakesOnHold(user, 1);
+        assertEq(one, second, "one iteration: the latest released entry");
+
+        vm.prank(provider);
+        vm.expectRevert(abi.encodeWithSelector(LibMarket.InsufficientRightsForOperation.selector, user, provider));
+        market.withdrawUserStakes(user, 10);
+        vm.startPrank(user);
+        vm.expectRevert(SessionFacet.SessionUserAmountToWithdrawIsZero.selector);
+        market.withdrawUserStakes(user, 0);
+        uint256 before = token.balanceOf(user);
+        vm.expectEmit(address(market));
+        emit SessionFacet.UserWithdrawn(user, second);
+        market.withdrawUserStakes(user, 1);
+        market.withdrawUserStakes(user, 1);
+        assertEq(token.balanceOf(user) - before, first + second, "both released entries paid");
+        vm.expectRevert(SessionFacet.SessionUserAmountToWithdrawIsZero.selector);
+        market.withdrawUserStakes(user, 10);
+        vm.stopPrank();
+        (available, hold) = market.getUserStakesOnHold(user, 10);
+        assertTrue(available == 0 && hold > 0, "only tomorrow's left");
+    }
+
+    // ----- listings -----
+    function test_sessionListsPageAcrossPackedWords() public {
+        uint256 n = 20; // indexes are packed eight to a word: this crosses three words
+        bytes32[] memory ids = new bytes32[](n);
+        for (uint256 i; i < n; ++i) {
+            vm.warp(NOW + i);
+            ids[i] = open(10 * MOR, false);
+        }
+        for (uint256 offset; offset < n; offset += 7) {
+            (bytes32[] memory page, uint256 total) = market.getUserSessions(user, offset, 7);
+            (bytes32[] memory pp,) = market.getProviderSessions(provider, offset, 7);
+            (bytes32[] memory mp,) = market.getModelSessions(modelId, offset, 7);
+            assertEq(total, n, "total");
+            for (uint256 i; i < page.length; ++i) {
+                assertTrue(page[i] == ids[offset + i] && pp[i] == ids[offset + i] && mp[i] == ids[offset + i], "order");
+            }
+        }
+        (bytes32[] memory none, uint256 all) = market.getUserSessions(user, n, 5);
+        assertTrue(none.length == 0 && all == n, "past the end");
+        assertEq(market.getTotalSessions(provider), n, "getTotalSessions");
+        (, uint256 others) = market.getUserSessions(provider, 0, 5);
+        assertEq(others, 0, "no sessions for others");
+    }
 }
