@@ -16,6 +16,10 @@ interface Vm {
     function etch(address, bytes calldata) external;
     function cool(address) external;
     function deal(address, uint256) external;
+    function roll(uint256) external;
+    function fee(uint256) external;
+    function coinbase(address) external;
+    function prevrandao(bytes32) external;
     function expectEmit() external;
     function expectEmit(address) external;
     function expectRevert() external;
