@@ -105,6 +105,7 @@ class ModelServer:
         self.seed = seed
         self._requests = 0  # chat requests received: numbers each one's fate
         self._active = 0  # streams in flight: widens the pacing quantum under load
+        self._in_flight: set[asyncio.Task[Any]] = set()  # chat handlers, cancelled by stop()
         self._created = int(time.time())
         self._runner: web.AppRunner | None = None
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._errors])
@@ -140,9 +141,12 @@ class ModelServer:
         return self
 
     async def stop(self) -> None:
-        """Stop serving (streams still in flight are cut after a one-second grace)."""
+        """Stop serving; requests still in flight are cut off (their clients see the connection
+        drop) rather than waited for, since a stalled stream could take any time."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            for task in list(self._in_flight):
+                task.cancel()
             await runner.cleanup()
 
     async def __aenter__(self) -> ModelServer:
@@ -212,6 +216,15 @@ class ModelServer:
         return web.json_response(self._card(model))
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            return await self._chat_completion(request)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _chat_completion(self, request: web.Request) -> web.StreamResponse:
         refused = self._refusal(request)
         if refused is not None:
             return refused
