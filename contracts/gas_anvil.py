@@ -163,37 +163,52 @@ def measure(chain: Chain) -> int:
     bid = d.functions.getBidId(provider.address, model, 0).call()
     amount = 114 * MOR  # about an hour at 0.0001 MOR/s with the mainnet pools
 
-    gas = {}
-    for round_ in (1, 2):
+    def open_session() -> tuple[bytes, dict]:
         now = w3.eth.get_block("latest")["timestamp"]
         approval = encode(
             ["bytes32", "uint256", "address", "uint128"], [bid, w3.eth.chain_id, user.address, now]
         )
-        opened = chain.call(
-            user,
-            diamond,
-            abi,
-            "openSession",
-            user.address,
-            amount,
-            False,
-            approval,
-            signed(provider, approval),
+        sig = signed(provider, approval)
+        tx = chain.call(
+            user, diamond, abi, "openSession", user.address, amount, False, approval, sig
         )
-        events = d.events.SessionOpened().process_receipt(opened, errors=DISCARD)
-        session_id = events[0]["args"]["sessionId"]
-        ends = d.functions.getSession(session_id).call()[7]
-        chain.warp(ends + 1)
+        events = d.events.SessionOpened().process_receipt(tx, errors=DISCARD)
+        return events[0]["args"]["sessionId"], tx
+
+    def close_session(session_id: bytes, signer) -> dict:
+        now = w3.eth.get_block("latest")["timestamp"] + 1
         receipt = encode(
             ["bytes32", "uint256", "uint128", "uint32", "uint32"],
-            [session_id, w3.eth.chain_id, ends + 1, 15000, 250],
+            [session_id, w3.eth.chain_id, now, 15000, 250],
         )
-        closed = chain.call(user, diamond, abi, "closeSession", receipt, signed(provider, receipt))
+        return chain.call(user, diamond, abi, "closeSession", receipt, signed(signer, receipt))
+
+    gas = {}
+    for round_ in (1, 2):
+        session_id, opened = open_session()
+        chain.warp(d.functions.getSession(session_id).call()[7] + 1)
+        closed = close_session(session_id, provider)
         gas = {"open": opened["gasUsed"], "close": closed["gasUsed"]}
         print(f"round {round_}: openSession {gas['open']:,}, natural closeSession {gas['close']:,}")
     total, reference = gas["open"] + gas["close"], REFERENCE["open"] + REFERENCE["close"]
     share = 100 * total / reference
     print(f"steady state: {total:,} gas = {share:.1f} % of the reference's {reference:,}")
+
+    # the other operations, steady state (reference: 442,346 / 393,310 / 100,993 / 52,639)
+    early, _ = open_session()
+    chain.warp(w3.eth.get_block("latest")["timestamp"] + 600)
+    print(f"closeSession, early (provider receipt): {close_session(early, provider)['gasUsed']:,}")
+    disputed, _ = open_session()
+    chain.warp(w3.eth.get_block("latest")["timestamp"] + 600)
+    print(
+        f"closeSession, early dispute (user receipt): {close_session(disputed, user)['gasUsed']:,}"
+    )
+    now = w3.eth.get_block("latest")["timestamp"]
+    chain.warp(now - now % 86400 + 86400 + 60)
+    claimed = chain.call(provider, diamond, abi, "claimForProvider", disputed)
+    print(f"claimForProvider, the held pay the next day: {claimed['gasUsed']:,}")
+    withdrawn = chain.call(user, diamond, abi, "withdrawUserStakes", user.address, 1)
+    print(f"withdrawUserStakes, one entry: {withdrawn['gasUsed']:,}")
     return 0 if 2 * total < reference else 1
 
 

@@ -74,7 +74,7 @@ contract SessionFacet {
     {
         LibMarket.enforceOwner();
         LibMarket.Layout storage s = LibMarket.layout();
-        if (s.pools.length != 0) revert SessionRouterAlreadyInitialized();
+        if (s.maxSessionDuration != 0) revert SessionRouterAlreadyInitialized(); // set (>= 300) once
         s.fundingAccount = fundingAccount_;
         setMaxSessionDuration(maxSessionDuration_);
         for (uint256 i; i < pools_.length; ++i) {
