@@ -9,27 +9,35 @@ from mor_workbench.errors import (
     ChainError,
     ConfigurationError,
     ContractReverted,
+    InsufficientFunds,
     MorError,
+    ProviderError,
     SandboxError,
+    SessionExpired,
 )
-from mor_workbench.router.peer import ProviderError
 from mor_workbench.router.router import NoProviderAvailable
-from mor_workbench.session import AsyncSession, Session
+from mor_workbench.router.strategy import Strategy
+from mor_workbench.session import AsyncChatStream, AsyncSession, ChatStream, Session
 from mor_workbench.workbench import AsyncWorkbench, Workbench, aconnect, connect
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncChatStream",
     "AsyncSession",
     "AsyncWorkbench",
     "ChainError",
+    "ChatStream",
     "ConfigurationError",
     "ContractReverted",
+    "InsufficientFunds",
     "MorError",
     "NoProviderAvailable",
     "ProviderError",
     "SandboxError",
     "Session",
+    "SessionExpired",
+    "Strategy",
     "Workbench",
     "aconnect",
     "connect",

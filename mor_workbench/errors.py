@@ -33,3 +33,30 @@ class ContractReverted(ChainError):
 
 class SandboxError(MorError):
     """The local sandbox marketplace could not be started, attached or managed."""
+
+
+class ProviderError(MorError):
+    """A provider refused or failed a request; the message is the provider's own.
+
+    `retryable` is False when the request itself was at fault (another provider would refuse
+    it too), so the router reports it instead of failing over.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class SessionExpired(ProviderError):
+    """The session ended (its time ran out or it was closed): open a new one."""
+
+
+class InsufficientFunds(MorError):
+    """The account holds too little MOR (or ETH for gas) for what was asked; amounts in wei."""
+
+    def __init__(self, token: str, needed: int, available: int, what: str) -> None:
+        self.token, self.needed, self.available = token, needed, available
+        super().__init__(
+            f"{what} needs {needed / 1e18:.6g} {token} but the account holds "
+            f"{available / 1e18:.6g} {token}: fund the account or ask for a shorter session"
+        )

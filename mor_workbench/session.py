@@ -10,11 +10,22 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from openai.types.chat import ChatCompletion
+
 from mor_workbench._portal import Portal
 from mor_workbench.errors import ConfigurationError
+from mor_workbench.router.calls import CallRecord, Lease, run_call
 from mor_workbench.router.router import OpenSession, Router
 
-__all__ = ["AsyncSession", "Session", "parse_duration"]
+__all__ = [
+    "AsyncChatStream",
+    "AsyncSession",
+    "ChatStream",
+    "Session",
+    "chat_body",
+    "parse_duration",
+    "to_completion",
+]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -30,19 +41,118 @@ def parse_duration(value: str | int | float) -> int:
     raise ConfigurationError(f"duration {value!r} is not understood: use e.g. 600, '10m' or '2h'")
 
 
-def _messages(prompt: str | list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    return ([{"role": "system", "content": system}] if system else []) + messages
+def chat_body(
+    model: str, prompt: str | list[dict[str, Any]], system: str | None, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The OpenAI request body for a prompt (a string or messages): parameters pass through
+    untouched, nothing is added but the model and messages."""
+    if isinstance(prompt, str):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        messages = list(prompt)
+    else:
+        raise ConfigurationError(
+            "the prompt must be a string or a list of messages like {'role': 'user', ...}"
+        )
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    for reserved in ("model", "messages"):
+        if reserved in params:
+            raise ConfigurationError(f"pass {reserved!r} as its own argument, not in the params")
+    return {"model": model, "messages": messages, **params}
+
+
+def to_completion(payload: dict[str, Any], record: CallRecord) -> ChatCompletion:
+    """An OpenAI `ChatCompletion`, with how the call went under `.morpheus`."""
+    return ChatCompletion.model_validate({**payload, "morpheus": record.to_dict()})
+
+
+class AsyncChatStream:
+    """The text deltas of one answer as they arrive; once done, `text`, `usage` (OpenAI
+    shape) and `info` (provider, session, TTFT, tokens/s, cost, failovers)."""
+
+    def __init__(self, payloads: AsyncIterator[dict[str, Any]], record: CallRecord) -> None:
+        self._payloads = payloads
+        self.record = record
+        self.text = ""
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._deltas()
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        try:
+            async for payload in self._payloads:
+                for choice in payload.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        self.text += text
+                        yield text
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        closer = getattr(self._payloads, "aclose", None)
+        if closer is not None:
+            await closer()
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Token counts in OpenAI's shape (the provider's own counts when it sent them)."""
+        usage = dict(self.record.usage or {})
+        usage["completion_tokens"] = self.record.completion_tokens
+        usage.setdefault("prompt_tokens", 0)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return usage
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.record.to_dict()
+
+
+class ChatStream:
+    """Synchronous twin of `AsyncChatStream`."""
+
+    def __init__(self, inner: AsyncChatStream, portal: Portal) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    def __iter__(self) -> Iterator[str]:
+        return self._portal.iterate(aiter(self._inner))
+
+    @property
+    def text(self) -> str:
+        return self._inner.text
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return self._inner.usage
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self._inner.info
+
+    @property
+    def record(self) -> CallRecord:
+        return self._inner.record
 
 
 class AsyncSession:
-    """An open session with one provider, for one model."""
+    """An open session with one provider, for one model. On a provider failure the session
+    moves to another provider (see `info()["provider"]`)."""
 
-    def __init__(self, router: Router, opened: OpenSession, model: str) -> None:
+    def __init__(self, router: Router, lease: Lease, *, timeout: float = 60.0) -> None:
         self._router = router
-        self.opened = opened
-        self.model = model
-        self.closed = False
+        self.lease = lease
+        self.timeout = timeout
+        self._closed = False
+
+    @property
+    def model(self) -> str:
+        return self.lease.model
+
+    @property
+    def opened(self) -> OpenSession:
+        return self.lease.opened
 
     @property
     def id(self) -> str:
@@ -51,6 +161,11 @@ class AsyncSession:
     @property
     def provider(self) -> str:
         return self.opened.provider
+
+    @property
+    def closed(self) -> bool:
+        """True once closed by us (or by housekeeping when its time was up)."""
+        return self._closed or self.opened.session_id in self._router.closed
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"ends {self.ends_at:%H:%M:%S} UTC"
@@ -61,46 +176,54 @@ class AsyncSession:
         return datetime.fromtimestamp(self.opened.ends_at, UTC)
 
     def info(self) -> dict[str, Any]:
-        """What this session is: id, model, provider, endpoint, end time, state."""
+        """What this session is: id, model, provider, bid, price, endpoint, end time, state."""
         return {
             "id": self.id,
             "model": self.model,
             "provider": self.provider,
+            "bid_id": "0x" + self.opened.bid_id.hex(),
+            "price_per_second": self.opened.price_per_second / 1e18,
             "endpoint": self.opened.endpoint,
             "ends_at": self.ends_at,
             "encrypted_prompts": self.opened.encrypt,
             "closed": self.closed,
         }
 
-    async def stream(
-        self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any
-    ) -> AsyncIterator[str]:
-        """Text deltas of the answer as they arrive (OpenAI parameters pass through)."""
-        if self.closed:
+    def payloads(self, body: dict[str, Any], record: CallRecord) -> AsyncIterator[dict[str, Any]]:
+        """The raw OpenAI chunks (or completion) for a request body, failing over as needed."""
+        if self.closed and not self.lease.renew:
             raise ConfigurationError("this session is closed: open a new one")
-        body = {
-            "model": self.model,
-            "messages": _messages(prompt, system),
-            **params,
-            "stream": True,
-        }
-        async for chunk in self._router.stream(self.opened, body):
-            for choice in chunk.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield text
+        return run_call(self._router, self.lease, body, record, timeout=self.timeout)
+
+    def stream(
+        self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any
+    ) -> AsyncChatStream:
+        """Text deltas of the answer as they arrive (OpenAI parameters pass through)."""
+        body = {**chat_body(self.model, prompt, system, params), "stream": True}
+        record = CallRecord(self.model)
+        return AsyncChatStream(self.payloads(body, record), record)
 
     async def chat(
         self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any
     ) -> str:
         """The whole answer as one string."""
-        return "".join([d async for d in self.stream(prompt, system=system, **params)])
+        stream = self.stream(prompt, system=system, **params)
+        return "".join([d async for d in stream])
+
+    async def complete(self, messages: list[dict[str, Any]], **params: Any) -> ChatCompletion:
+        """An OpenAI `ChatCompletion` for `messages` (parameters pass through untouched)."""
+        if params.get("stream"):
+            raise ConfigurationError("complete() returns one completion: use stream() to stream")
+        record = CallRecord(self.model)
+        body = chat_body(self.model, messages, None, params)
+        payloads = [p async for p in self.payloads(body, record)]
+        return to_completion(payloads[-1], record)
 
     async def close(self) -> None:
         """Close on chain with the provider's receipt (the stake comes back)."""
         if not self.closed:
             await self._router.close(self.opened)
-            self.closed = True
+        self._closed = True
 
     async def __aenter__(self) -> AsyncSession:
         return self
@@ -124,17 +247,24 @@ class Session:
         return self._inner.id
 
     @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    @property
     def aio(self) -> AsyncSession:
         return self._inner
 
     def info(self) -> dict[str, Any]:
         return self._inner.info()
 
-    def stream(self, prompt: str | list[dict[str, Any]], **params: Any) -> Iterator[str]:
-        return self._portal.iterate(self._inner.stream(prompt, **params))
+    def stream(self, prompt: str | list[dict[str, Any]], **params: Any) -> ChatStream:
+        return ChatStream(self._inner.stream(prompt, **params), self._portal)
 
     def chat(self, prompt: str | list[dict[str, Any]], **params: Any) -> str:
         return self._portal.run(self._inner.chat(prompt, **params))
+
+    def complete(self, messages: list[dict[str, Any]], **params: Any) -> ChatCompletion:
+        return self._portal.run(self._inner.complete(messages, **params))
 
     def close(self) -> None:
         self._portal.run(self._inner.close())

@@ -7,13 +7,16 @@ same coroutines on a background loop so it also works inside Jupyter.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pandas as pd
+from openai.types.chat import ChatCompletion
 
 from mor_workbench import sandbox
 from mor_workbench._portal import portal
@@ -23,29 +26,91 @@ from mor_workbench.chain.networks import get_network
 from mor_workbench.chain.rpc import RpcClient, redact_url
 from mor_workbench.errors import ChainError, ConfigurationError, MorError
 from mor_workbench.market import tables
+from mor_workbench.router.calls import CallRecord, Lease
+from mor_workbench.router.gateway import Gateway
 from mor_workbench.router.journal import SessionJournal
 from mor_workbench.router.router import Router, rank_bids
+from mor_workbench.router.strategy import Strategy
 from mor_workbench.sandbox.paths import workbench_home
-from mor_workbench.session import AsyncSession, Session, parse_duration
+from mor_workbench.session import (
+    AsyncChatStream,
+    AsyncSession,
+    ChatStream,
+    Session,
+    chat_body,
+    parse_duration,
+    to_completion,
+)
 
 __all__ = ["AsyncWorkbench", "Workbench", "aconnect", "connect"]
 
 RPC_URL_ENV = "MOR_RPC_URL"
+AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
+
+
+def _bid_bytes(bid: str | bytes) -> bytes:
+    if isinstance(bid, bytes) and len(bid) == 32:
+        return bid
+    if isinstance(bid, str) and bid.startswith("0x") and len(bid) == 66:
+        try:
+            return bytes.fromhex(bid[2:])
+        except ValueError:
+            pass
+    raise ConfigurationError(f"bid {bid!r} is not a bid id: pass the 0x… id from wb.bids(model)")
 
 
 class AsyncWorkbench:
-    """The marketplace of one network, seen from one account (or read-only without one)."""
+    """The marketplace of one network, seen from one account (or read-only without one).
 
-    def __init__(self, network: str, chain: Chain, account: Signer | None) -> None:
+    Options: `strategy` (provider choice, see `Strategy`; default weighted among the top 3,
+    5-minute cooldown after a failure), `require_encrypted_prompts` (refuse providers that
+    cannot decrypt prompts), `timeout` (seconds to wait for a provider's first reply and
+    between chunks before failing over), `max_failovers` per call.
+    """
+
+    def __init__(
+        self,
+        network: str,
+        chain: Chain | None,
+        account: Signer | None,
+        *,
+        gateway: Gateway | None = None,
+        strategy: Strategy | str | dict | None = None,
+        require_encrypted_prompts: bool = False,
+        timeout: float = 60.0,
+        max_failovers: int = 2,
+    ) -> None:
         self.network = network
-        self.chain = chain
+        self._chain = chain
         self.account = account
+        self.gateway = gateway
+        self.strategy = Strategy.of(strategy)
+        self.require_encrypted_prompts = require_encrypted_prompts
+        self.timeout = timeout
+        self.max_failovers = max_failovers
         self._router: Router | None = None
-        self._sessions: dict[str, AsyncSession] = {}  # open sessions by model, for reuse
+        self._sessions: dict[str, AsyncSession] = {}  # sessions chat/stream reuse, by model
+        self._opening: dict[str, asyncio.Lock] = {}
+        self._closed = False
+
+    @property
+    def chain(self) -> Chain:
+        """The chain this workbench reads (gateway mode has one only with an RPC URL)."""
+        if self._chain is None:
+            raise ConfigurationError(
+                "gateway mode reads market data from Base: connect with rpc_url='https://…' "
+                f"or set {RPC_URL_ENV}"
+            )
+        return self._chain
 
     @property
     def router(self) -> Router:
         """The router for this account (sessions are journaled per chain and account)."""
+        if self.gateway is not None:
+            raise ConfigurationError(
+                "gateway mode has no sessions of its own (the gateway holds them): "
+                "use chat/stream/complete, or connect to a network with a key"
+            )
         if self.account is None:
             raise ConfigurationError(
                 "a read-only workbench cannot open sessions: connect with key=… or MOR_PRIVATE_KEY"
@@ -53,13 +118,19 @@ class AsyncWorkbench:
         if self._router is None:
             name = f"{self.chain.deployment.chain_id}-{self.account.address}.sqlite3"
             journal = SessionJournal(workbench_home() / "journal" / name)
-            self._router = Router(self.chain, self.account, journal)
+            self._router = Router(
+                self.chain,
+                self.account,
+                journal,
+                strategy=self.strategy,
+                require_encrypted_prompts=self.require_encrypted_prompts,
+            )
         return self._router
 
     async def recover(self) -> dict[str, int]:
         """Settle what an earlier process of this account left (run by connect): sessions
         still open are closed and released on-hold stakes withdrawn. Failures only warn."""
-        if self.account is None:
+        if self.account is None or self.gateway is not None:
             return {}
         try:
             return await self.router.recover()
@@ -68,32 +139,93 @@ class AsyncWorkbench:
             return {}
 
     async def open_session(
-        self, model: str, *, duration: str | int = "10m", direct_payment: bool = False
+        self,
+        model: str,
+        *,
+        duration: str | int = "10m",
+        bid: str | bytes | None = None,
+        direct_payment: bool = False,
     ) -> AsyncSession:
-        """Open a session for `model` with the best provider that accepts."""
-        opened = await self.router.open(
-            model, parse_duration(duration), direct_payment=direct_payment
-        )
-        return AsyncSession(self.router, opened, model)
+        """Open a session for `model` with the best provider that accepts (or on `bid`)."""
+        return await self._open(model, parse_duration(duration), bid, direct_payment, renew=False)
+
+    async def _open(
+        self, model: str, duration_s: int, bid: str | bytes | None, direct: bool, *, renew: bool
+    ) -> AsyncSession:
+        if self._closed:
+            raise ConfigurationError("this workbench is closed: connect again")
+        bid_id = _bid_bytes(bid) if bid is not None else None
+        opened = await self.router.open(model, duration_s, direct_payment=direct, bid=bid_id)
+        lease = Lease(model, duration_s, direct, opened, renew, self.max_failovers)
+        return AsyncSession(self.router, lease, timeout=self.timeout)
 
     async def _session_for(self, model: str) -> AsyncSession:
-        session = self._sessions.get(model)
-        if session is None or session.closed or session.ends_at.timestamp() < time.time() + 30:
-            session = await self.open_session(model)
-            self._sessions[model] = session
-        return session
+        """This workbench's session for `model`, opened on first use (once, however many
+        calls arrive together) and renewed when it ends."""
+        async with self._opening.setdefault(model, asyncio.Lock()):
+            session = self._sessions.get(model)
+            if session is None or session.closed:
+                session = await self._open(model, AUTO_SESSION_S, None, False, renew=True)
+                self._sessions[model] = session
+            return session
 
-    async def stream(
-        self, prompt: str | list[dict[str, Any]], *, model: str, **params: Any
-    ) -> AsyncIterator[str]:
-        """Text deltas; opens (or reuses) this workbench's session for `model`."""
+    async def payloads(
+        self, body: dict[str, Any], record: CallRecord | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The raw OpenAI chunks (when body["stream"]) or the completion for an OpenAI request
+        body; body["model"] picks the model, sessions are automatic."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigurationError("the request body needs a model, e.g. model='llama-3.2'")
+        record = record or CallRecord(model)
+        if self.gateway is not None:
+            record.provider = "gateway"
+            async for payload in self.gateway.payloads(body):
+                record.observe(payload)
+                yield payload
+            record.finished = time.monotonic()
+            return
         session = await self._session_for(model)
-        async for delta in session.stream(prompt, **params):
-            yield delta
+        async for payload in session.payloads(body, record):
+            yield payload
 
-    async def chat(self, prompt: str | list[dict[str, Any]], *, model: str, **params: Any) -> str:
+    def stream(
+        self,
+        prompt: str | list[dict[str, Any]],
+        *,
+        model: str,
+        system: str | None = None,
+        **params: Any,
+    ) -> AsyncChatStream:
+        """Text deltas as they arrive; opens (or reuses) this workbench's session for `model`.
+        The stream's `usage` and `info` say what the call cost once it is done."""
+        body = {**chat_body(model, prompt, system, params), "stream": True}
+        record = CallRecord(model)
+        return AsyncChatStream(self.payloads(body, record), record)
+
+    async def chat(
+        self,
+        prompt: str | list[dict[str, Any]],
+        *,
+        model: str,
+        system: str | None = None,
+        **params: Any,
+    ) -> str:
         """The answer as a string; opens (or reuses) this workbench's session for `model`."""
-        return await (await self._session_for(model)).chat(prompt, **params)
+        return "".join([d async for d in self.stream(prompt, model=model, system=system, **params)])
+
+    async def complete(
+        self, messages: list[dict[str, Any]], *, model: str, **params: Any
+    ) -> ChatCompletion:
+        """An OpenAI `ChatCompletion` (parameters such as tools, response_format, seed, stop,
+        max_tokens pass through untouched); how the call went is under `.morpheus`."""
+        if params.get("stream"):
+            raise ConfigurationError("complete() returns one completion: use stream() to stream")
+        record = CallRecord(model)
+        payloads = [
+            p async for p in self.payloads(chat_body(model, messages, None, params), record)
+        ]
+        return to_completion(payloads[-1], record)
 
     async def balance(self, user: str | None = None) -> dict[str, float]:
         """ETH, MOR, MOR staked in open sessions and MOR on hold (available now / later)."""
@@ -118,12 +250,12 @@ class AsyncWorkbench:
 
     async def close_all(self) -> int:
         """Close every open session this account's journal holds (from any process)."""
-        for session in self._sessions.values():
-            session.closed = True
         self._sessions.clear()
         return await self.router.close_all()
 
     def __repr__(self) -> str:
+        if self.gateway is not None:
+            return f"<{type(self).__name__} gateway {self.gateway.base_url}>"
         who = self.account.address if self.account else "read-only"
         return (
             f"<{type(self).__name__} {self.network} chain={self.chain.deployment.chain_id} {who}>"
@@ -166,10 +298,21 @@ class AsyncWorkbench:
 
     async def close(self) -> None:
         """Close the sessions this workbench opened, then detach (a sandbox keeps running)."""
-        for session in list(self._sessions.values()):
-            await session.close()
+        if self._closed:
+            return
+        self._closed = True
         self._sessions.clear()
-        await self.chain.rpc.aclose()
+        if self._router is not None:
+            await self._router.drain()
+            for opened in list(self._router.opened.values()):
+                try:
+                    await self._router.close(opened)
+                except MorError as exc:  # journaled: the next connect closes it
+                    warnings.warn(f"session left for the next start: {exc}", stacklevel=2)
+        if self.gateway is not None:
+            await self.gateway.aclose()
+        if self._chain is not None:
+            await self._chain.rpc.aclose()
 
     async def __aenter__(self) -> AsyncWorkbench:
         return self
@@ -224,8 +367,13 @@ class Workbench:
 
     def stream(
         self, prompt: str | list[dict[str, Any]], *, model: str, **params: Any
-    ) -> Iterator[str]:
-        return self._portal.iterate(self._inner.stream(prompt, model=model, **params))
+    ) -> ChatStream:
+        return ChatStream(self._inner.stream(prompt, model=model, **params), self._portal)
+
+    def complete(
+        self, messages: list[dict[str, Any]], *, model: str, **params: Any
+    ) -> ChatCompletion:
+        return self._portal.run(self._inner.complete(messages, model=model, **params))
 
     def close_all(self) -> int:
         return self._portal.run(self._inner.close_all())
@@ -251,28 +399,56 @@ async def aconnect(
     keystore: str | os.PathLike[str] | None = None,
     password: str | None = None,
     sandbox_dir: str | os.PathLike[str] | None = None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    **options: Any,
 ) -> AsyncWorkbench:
     """An `AsyncWorkbench` on `network`: "sandbox" (local, started if needed), "base" or
-    "base-sepolia" (needs `rpc_url` or $MOR_RPC_URL; a key is optional for read-only use)."""
+    "base-sepolia" (needs `rpc_url` — one URL or several for failover — or $MOR_RPC_URL; a key
+    is optional for read-only use), or "gateway" (the hosted API: `api_key` or $MOR_API_KEY,
+    market data from Base when an RPC URL is given). `options` are AsyncWorkbench's."""
     if not isinstance(network, str):
         raise ConfigurationError("network must be a name such as 'sandbox' or 'base'")
+    unknown = set(options) - _WORKBENCH_OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option {sorted(unknown)[0]!r}: use one of "
+            f"{', '.join(sorted(_WORKBENCH_OPTIONS))}"
+        )
+    if network == "gateway":
+        gateway = Gateway(api_key, base_url=base_url)
+        urls = rpc_url or os.environ.get(RPC_URL_ENV)
+        chain = await _chain_for("base", urls) if urls else None
+        return AsyncWorkbench("gateway", chain, None, gateway=gateway, **options)
     if network == "sandbox":
-        import asyncio
-
         info = await asyncio.to_thread(sandbox.start, sandbox_dir)
         account = load_signer(key) if key else info.signer("consumer")
         workbench = AsyncWorkbench(
-            "sandbox", Chain(RpcClient(info.rpc_url), info.deployment), account
+            "sandbox", Chain(RpcClient(info.rpc_url), info.deployment), account, **options
         )
         await workbench.recover()
         return workbench
-    preset = get_network(network)
     urls = rpc_url or os.environ.get(RPC_URL_ENV)
     if not urls:
+        get_network(network)  # an unknown name is the first thing to report
         raise ConfigurationError(
             f"connecting to {network} needs an RPC URL: "
             f"pass rpc_url='https://…' or set {RPC_URL_ENV}"
         )
+    chain = await _chain_for(network, urls)
+    has_key = key or keystore or os.environ.get("MOR_PRIVATE_KEY")
+    account = load_signer(key, keystore=keystore, password=password) if has_key else None
+    workbench = AsyncWorkbench(network, chain, account, **options)
+    await workbench.recover()
+    return workbench
+
+
+_WORKBENCH_OPTIONS = {"strategy", "require_encrypted_prompts", "timeout", "max_failovers"}
+
+
+async def _chain_for(network: str, urls: str | list[str]) -> Chain:
+    """A chain client for a live network, checked to serve that network's chain id."""
+    preset = get_network(network)
     rpc = RpcClient(urls)
     chain = Chain(rpc, preset.deployment)
     try:
@@ -287,13 +463,21 @@ async def aconnect(
             f"{where} serves chain id {chain_id}, but {network} is chain id {preset.chain_id}: "
             f"use an RPC URL for {network}"
         )
-    has_key = key or keystore or os.environ.get("MOR_PRIVATE_KEY")
-    account = load_signer(key, keystore=keystore, password=password) if has_key else None
-    workbench = AsyncWorkbench(network, chain, account)
-    await workbench.recover()
-    return workbench
+    return chain
 
 
 def connect(network: str = "sandbox", **options: Any) -> Workbench:
-    """A `Workbench` on `network`; see `aconnect` for the options."""
-    return Workbench(portal().run(aconnect(network, **options)))
+    """A `Workbench` on `network`; see `aconnect` for the options. Sessions it opens are
+    closed by `close()`, by `with`, or at interpreter exit at the latest."""
+    workbench = Workbench(portal().run(aconnect(network, **options)))
+    atexit.register(_close_at_exit, weakref.ref(workbench))
+    return workbench
+
+
+def _close_at_exit(ref: weakref.ref[Workbench]) -> None:
+    workbench = ref()
+    if workbench is not None and not workbench.aio._closed:
+        try:
+            workbench.close()
+        except Exception as exc:  # at exit nothing may raise; the journal closes it next start
+            warnings.warn(f"could not close sessions at exit: {exc}", stacklevel=1)

@@ -11,6 +11,7 @@ import time
 import pytest
 from eth_account import Account
 
+from mor_workbench.chain import listings
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.market import tables
@@ -54,7 +55,7 @@ def now_ms() -> int:
 async def market(sandbox_info):
     chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
     provider = sandbox_info.signer("provider:balanced")
-    model_id, _ = await tables.resolve_model(chain, MODEL)
+    model_id, _ = await listings.resolve_model(chain, MODEL)
     async with ModelServer([MODEL], profile="fast") as backend:
         config = ModelConfig(
             model_id, MODEL, backend.base_url + "/chat/completions", concurrent_slots=8

@@ -7,16 +7,16 @@ import json
 import subprocess
 import sys
 
+from mor_workbench.chain import listings
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.rpc import RpcClient
-from mor_workbench.market import tables
 from mor_workbench.router import peer
 
 
 def test_provider_command_serves_a_live_format_config(sandbox_info, tmp_path) -> None:
     async def model_id() -> str:
         chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
-        found, _ = await tables.resolve_model(chain, "llama-3.2")
+        found, _ = await listings.resolve_model(chain, "llama-3.2")
         await chain.rpc.aclose()
         return "0x" + found.hex()
 

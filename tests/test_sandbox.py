@@ -12,7 +12,7 @@ import pytest
 
 import mor_workbench as mor
 from mor_workbench import sandbox
-from mor_workbench.market import tables
+from mor_workbench.chain import listings
 from mor_workbench.sandbox.market import MODELS, PROVIDERS
 from mor_workbench.sandbox.paths import SandboxPaths
 
@@ -93,7 +93,7 @@ def test_sessions_and_stats_tables(wb) -> None:
 
 def test_listings_page_through_long_results(wb, monkeypatch: pytest.MonkeyPatch) -> None:
     full = wb.bids()
-    monkeypatch.setattr(tables, "PAGE", 2)
+    monkeypatch.setattr(listings, "PAGE", 2)
     paged = wb.bids()
     pd.testing.assert_frame_equal(paged, full)
 

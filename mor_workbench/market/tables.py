@@ -6,7 +6,6 @@ Amounts are MOR as floats in the main column (`stake`) with the exact wei intege
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,11 +13,17 @@ import pandas as pd
 
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import checksum_address
-from mor_workbench.errors import ConfigurationError, MorError
+from mor_workbench.chain.listings import (
+    active_bids,
+    active_model_ids,
+    check,
+    listing,
+    models_by_id,
+    resolve_model,
+)
 
 __all__ = ["bids", "models", "providers", "resolve_model", "sessions", "stats"]
 
-PAGE = 500
 WEI_PER_MOR = 10**18
 
 
@@ -42,37 +47,6 @@ def when(seconds: int) -> pd.Timestamp:
     return pd.Timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
-def _check(results: Sequence[Any]) -> list[Any]:
-    for item in results:
-        if isinstance(item, MorError):
-            raise item
-    return list(results)
-
-
-async def _listing(chain: Chain, fn: str, keys: Sequence[Any]) -> list[list[Any]]:
-    """All items of a paged `fn(key, offset, limit) -> (items, total)` listing, for each key."""
-    first = _check(await chain.read_many([Call(fn, (*k, 0, PAGE)) for k in keys]))
-    items = [list(page) for page, _ in first]
-    rest: list[tuple[int, Call]] = [
-        (i, Call(fn, (*k, offset, PAGE)))
-        for i, (k, (_, total)) in enumerate(zip(keys, first, strict=True))
-        for offset in range(PAGE, total, PAGE)
-    ]
-    pages = _check(await chain.read_many([c for _, c in rest]))
-    for (i, _), (page, _) in zip(rest, pages, strict=True):
-        items[i].extend(page)
-    return items
-
-
-async def _active_model_ids(chain: Chain) -> list[bytes]:
-    return (await _listing(chain, "getActiveModelIds", [()]))[0]
-
-
-async def _models_by_id(chain: Chain, ids: Sequence[bytes]) -> dict[bytes, dict[str, Any]]:
-    found = _check(await chain.read_many([Call("getModel", (i,)) for i in ids]))
-    return dict(zip(ids, found, strict=True))
-
-
 _MODEL_COLUMNS = [
     "id",
     "name",
@@ -90,9 +64,9 @@ _MODEL_COLUMNS = [
 
 async def models(chain: Chain) -> pd.DataFrame:
     """Active models: one row each, newest last."""
-    ids = await _active_model_ids(chain)
+    ids = await active_model_ids(chain)
     rows = []
-    for model_id, m in (await _models_by_id(chain, ids)).items():
+    for model_id, m in (await models_by_id(chain, ids)).items():
         rows.append(
             {
                 "id": hex32(model_id),
@@ -109,25 +83,6 @@ async def models(chain: Chain) -> pd.DataFrame:
             }
         )
     return _frame(rows, _MODEL_COLUMNS, sort="created_at")
-
-
-async def resolve_model(chain: Chain, model: str) -> tuple[bytes, str]:
-    """(id, name) of an active model given its name or its 0x id; a clear error otherwise."""
-    ids = await _active_model_ids(chain)
-    by_id = await _models_by_id(chain, ids)
-    if model.startswith("0x") and len(model) == 66:
-        wanted = bytes.fromhex(model[2:])
-        if wanted in by_id:
-            return wanted, by_id[wanted]["name"]
-    matches = [(i, m["name"]) for i, m in by_id.items() if m["name"] == model]
-    if len(matches) == 1:
-        return matches[0]
-    names = sorted(m["name"] for m in by_id.values())
-    if matches:
-        raise ConfigurationError(f"model name {model!r} is ambiguous: pass its 0x id instead")
-    raise ConfigurationError(
-        f"no active model {model!r}: choose one of {', '.join(names) or '(none)'}"
-    )
 
 
 _BID_COLUMNS = [
@@ -148,17 +103,13 @@ _BID_COLUMNS = [
 async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
     """Active bids, of one model (name or id) or of every active model, cheapest first."""
     if model is None:
-        ids = await _active_model_ids(chain)
-        names = {i: m["name"] for i, m in (await _models_by_id(chain, ids)).items()}
+        ids = await active_model_ids(chain)
+        names = {i: m["name"] for i, m in (await models_by_id(chain, ids)).items()}
     else:
         model_id, name = await resolve_model(chain, model)
         ids, names = [model_id], {model_id: name}
-    bid_ids = [
-        b for page in await _listing(chain, "getModelActiveBids", [(i,) for i in ids]) for b in page
-    ]
-    found = _check(await chain.read_many([Call("getBid", (b,)) for b in bid_ids]))
     rows = []
-    for bid_id, b in zip(bid_ids, found, strict=True):
+    for bid_id, b in await active_bids(chain, ids):
         price = b["pricePerSecond"]
         rows.append(
             {
@@ -193,8 +144,8 @@ _PROVIDER_COLUMNS = [
 
 async def providers(chain: Chain) -> pd.DataFrame:
     """Active providers with their endpoint and stake."""
-    addresses = (await _listing(chain, "getActiveProviders", [()]))[0]
-    found = _check(await chain.read_many([Call("getProvider", (a,)) for a in addresses]))
+    addresses = (await listing(chain, "getActiveProviders", [()]))[0]
+    found = check(await chain.read_many([Call("getProvider", (a,)) for a in addresses]))
     rows = [
         {
             "address": a,
@@ -235,18 +186,18 @@ _SESSION_COLUMNS = [
 async def sessions(chain: Chain, user: str) -> pd.DataFrame:
     """Every session of `user`, newest first."""
     user = checksum_address(user, what="user")
-    ids = (await _listing(chain, "getUserSessions", [(user,)]))[0]
-    found = _check(await chain.read_many([Call("getSession", (i,)) for i in ids]))
+    ids = (await listing(chain, "getUserSessions", [(user,)]))[0]
+    found = check(await chain.read_many([Call("getSession", (i,)) for i in ids]))
     bid_ids = sorted({s["bidId"] for s in found})
     bid_info = dict(
         zip(
             bid_ids,
-            _check(await chain.read_many([Call("getBid", (b,)) for b in bid_ids])),
+            check(await chain.read_many([Call("getBid", (b,)) for b in bid_ids])),
             strict=True,
         )
     )
     model_ids = sorted({b["modelId"] for b in bid_info.values()})
-    names = {i: m["name"] for i, m in (await _models_by_id(chain, model_ids)).items()}
+    names = {i: m["name"] for i, m in (await models_by_id(chain, model_ids)).items()}
     rows = []
     for session_id, s in zip(ids, found, strict=True):
         bid = bid_info[s["bidId"]]
@@ -291,7 +242,7 @@ async def stats(chain: Chain) -> pd.DataFrame:
     """Provider-model rating stats (as the contracts keep them) for every active bid."""
     table = await bids(chain)
     pairs = sorted({(r.model_id, r.model, r.provider) for r in table.itertuples()})
-    found = _check(
+    found = check(
         await chain.read_many(
             [Call("getProviderModelStats", (bytes.fromhex(m[2:]), p)) for m, _, p in pairs]
         )

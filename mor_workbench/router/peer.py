@@ -16,7 +16,7 @@ from typing import Any
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import MorError
+from mor_workbench.errors import MorError, ProviderError, SessionExpired
 from mor_workbench.protocol import (
     ENCRYPTED_PROMPTS,
     PingReq,
@@ -43,6 +43,7 @@ from mor_workbench.router.transport import call, call_once
 __all__ = [
     "Approved",
     "ProviderError",
+    "SessionExpired",
     "deposit_for",
     "open_session",
     "ping",
@@ -50,10 +51,6 @@ __all__ = [
     "report",
     "request_approval",
 ]
-
-
-class ProviderError(MorError):
-    """A provider refused or failed a request; the message is the provider's own."""
 
 
 def _now_ms() -> int:
@@ -192,6 +189,7 @@ async def prompt(
     if encrypt:
         text = "0x" + ecies_encrypt(provider_pubkey, text.encode()).hex()
     req = Request(_request_id(), sign(SessionPromptReq(session_id, text, _now_ms()), key))
+    finished = False
     async for reply in call(
         endpoint,
         req,
@@ -204,7 +202,7 @@ async def prompt(
             if reply.error.signature is not None and message.startswith("0x"):
                 verify(reply.error, public_key=provider_pubkey)
                 message = ecies_decrypt(key, bytes.fromhex(message[2:])).decode(errors="replace")
-            raise ProviderError(message)
+            raise prompt_error(message)
         assert reply.result is not None
         verify(reply.result, public_key=provider_pubkey)
         payload = json.loads(
@@ -212,7 +210,32 @@ async def prompt(
         )
         if payload == "[DONE]":
             return
+        if not body.get("stream"):
+            finished = True
         yield payload
+    if not finished:
+        raise ProviderError("the provider closed the connection before the answer was complete")
+
+
+_EXPIRED = ("session expired", "session is closed")
+
+
+def prompt_error(message: str) -> ProviderError:
+    """The typed error for a provider's refusal: the backend's own OpenAI error JSON says
+    whether the request was at fault (then no other provider would take it either)."""
+    try:
+        error = json.loads(message).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        text = str(error.get("message") or message)
+        request_fault = error.get("type") == "invalid_request_error" and error.get("code") not in (
+            "model_not_found",
+        )
+        return ProviderError(f"the model refused the request: {text}", retryable=not request_fault)
+    if message.lower().startswith(_EXPIRED):
+        return SessionExpired(f"the session has ended ({message}): open a new one")
+    return ProviderError(message)
 
 
 async def report(

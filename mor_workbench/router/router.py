@@ -7,17 +7,20 @@ updated after each step; `recover()` closes or settles whatever a previous proce
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import keccak
 
+from mor_workbench.chain import listings
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import MorError
-from mor_workbench.market import tables
+from mor_workbench.errors import InsufficientFunds, MorError, ProviderError
 from mor_workbench.protocol import (
     ProtocolError,
     Receipt,
@@ -28,8 +31,12 @@ from mor_workbench.protocol import (
 from mor_workbench.router import peer
 from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
+from mor_workbench.router.strategy import Cooldowns, Strategy
 
 __all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router", "rank_bids"]
+
+log = logging.getLogger(__name__)
+_PEER_FAILURES = (ProviderError, ProtocolError, OSError, TimeoutError)
 
 APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
 
@@ -37,9 +44,9 @@ APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
 class NoProviderAvailable(MorError):
     """No provider of the model accepted a session; `tried` says who and why."""
 
-    def __init__(self, model: str, tried: list[tuple[str, str]]) -> None:
+    def __init__(self, model: str, tried: list[tuple[str, str]], why: str = "") -> None:
         self.tried = tried
-        detail = "; ".join(f"{p[:10]}…: {why}" for p, why in tried) or "the model has no bids"
+        detail = "; ".join(f"{p[:10]}…: {w}" for p, w in tried) or why or "the model has no bids"
         super().__init__(f"no provider accepted a session for {model!r} ({detail})")
 
 
@@ -68,16 +75,17 @@ class OpenSession:
     encrypt: bool
     ends_at: int
     approval_hash: str
+    price_per_second: int = 0
 
 
 async def rank_bids(chain: Chain, model: str) -> list[RankedBid]:
     """A model's active bids, best score first (the reference's default scorer), from one
     batched read of bids, providers and stats."""
-    model_id, _ = await tables.resolve_model(chain, model)
-    frame = await tables.bids(chain, "0x" + model_id.hex())
-    if frame.empty:
+    model_id, _ = await listings.resolve_model(chain, model)
+    bids = await listings.active_bids(chain, [model_id])
+    if not bids:
         return []
-    providers = sorted(set(frame["provider"]))
+    providers = sorted({b["provider"] for _, b in bids})
     reads = [Call("getProviderMinimumStake"), Call("getModelStats", (model_id,))]
     reads += [Call("getProvider", (p,)) for p in providers]
     reads += [Call("getProviderModelStats", (model_id, p)) for p in providers]
@@ -86,25 +94,13 @@ async def rank_bids(chain: Chain, model: str) -> list[RankedBid]:
     info = dict(zip(providers, results[2 : 2 + len(providers)], strict=True))
     stats = dict(zip(providers, results[2 + len(providers) :], strict=True))
     ranked = []
-    for row in frame.itertuples():
+    for bid_id, bid in bids:
+        provider, price = bid["provider"], bid["pricePerSecond"]
         score = score_bid(
-            ScoreInput(
-                int(row.price_per_second_wei),
-                info[row.provider]["stake"],
-                min_stake,
-                stats[row.provider],
-                model_stats,
-            )
+            ScoreInput(price, info[provider]["stake"], min_stake, stats[provider], model_stats)
         )
         ranked.append(
-            RankedBid(
-                bytes.fromhex(row.id[2:]),
-                model_id,
-                row.provider,
-                info[row.provider]["endpoint"],
-                int(row.price_per_second_wei),
-                score,
-            )
+            RankedBid(bid_id, model_id, provider, info[provider]["endpoint"], price, score)
         )
     return sorted(ranked, key=lambda b: b.score.score, reverse=True)
 
@@ -118,29 +114,67 @@ class Router:
         signer: Signer,
         journal: SessionJournal,
         *,
+        strategy: Strategy | None = None,
         require_encrypted_prompts: bool = False,
+        housekeeping_s: float = 30.0,
     ) -> None:
         self.chain = chain
         self.signer = signer
         self.journal = journal
+        self.strategy = strategy or Strategy()
         self.require_encrypted_prompts = require_encrypted_prompts
+        self.housekeeping_s = housekeeping_s
+        self.cooldowns = Cooldowns()
+        self.opened: dict[bytes, OpenSession] = {}  # sessions this router opened, still open
+        self.closed: set[bytes] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._housekeeper: asyncio.Task[None] | None = None
 
     # ----- choosing a provider -----
     async def rank(self, model: str) -> list[RankedBid]:
         """The model's active bids, best score first (the reference's default scorer)."""
         return await rank_bids(self.chain, model)
 
+    async def candidates(self, model: str, exclude: Iterable[str] = ()) -> list[RankedBid]:
+        """The bids to ask, in the order the strategy chooses; `exclude` are providers."""
+        skip = {p.lower() for p in exclude}
+        ranked = [b for b in await self.rank(model) if b.provider.lower() not in skip]
+        return self.strategy.choose(ranked, self.cooldowns.cooling(self.strategy.cooldown_s))
+
+    def failed(self, provider: str) -> None:
+        """Remember that `provider` failed us, so the strategy tries others first for a while."""
+        self.cooldowns.failed(provider)
+
     # ----- opening -----
     async def open(
-        self, model: str, duration_s: int, *, direct_payment: bool = False
+        self,
+        model: str,
+        duration_s: int,
+        *,
+        direct_payment: bool = False,
+        bid: bytes | None = None,
+        exclude: Iterable[str] = (),
     ) -> OpenSession:
-        """Open a session with the best provider that accepts, trying each in score order."""
+        """Open a session with the best provider that accepts, trying each in strategy order
+        (or on one given bid)."""
+        candidates = await self.candidates(model, exclude)
+        if bid is not None:
+            candidates = [b for b in await self.rank(model) if b.bid_id == bid]
+            if not candidates:
+                raise NoProviderAvailable(model, [], f"bid 0x{bid.hex()} is not an active bid")
+        elif not candidates:
+            raise NoProviderAvailable(model, [], "no bid passes the strategy's filters")
         tried: list[tuple[str, str]] = []
-        for bid in await self.rank(model):
+        for candidate in candidates:
             try:
-                return await self._open_on(bid, duration_s, direct_payment)
-            except (peer.ProviderError, ProtocolError, OSError, TimeoutError) as exc:
-                tried.append((bid.provider, str(exc) or type(exc).__name__))
+                session = await self._open_on(candidate, duration_s, direct_payment)
+            except _PEER_FAILURES as exc:
+                self.failed(candidate.provider)
+                tried.append((candidate.provider, str(exc) or type(exc).__name__))
+                continue
+            self.opened[session.session_id] = session
+            self._start_housekeeping()
+            return session
         raise NoProviderAvailable(model, tried)
 
     async def _open_on(self, bid: RankedBid, duration_s: int, direct: bool) -> OpenSession:
@@ -149,6 +183,11 @@ class Router:
             pong, require_encrypted_prompts=self.require_encrypted_prompts
         )
         amount = await peer.deposit_for(self.chain, bid.price_per_second, duration_s)
+        held = await self.chain.call(
+            "balanceOf", self.signer.address, to=self.chain.deployment.token
+        )
+        if held < amount:
+            raise InsufficientFunds("MOR", amount, held, f"a {duration_s} s session")
         approved = await peer.request_approval(
             bid.endpoint,
             self.signer,
@@ -189,11 +228,15 @@ class Router:
             encrypt,
             ends_at,
             entry.approval_hash,
+            bid.price_per_second,
         )
 
     # ----- prompts -----
-    async def stream(self, session: OpenSession, body: dict[str, Any]) -> AsyncIterator[Any]:
-        """The provider's verified, decrypted chunks (or completion) for one request body."""
+    async def stream(
+        self, session: OpenSession, body: dict[str, Any], *, timeout: float = 60.0
+    ) -> AsyncIterator[Any]:
+        """The provider's verified, decrypted chunks (or completion) for one request body;
+        `timeout` bounds the wait for the first reply and between chunks (a stall)."""
         async for payload in peer.prompt(
             session.endpoint,
             self.signer,
@@ -201,6 +244,8 @@ class Router:
             session.provider_pubkey,
             body,
             encrypt=session.encrypt,
+            first_reply_timeout=timeout,
+            idle_timeout=timeout,
         ):
             yield payload
 
@@ -218,7 +263,7 @@ class Router:
                 session.provider,
             )
             undisputed = True
-        except (peer.ProviderError, ProtocolError, OSError, TimeoutError):
+        except _PEER_FAILURES:
             receipt = encode_receipt(
                 Receipt(session.session_id, self.chain.deployment.chain_id, int(time.time()), 0, 0)
             )
@@ -226,7 +271,62 @@ class Router:
             undisputed = False
         await self.chain.transact(self.signer, "closeSession", receipt, signature)
         self.journal.update(session.approval_hash, state="closed")
+        self.opened.pop(session.session_id, None)
+        self.closed.add(session.session_id)
         return undisputed
+
+    def close_soon(self, session: OpenSession) -> None:
+        """Close `session` in the background (after a failover); `drain()` waits for it."""
+        self.opened.pop(session.session_id, None)
+        self.closed.add(session.session_id)
+        task = asyncio.create_task(self._close_quietly(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_quietly(self, session: OpenSession) -> None:
+        try:
+            await self.close(session)
+        except MorError as exc:  # the journal keeps it; the next recover() closes it
+            log.warning("could not close session 0x%s yet: %s", session.session_id.hex(), exc)
+
+    async def drain(self) -> None:
+        """Wait for background closes; stop housekeeping."""
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeper
+            self._housekeeper = None
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ----- housekeeping: close what ended, withdraw what was released -----
+    def _start_housekeeping(self) -> None:
+        if self._housekeeper is None or self._housekeeper.done():
+            self._housekeeper = asyncio.create_task(self._housekeep_forever())
+
+    async def _housekeep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.housekeeping_s)
+            try:
+                await self.housekeep()
+            except MorError as exc:
+                log.warning("housekeeping failed, will retry: %s", exc)
+
+    async def housekeep(self) -> dict[str, int]:
+        """Close the sessions this router opened whose time is up (the unused stake comes back
+        only on close), and withdraw on-hold stakes whose timelock has passed."""
+        now = await self.chain.block_timestamp()
+        ended = [s for s in list(self.opened.values()) if s.ends_at <= now]
+        for session in ended:
+            await self.close(session)
+        return {"closed": len(ended), "withdrawn": await self.withdraw_released()}
+
+    async def withdraw_released(self) -> int:
+        """Withdraw on-hold stakes whose timelock has passed; the amount (wei)."""
+        available, _ = await self.chain.call("getUserStakesOnHold", self.signer.address, 255)
+        if available:
+            await self.chain.transact(self.signer, "withdrawUserStakes", self.signer.address, 255)
+        return available
 
     async def recover(self) -> dict[str, int]:
         """Settle what earlier processes left: find sessions an interrupted open created, close
@@ -254,10 +354,7 @@ class Router:
                 continue
             await self.close(_from_entry(entry))
             done["closed"] += 1
-        available, _ = await self.chain.call("getUserStakesOnHold", self.signer.address, 255)
-        if available:
-            await self.chain.transact(self.signer, "withdrawUserStakes", self.signer.address, 255)
-            done["withdrawn"] = available
+        done["withdrawn"] = await self.withdraw_released()
         return done
 
     async def _find_opened(self, entry: JournalEntry) -> bytes | None:

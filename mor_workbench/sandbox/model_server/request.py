@@ -261,10 +261,16 @@ def plan(body: dict[str, Any]) -> Plan:
     """Decide a validated request's answer: deterministic in (model, messages, seed).
 
     A tool call when tools are offered and tool_choice allows one (after a tool result, "auto"
-    answers in text); else JSON for a JSON response_format, else prose. Then the earliest stop
-    sequence cuts the text and max_tokens cuts the tokens (finish_reason "length").
+    answers in text); else JSON for a JSON response_format, else prose. A trailing assistant
+    message is a prefix to continue (as llama.cpp and Ollama treat it): the answer is the rest
+    of what the model would have said. Then the earliest stop sequence cuts the text and
+    max_tokens cuts the tokens (finish_reason "length").
     """
     messages: list[dict[str, Any]] = body["messages"]
+    prefix = ""
+    last = messages[-1]
+    if len(messages) > 1 and last.get("role") == "assistant" and not last.get("tool_calls"):
+        prefix, messages = text_of(last.get("content")), messages[:-1]
     key = json.dumps([body["model"], messages, body.get("seed")], sort_keys=True)
     draws = Draws(key.encode())
     tools = body.get("tools") or []
@@ -298,6 +304,8 @@ def plan(body: dict[str, Any]) -> Plan:
             text = _tool_result_reply(messages, draws)
         else:
             text = paragraph(draws, 2 + draws.below(4))
+        if prefix:
+            text = text[len(prefix) :] if text.startswith(prefix) else " " + paragraph(draws, 1)
         stop = body.get("stop")
         cuts = [text.find(s) for s in ([stop] if isinstance(stop, str) else stop or ()) if s]
         if any(c >= 0 for c in cuts):

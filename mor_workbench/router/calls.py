@@ -1,0 +1,182 @@
+"""One call through a session, with failover: when the provider refuses, stalls or dies, the
+router closes that session, opens one with the next provider and carries on — for a stream
+that already produced text, by sending that text back as the start of the assistant's answer
+so the new provider continues it and the user sees one coherent answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mor_workbench.errors import ProviderError, SessionExpired
+from mor_workbench.protocol import ProtocolError
+from mor_workbench.router.router import NoProviderAvailable, OpenSession, Router
+
+__all__ = ["CallRecord", "Lease", "resume_body", "run_call"]
+
+
+@dataclass
+class CallRecord:
+    """How one call went and what it cost: for answer footers, comparisons and metadata."""
+
+    model: str
+    provider: str = ""
+    session_id: str = ""
+    bid_id: str = ""
+    price_per_second: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    finished: float | None = None
+    deltas: int = 0
+    usage: dict[str, int] | None = None
+    failovers: list[tuple[str, str]] = field(default_factory=list)
+    resumed: bool = False
+
+    def bind(self, session: OpenSession) -> None:
+        self.provider = session.provider
+        self.session_id = "0x" + session.session_id.hex()
+        self.bid_id = "0x" + session.bid_id.hex()
+        self.price_per_second = session.price_per_second
+
+    def observe(self, payload: dict[str, Any]) -> str:
+        """Note one chunk (or a whole completion); the text it adds."""
+        if isinstance(payload.get("usage"), dict):
+            self.usage = {k: int(v) for k, v in payload["usage"].items() if isinstance(v, int)}
+        text = ""
+        for choice in payload.get("choices") or ():
+            part = choice.get("delta") or choice.get("message") or {}
+            if part.get("content") or part.get("tool_calls"):
+                if self.first_token is None:
+                    self.first_token = time.monotonic()
+                self.deltas += 1
+                text += part.get("content") or ""
+        return text
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Seconds to the first token (including opening a session when one was opened)."""
+        return None if self.first_token is None else self.first_token - self.started
+
+    @property
+    def e2e_s(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def completion_tokens(self) -> int:
+        """From the provider's usage, else one per streamed delta (about one token each)."""
+        if self.usage and "completion_tokens" in self.usage:
+            return self.usage["completion_tokens"]
+        return self.deltas
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.first_token is None or self.finished is None:
+            return None
+        return self.completion_tokens / max(self.finished - self.first_token, 1e-6)
+
+    @property
+    def cost_mor(self) -> float:
+        """The session time this call used at the bid's per-second price, in MOR."""
+        return self.price_per_second * self.e2e_s / 1e18
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "session_id": self.session_id,
+            "bid_id": self.bid_id,
+            "ttft_s": self.ttft_s,
+            "e2e_s": self.e2e_s,
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_s": self.tokens_per_s,
+            "cost_mor": self.cost_mor,
+            "failovers": [{"provider": p, "reason": r} for p, r in self.failovers],
+            "resumed": self.resumed,
+        }
+
+
+@dataclass
+class Lease:
+    """A session slot the router may move: to another provider on failure, or (when `renew`)
+    to a fresh session when this one has ended."""
+
+    model: str
+    duration_s: int
+    direct_payment: bool
+    opened: OpenSession
+    renew: bool = False
+    max_failovers: int = 2
+
+
+def resume_body(body: dict[str, Any], partial: str) -> dict[str, Any]:
+    """`body` asking the model to continue `partial`: the text is sent as the start of the
+    assistant's answer (a trailing assistant message, flagged `prefix` as Mistral and
+    DeepSeek spell it; llama.cpp and Ollama continue a trailing assistant message as is)."""
+    messages = [*body["messages"], {"role": "assistant", "content": partial, "prefix": True}]
+    return {**body, "messages": messages}
+
+
+async def run_call(
+    router: Router,
+    lease: Lease,
+    body: dict[str, Any],
+    record: CallRecord,
+    *,
+    timeout: float = 60.0,
+) -> AsyncIterator[dict[str, Any]]:
+    """The verified, decrypted chunks (or the completion) of `body`, failing over as needed."""
+    produced = ""
+    while True:
+        if lease.opened.ends_at <= time.time() + 5:
+            await _renew(router, lease, "the session has ended")
+        session = lease.opened
+        record.bind(session)
+        request = resume_body(body, produced) if produced else body
+        try:
+            async for payload in router.stream(session, request, timeout=timeout):
+                produced += record.observe(payload)
+                yield payload
+            record.finished = time.monotonic()
+            return
+        except SessionExpired as exc:
+            await _renew(router, lease, str(exc))
+            continue
+        except ProviderError as exc:
+            if not exc.retryable:
+                raise
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"no reply within {timeout:g} s"
+        except (ProtocolError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+        record.failovers.append((session.provider, reason))
+        if len(record.failovers) > lease.max_failovers:
+            raise ProviderError(
+                f"{len(record.failovers)} providers failed this call; the last: {reason}"
+            )
+        router.failed(session.provider)
+        try:
+            lease.opened = await router.open(
+                lease.model,
+                lease.duration_s,
+                direct_payment=lease.direct_payment,
+                exclude=[p for p, _ in record.failovers],
+            )
+        except NoProviderAvailable as exc:
+            raise NoProviderAvailable(lease.model, [*record.failovers, *exc.tried]) from None
+        router.close_soon(session)
+        record.resumed = record.resumed or bool(produced)
+
+
+async def _renew(router: Router, lease: Lease, why: str) -> None:
+    """Move an ended session's lease to a fresh session, when the lease may renew."""
+    if not lease.renew:
+        raise SessionExpired(f"{why}: open a new session")
+    ended = lease.opened
+    lease.opened = await router.open(
+        lease.model, lease.duration_s, direct_payment=lease.direct_payment
+    )
+    if ended.session_id in router.opened:
+        router.close_soon(ended)

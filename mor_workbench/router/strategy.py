@@ -1,0 +1,116 @@
+"""How the router orders a model's bids before asking providers, on top of the reference score.
+
+The reference router always asks the best-scored bid first, so every consumer herds onto one
+provider. The default here draws among the top bids with probability proportional to score,
+skips providers that failed recently, and honours allow/deny lists and a price cap.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
+
+from mor_workbench.errors import ConfigurationError
+from mor_workbench.router.scoring import Score
+
+__all__ = ["Cooldowns", "Strategy"]
+
+
+class _Scored(Protocol):
+    @property
+    def provider(self) -> str: ...
+    @property
+    def price_per_second(self) -> int: ...
+    @property
+    def score(self) -> Score: ...
+
+
+B = TypeVar("B", bound=_Scored)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Provider choice. `order="weighted"` (the default) draws the first provider among the
+    `top` best bids with probability proportional to score, then the rest best first;
+    `order="best"` is the reference's strict score order. Providers that failed in the last
+    `cooldown_s` seconds go last; `allow`/`deny` are provider addresses; `max_price_per_second`
+    (MOR) drops dearer bids."""
+
+    order: Literal["weighted", "best"] = "weighted"
+    top: int = 3
+    cooldown_s: float = 300.0
+    allow: frozenset[str] | None = None
+    deny: frozenset[str] = frozenset()
+    max_price_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.order not in ("weighted", "best"):
+            raise ConfigurationError(
+                f"strategy order {self.order!r} is not known: use 'weighted' or 'best'"
+            )
+        if self.top < 1:
+            raise ConfigurationError(f"strategy top={self.top} must be at least 1")
+        for name in ("allow", "deny"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ConfigurationError(f"strategy {name} must be a list of addresses, not a str")
+            if value is not None:
+                object.__setattr__(self, name, frozenset(a.lower() for a in value))
+
+    @classmethod
+    def of(cls, value: Strategy | str | dict | None) -> Strategy:
+        """A strategy from itself, "weighted"/"best", or a dict of options."""
+        if value is None:
+            return cls()
+        if isinstance(value, Strategy):
+            return value
+        if isinstance(value, str):
+            return cls(order=value)  # type: ignore[arg-type]
+        if isinstance(value, dict):
+            try:
+                return cls(**value)
+            except TypeError as exc:
+                raise ConfigurationError(f"strategy options not understood: {exc}") from None
+        raise ConfigurationError("strategy must be 'weighted', 'best', a dict or a Strategy")
+
+    def choose(
+        self, bids: Sequence[B], cooling: Iterable[str] = (), rng: random.Random | None = None
+    ) -> list[B]:
+        """The order to ask providers in: eligible bids first (best score first, the first pick
+        weighted among the top), providers cooling down after a failure last."""
+        cap = None if self.max_price_per_second is None else self.max_price_per_second * 1e18
+        eligible = [
+            b
+            for b in bids
+            if b.provider.lower() not in self.deny
+            and (self.allow is None or b.provider.lower() in self.allow)
+            and (cap is None or b.price_per_second <= cap)
+        ]
+        eligible.sort(key=lambda b: b.score.score, reverse=True)
+        cold = {c.lower() for c in cooling}
+        fresh = [b for b in eligible if b.provider.lower() not in cold]
+        stale = [b for b in eligible if b.provider.lower() in cold]
+        if self.order == "weighted" and len(fresh) > 1:
+            head = fresh[: self.top]
+            weights = [max(b.score.score, 0.0) for b in head]
+            if sum(weights) > 0:
+                first = (rng or random).choices(range(len(head)), weights)[0]
+                fresh.insert(0, fresh.pop(first))
+        return fresh + stale
+
+
+@dataclass
+class Cooldowns:
+    """When each provider last failed us, to skip it for a while."""
+
+    failed_at: dict[str, float] = field(default_factory=dict)
+
+    def failed(self, provider: str) -> None:
+        self.failed_at[provider.lower()] = time.monotonic()
+
+    def cooling(self, cooldown_s: float) -> set[str]:
+        now = time.monotonic()
+        return {p for p, at in self.failed_at.items() if now - at < cooldown_s}

@@ -1,0 +1,170 @@
+"""Failover on a sandbox of its own: an extra provider, run as its own process and ranked
+first, is killed (SIGKILL) mid-stream or frozen (SIGSTOP); the router closes its session and
+carries on with the next provider, resuming a half-written answer so it reads as one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+import mor_workbench as mor
+from mor_workbench import sandbox
+from mor_workbench.chain.client import Chain
+from mor_workbench.chain.deploy import MOR
+from mor_workbench.chain.keys import Signer
+from mor_workbench.chain.listings import resolve_model
+from mor_workbench.chain.rpc import RpcClient
+
+MODEL = "llama-3.2"
+PROMPT = "Tell me about routers and rivers."
+
+
+async def _register(info: sandbox.SandboxInfo, key: str, endpoint: str, price: int | None) -> str:
+    """Fund and register the extra provider (or move its endpoint); bid `price` on MODEL."""
+    chain = Chain(RpcClient(info.rpc_url), info.deployment)
+    provider, owner = Signer(key), info.signer("owner")
+    try:
+        if price is not None:
+            await chain.rpc.request("anvil_setBalance", [provider.address, hex(10**21)])
+            token = chain.deployment.token
+            await chain.transact(owner, "transfer", provider.address, 300 * MOR, to=token)
+            await chain.transact(provider, "approve", chain.deployment.diamond, 2**255, to=token)
+        stake = 200 * MOR if price is not None else 0
+        await chain.transact(provider, "providerRegister", provider.address, stake, endpoint)
+        model_id, _ = await resolve_model(chain, MODEL)
+        if price is not None:
+            await chain.transact(provider, "postModelBid", provider.address, model_id, price)
+        return "0x" + model_id.hex()
+    finally:
+        await chain.rpc.aclose()
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    directory = tmp_path_factory.mktemp("failover")
+    info = sandbox.start(directory)
+    key = Account.create().key.hex()
+    # a hundredth of the cheapest sandbox price: ranked first by the reference score
+    model_id = asyncio.run(_register(info, key, "127.0.0.1:9", 10**11))
+    yield {"info": info, "key": key, "model_id": model_id, "address": Signer(key).address}
+    sandbox.reset(directory)
+
+
+@pytest.fixture
+def doomed(market, tmp_path: Path) -> Iterator[dict]:
+    """The extra provider: its own simulated model server and provider router, as processes."""
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "mor_workbench.sandbox.model_server", "--profile", "slow"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    base_url = backend.stdout.readline().strip()
+    config = tmp_path / "models-config.json"
+    entry = {"modelId": market["model_id"], "modelName": MODEL, "apiType": "openai"}
+    config.write_text(json.dumps({"models": [{**entry, "apiUrl": f"{base_url}/chat/completions"}]}))
+    provider = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mor_workbench.cli",
+            "provider",
+            "--config",
+            str(config),
+            "--dir",
+            str(market["info"].directory),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MOR_PRIVATE_KEY": market["key"]},
+    )
+    endpoint = provider.stdout.readline().split(" on ")[1].split(";")[0]
+    asyncio.run(_register(market["info"], market["key"], endpoint, None))
+    yield {"process": provider, "address": market["address"]}
+    for process in (provider, backend):
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+        process.wait(10)
+
+
+@pytest.fixture
+def wb(market, tmp_path, monkeypatch) -> Iterator[mor.Workbench]:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
+    workbench = mor.connect(
+        "sandbox", sandbox_dir=market["info"].directory, strategy="best", timeout=3.0
+    )
+    yield workbench
+    workbench.close()
+
+
+async def _on_chain(wb: mor.Workbench, session_id: str) -> dict:
+    chain = Chain(RpcClient(wb.aio.chain.rpc.urls), wb.aio.chain.deployment)
+    try:
+        return await chain.call("getSession", bytes.fromhex(session_id[2:]))
+    finally:
+        await chain.rpc.aclose()
+
+
+def test_a_provider_killed_mid_stream_is_replaced_and_the_answer_resumed(wb, doomed) -> None:
+    stream = wb.stream(PROMPT, model=MODEL)
+    deltas = iter(stream)
+    first = [next(deltas) for _ in range(4)]
+    assert stream.info["provider"] == doomed["address"]  # the extra provider answered first
+    doomed_session = stream.info["session_id"]
+    doomed["process"].kill()  # SIGKILL: no goodbye, the connection just drops
+    rest = list(deltas)
+    info = stream.info
+    assert info["resumed"] is True and rest
+    assert [f["provider"] for f in info["failovers"]] == [doomed["address"]]
+    assert info["provider"] != doomed["address"]
+    # one coherent answer: exactly what a healthy provider says to the same prompt
+    healthy = wb.chat(PROMPT, model=MODEL)
+    assert "".join(first + rest) == stream.text == healthy
+    wb.close()  # waits for the background close of the dead provider's session
+    closed = asyncio.run(_on_chain(wb, doomed_session))
+    assert closed["closedAt"] and closed["closeoutType"] == 1  # the consumer's dispute close
+
+
+def test_a_dead_provider_is_skipped_before_the_stream(wb, doomed) -> None:
+    doomed["process"].kill()
+    doomed["process"].wait(10)
+    answer = wb.complete([{"role": "user", "content": PROMPT}], model=MODEL)
+    assert answer.choices[0].message.content
+    assert answer.morpheus["provider"] != doomed["address"]
+    assert answer.morpheus["failovers"] == []  # refused at open time, before any prompt
+    assert doomed["address"].lower() in wb.aio.router.cooldowns.cooling(60)
+
+
+def test_a_frozen_provider_times_out_and_its_session_is_dispute_closed(wb, doomed) -> None:
+    session = wb.open_session(MODEL, duration="6m")
+    assert session.info()["provider"] == doomed["address"]
+    first_id = session.id
+    os.kill(doomed["process"].pid, signal.SIGSTOP)  # alive but silent: a stall
+    started = time.monotonic()
+    stream = session.stream(PROMPT, max_tokens=8)
+    text = "".join(stream)
+    assert text and time.monotonic() - started >= 3.0  # waited out the 3 s timeout
+    assert stream.info["failovers"][0]["reason"].startswith("no reply within 3")
+    assert session.info()["provider"] != doomed["address"] and session.id != first_id
+    session.close()
+    wb.close()  # waits for the background close of the frozen provider's session
+    closed = asyncio.run(_on_chain(wb, first_id))
+    assert closed["closedAt"] and closed["closeoutType"] == 1  # the consumer's dispute close
+
+
+def test_a_request_fault_is_reported_not_failed_over(wb) -> None:
+    with pytest.raises(mor.ProviderError, match="non-empty array") as caught:
+        wb.complete([], model=MODEL)
+    assert caught.value.retryable is False
