@@ -13,7 +13,7 @@ from typing import Any
 from openai.types.chat import ChatCompletion
 
 from mor_workbench._portal import Portal
-from mor_workbench.errors import ConfigurationError
+from mor_workbench.errors import ConfigurationError, SessionExpired
 from mor_workbench.router.calls import CallRecord, Lease, run_call
 from mor_workbench.router.router import OpenSession, Router
 
@@ -192,6 +192,11 @@ class AsyncSession:
     def payloads(self, body: dict[str, Any], record: CallRecord) -> AsyncIterator[dict[str, Any]]:
         """The raw OpenAI chunks (or completion) for a request body, failing over as needed."""
         if self.closed and not self.lease.renew:
+            if self.opened.session_id in self._router.expired:
+                raise SessionExpired(
+                    f"session {self.id[:10]}… ended at {self.ends_at:%H:%M:%S} UTC and was "
+                    "closed: open a new one"
+                )
             raise ConfigurationError("this session is closed: open a new one")
         return run_call(self._router, self.lease, body, record, timeout=self.timeout)
 

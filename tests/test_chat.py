@@ -84,3 +84,95 @@ def test_balance_shows_stake_while_open_and_back_after(wb) -> None:
     assert after["mor"] + after["mor_on_hold"] + after["mor_on_hold_available"] == pytest.approx(
         before["mor"] + before["mor_on_hold"] + before["mor_on_hold_available"]
     )
+
+
+def test_too_little_mor_is_a_typed_error_with_the_amounts(wb, sandbox_dir) -> None:
+    from eth_account import Account
+
+    poor = Account.create()
+    wb._portal.run(wb.aio.chain.rpc.request("anvil_setBalance", [poor.address, hex(10**20)]))
+    with (
+        mor.connect("sandbox", sandbox_dir=sandbox_dir, key=poor.key.hex()) as broke,
+        pytest.raises(mor.InsufficientFunds) as caught,
+    ):
+        broke.open_session("llama-3.2", duration="10m")
+    error = caught.value
+    assert error.token == "MOR" and error.available == 0 and error.needed > 0
+    assert "fund the account" in str(error) and poor.key.hex()[2:] not in str(error)
+    assert wb.sessions(poor.address).empty  # nothing was opened on chain
+
+
+def test_complete_returns_an_openai_chat_completion_with_usage_and_metadata(wb) -> None:
+    from openai.types.chat import ChatCompletion
+
+    messages = [{"role": "user", "content": "What's the weather in Lisbon?"}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    called = wb.complete(messages, model="llama-3.2", tools=tools, tool_choice="required")
+    assert isinstance(called, ChatCompletion)
+    call = called.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and "city" in call.function.arguments
+    plain = wb.complete(messages, model="llama-3.2", max_tokens=7, seed=3)
+    assert plain.choices[0].finish_reason == "length"
+    assert plain.usage.completion_tokens == 7
+    assert plain.usage.total_tokens == plain.usage.prompt_tokens + 7
+    info = plain.morpheus
+    assert info["provider"] == wb.aio._sessions["llama-3.2"].provider
+    assert info["session_id"] == wb.aio._sessions["llama-3.2"].id
+    assert info["cost_mor"] > 0 and info["failovers"] == []
+    with pytest.raises(mor.ConfigurationError, match="use stream"):
+        wb.complete(messages, model="llama-3.2", stream=True)
+
+
+def test_a_stream_reports_usage_and_how_it_went(wb) -> None:
+    stream = wb.stream("Count the rivers", model="mistral-small", max_tokens=6)
+    text = "".join(stream)
+    assert text == stream.text
+    assert stream.usage["completion_tokens"] == 6
+    assert stream.usage["total_tokens"] == stream.usage["prompt_tokens"] + 6
+    info = stream.info
+    assert info["ttft_s"] > 0 and info["tokens_per_s"] > 0 and info["e2e_s"] >= info["ttft_s"]
+
+
+def test_twenty_concurrent_chats_on_three_providers(wb) -> None:
+    import asyncio
+
+    bids = wb.bids("llama-3.2")
+    sessions = [wb.open_session("llama-3.2", duration="6m", bid=b) for b in bids["id"]]
+    assert len({s.info()["provider"] for s in sessions}) == 3
+    prompts = [f"Question number {i}: what is a router?" for i in range(20)]
+
+    async def ask(shift: int) -> list[str]:
+        return await asyncio.gather(
+            *(sessions[(i + shift) % 3].aio.chat(p) for i, p in enumerate(prompts))
+        )
+
+    answers = wb._portal.run(ask(0))
+    assert all(answers) and len(set(answers)) == 20  # each its own answer, none crossed
+    again = wb._portal.run(ask(1))  # the same prompts, each on another provider
+    assert again == answers
+    for session in sessions:
+        session.close()
+
+
+def test_concurrent_calls_share_one_automatic_session(wb) -> None:
+    import asyncio
+
+    async def ask() -> list[str]:
+        return await asyncio.gather(
+            *(wb.aio.chat(f"hello {i}", model="deepseek-r1", max_tokens=3) for i in range(10))
+        )
+
+    assert all(wb._portal.run(ask()))
+    assert len(wb.aio.router.opened) == 1

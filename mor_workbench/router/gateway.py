@@ -46,7 +46,7 @@ class Gateway:
         try:
             async with self._http.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code >= 400:
-                    raise _error(response.status_code, await response.aread())
+                    raise self._error(response.status_code, await response.aread())
                 if not body.get("stream"):
                     yield json.loads(await response.aread())
                     return
@@ -66,11 +66,16 @@ class Gateway:
         """The gateway's model list (OpenAI's /models shape)."""
         response = await self._http.get("/models")
         if response.status_code >= 400:
-            raise _error(response.status_code, response.content)
+            raise self._error(response.status_code, response.content)
         return list(response.json().get("data") or [])
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def _error(self, status: int, raw: bytes) -> Exception:
+        """The gateway's error as ours; should it echo the key, the key is cut out."""
+        key = self._http.headers["authorization"].removeprefix("Bearer ")
+        return _error(status, raw.replace(key.encode(), b"sk-***"))
 
 
 def _error(status: int, raw: bytes) -> Exception:

@@ -127,6 +127,7 @@ class Router:
         self.cooldowns = Cooldowns()
         self.opened: dict[bytes, OpenSession] = {}  # sessions this router opened, still open
         self.closed: set[bytes] = set()
+        self.expired: set[bytes] = set()  # closed by housekeeping because their time was up
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
 
@@ -318,6 +319,7 @@ class Router:
         now = await self.chain.block_timestamp()
         ended = [s for s in list(self.opened.values()) if s.ends_at <= now]
         for session in ended:
+            self.expired.add(session.session_id)
             await self.close(session)
         return {"closed": len(ended), "withdrawn": await self.withdraw_released()}
 
