@@ -176,3 +176,23 @@ def test_concurrent_calls_share_one_automatic_session(wb) -> None:
 
     assert all(wb._portal.run(ask()))
     assert len(wb.aio.router.opened) == 1
+
+
+def test_sessions_are_closed_at_interpreter_exit(wb, sandbox_dir, tmp_path) -> None:
+    script = (
+        "import mor_workbench as mor\n"
+        f"wb = mor.connect('sandbox', sandbox_dir={str(sandbox_dir)!r})\n"
+        "wb.chat('hi', model='qwen-2.5-coder', max_tokens=2)\n"
+        "print(wb.aio._sessions['qwen-2.5-coder'].id)\n"  # and exit without closing
+    )
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MOR_WORKBENCH_HOME": str(tmp_path / "child")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    row = wb.sessions().set_index("id").loc[done.stdout.strip()]
+    assert not row["is_active"] and row["closeout_type"] == 0
