@@ -4,7 +4,7 @@ PY := .venv/bin/python
 BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-python test-contracts lint artifacts contracts-build bench
+.PHONY: setup chromium demo test test-python test-contracts lint artifacts contracts-build bench
 
 # Python virtual environment with the package and its dev tools.
 .venv/installed: pyproject.toml
@@ -20,6 +20,10 @@ node_modules/.installed: package.json package-lock.json
 
 setup: .venv/installed node_modules/.installed
 
+# Debian's headless Chromium for the widget tests in a real browser (Playwright drives it).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 contracts-build: node_modules/.installed
 	cd contracts && forge build
 
@@ -34,7 +38,7 @@ lint: .venv/installed
 	$(PY) -m ruff check mor_workbench tests bench contracts
 	$(PY) -m ruff format --check mor_workbench tests bench contracts
 
-test-python: .venv/installed node_modules/.installed
+test-python: .venv/installed node_modules/.installed chromium
 	$(PY) -m pytest
 
 test: setup lint test-contracts test-python
