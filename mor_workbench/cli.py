@@ -131,6 +131,36 @@ def _provider(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from mor_workbench.serve import serve
+    from mor_workbench.workbench import aconnect
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ConfigurationError(f"--api-key-env names ${args.api_key_env}, which is not set")
+    options: dict[str, object] = {}
+    if args.network == "sandbox":
+        options["sandbox_dir"] = args.dir
+    if args.rpc_url:
+        options["rpc_url"] = args.rpc_url
+
+    def ready(url: str) -> None:
+        print(
+            f"serving the Morpheus marketplace at {url} (OpenAI-compatible); Ctrl-C stops",
+            flush=True,
+        )
+
+    async def run() -> None:
+        workbench = await aconnect(args.network, **options)
+        await serve(workbench, args.host, args.port, api_key=api_key, ready=ready)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mor-workbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     provider.add_argument("--port", type=int, default=3333)
     provider.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
     provider.set_defaults(run=_provider)
+    served = commands.add_parser(
+        "serve", help="serve the marketplace as a local OpenAI-compatible endpoint"
+    )
+    served.add_argument(
+        "--network", default="sandbox", choices=["sandbox", "base", "base-sepolia", "gateway"]
+    )
+    served.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
+    served.add_argument("--rpc-url", default=None, help="RPC URL (or $MOR_RPC_URL)")
+    served.add_argument("--host", default="127.0.0.1")
+    served.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    served.add_argument(
+        "--api-key-env", default=None, help="environment variable holding the Bearer key to require"
+    )
+    served.set_defaults(run=_serve)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

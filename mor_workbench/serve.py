@@ -1,0 +1,202 @@
+"""`mor-workbench serve`: a local OpenAI-compatible endpoint over a workbench's router, so any
+OpenAI client or tool can use the Morpheus marketplace by pointing its base URL here."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pandas as pd
+from aiohttp import web
+
+from mor_workbench.errors import (
+    ConfigurationError,
+    InsufficientFunds,
+    MorError,
+    ProviderError,
+)
+from mor_workbench.router.router import NoProviderAvailable
+from mor_workbench.workbench import AsyncWorkbench
+
+__all__ = ["make_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+OWNED_BY = "morpheus"
+WORKBENCH_KEY = web.AppKey("workbench", AsyncWorkbench)
+API_KEY = web.AppKey("api_key", str)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Refused(Exception):
+    """A request answered with an OpenAI error JSON at `status`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _refusal(exc: BaseException) -> _Refused:
+    """The HTTP status and OpenAI error JSON for an error from the workbench."""
+    message = str(exc)
+    if isinstance(exc, _Refused):
+        return exc
+    if isinstance(exc, ConfigurationError):
+        if message.startswith("no active model"):
+            return _Refused(404, message, "invalid_request_error", "model", "model_not_found")
+        return _Refused(400, message, "invalid_request_error")
+    if isinstance(exc, NoProviderAvailable):
+        return _Refused(503, message, "server_error", code="no_provider_available")
+    if isinstance(exc, ProviderError) and not exc.retryable:
+        return _Refused(400, message, "invalid_request_error")
+    if isinstance(exc, InsufficientFunds):
+        return _Refused(402, message, "insufficient_quota", code="insufficient_funds")
+    if isinstance(exc, MorError):
+        return _Refused(502, message, "server_error", code="provider_error")
+    log.error("serve: unexpected error", exc_info=exc)
+    return _Refused(500, f"internal error ({type(exc).__name__})", "server_error")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Checks the Bearer key (when one is set) and answers every error in OpenAI's shape."""
+    try:
+        expected = request.app.get(API_KEY)
+        if expected is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+                raise _Refused(
+                    401,
+                    "missing or incorrect API key: send Authorization: Bearer <key>",
+                    "invalid_request_error",
+                    code="invalid_api_key",
+                )
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        refused = _Refused(
+            exc.status, f"{exc.reason} ({request.method} {request.path})", "invalid_request_error"
+        )
+    except Exception as exc:
+        refused = _refusal(exc)
+    return web.json_response(refused.body, status=refused.status)
+
+
+async def _list_models(request: web.Request) -> web.Response:
+    """OpenAI's model list: the marketplace's active models by name (in gateway mode the
+    gateway's own list, since the gateway is what answers)."""
+    workbench = request.app[WORKBENCH_KEY]
+    if workbench.gateway is not None:
+        return web.json_response({"object": "list", "data": await workbench.gateway.models()})
+    frame = await workbench.models()
+    cards: dict[str, dict[str, Any]] = {}
+    for name, created in zip(frame["name"], frame["created_at"], strict=True):
+        stamp = 0 if pd.isna(created) else int(created.timestamp())
+        card = {"id": name, "object": "model", "created": stamp, "owned_by": OWNED_BY}
+        cards.setdefault(name, card)  # two models may share a name: list it once
+    return web.json_response({"object": "list", "data": list(cards.values())})
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    """The body goes to the router untouched; the answer comes back as JSON or as SSE."""
+    try:
+        body = json.loads(await request.read())
+    except ValueError:  # not JSON (UnicodeDecodeError is a ValueError too)
+        raise _Refused(400, "the request body is not valid JSON", "invalid_request_error") from None
+    if not isinstance(body, dict):
+        raise _Refused(400, "the request body must be a JSON object", "invalid_request_error")
+    payloads = request.app[WORKBENCH_KEY].payloads(body)
+    try:
+        if not body.get("stream"):
+            answer = [p async for p in payloads]
+            if not answer:
+                raise ProviderError("the provider sent no completion")
+            return web.json_response(answer[-1])
+        # The first payload comes before the headers, so a refusal still gets its HTTP status.
+        first = await anext(payloads, None)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            }
+        )
+        try:
+            await response.prepare(request)
+            try:
+                if first is not None:
+                    await response.write(_sse(first))
+                    async for payload in payloads:
+                        await response.write(_sse(payload))
+                await response.write(b"data: [DONE]\n\n")
+            except ConnectionError:
+                raise
+            except Exception as exc:  # after the headers an error can only be an event
+                await response.write(_sse(_refusal(exc).body))
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away: nobody is left to tell
+        return response
+    finally:
+        await payloads.aclose()
+
+
+def make_app(workbench: AsyncWorkbench, *, api_key: str | None = None) -> web.Application:
+    """The OpenAI-compatible app (GET /v1/models, POST /v1/chat/completions) over `workbench`;
+    it owns the workbench and closes it (and the sessions it opened) on cleanup."""
+    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[_guard])
+    app[WORKBENCH_KEY] = workbench
+    if api_key is not None:
+        app[API_KEY] = api_key
+    app.router.add_get("/v1/models", _list_models)
+    app.router.add_post("/v1/chat/completions", _chat)
+
+    async def close_workbench(_: web.Application) -> None:
+        await workbench.close()
+
+    app.on_cleanup.append(close_workbench)
+    return app
+
+
+async def serve(
+    workbench: AsyncWorkbench,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    api_key: str | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve `workbench` at http://host:port/v1 until cancelled, then close it; `ready` gets
+    that base URL once bound (port 0 picks a free port)."""
+    runner = web.AppRunner(make_app(workbench, api_key=api_key), shutdown_timeout=5.0)
+    try:
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        bound = runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        if ready is not None:
+            ready(f"http://{shown}:{bound}/v1")
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await workbench.close()  # already closed by the app's cleanup unless setup failed

@@ -1,0 +1,264 @@
+"""`mor-workbench serve`: the official openai client against the marketplace served locally."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+import mor_workbench as mor
+from mor_workbench.serve import make_app
+
+KEY = "sk-local-serve-test-key"
+CLI = [sys.executable, "-m", "mor_workbench.cli"]
+MESSAGES = [{"role": "user", "content": "What is the Morpheus marketplace?"}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@asynccontextmanager
+async def running(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on a free port in this test's loop; yields its OpenAI base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+def client(base_url: str, key: str = KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
+
+
+@pytest.fixture
+async def workbench(sandbox_dir, tmp_path, monkeypatch) -> mor.AsyncWorkbench:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))  # this test's own session journal
+    return await mor.aconnect("sandbox", sandbox_dir=sandbox_dir)
+
+
+@pytest.fixture
+async def api(workbench) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with running(make_app(workbench, api_key=KEY)) as base_url:
+        yield client(base_url)
+
+
+async def test_models_are_listed_by_name(api: openai.AsyncOpenAI, workbench) -> None:
+    listed = [m async for m in api.models.list()]
+    names = [m.id for m in listed]
+    assert "llama-3.2" in names and len(names) == len(set(names))
+    assert set(names) == set((await workbench.models())["name"])
+    assert all(m.object == "model" and m.owned_by == "morpheus" and m.created > 0 for m in listed)
+
+
+async def test_complete_then_stream_the_same_answer(api: openai.AsyncOpenAI) -> None:
+    whole = await api.chat.completions.create(model="llama-3.2", messages=MESSAGES, seed=7)
+    text = whole.choices[0].message.content
+    assert text and whole.choices[0].finish_reason == "stop"
+    assert whole.usage.completion_tokens > 0
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+    stream = await api.chat.completions.create(
+        model="llama-3.2",
+        messages=MESSAGES,
+        seed=7,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert len(chunks) > 2 and all(c.object == "chat.completion.chunk" for c in chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    assert chunks[-1].usage is not None and chunks[-1].usage == whole.usage
+
+
+async def test_tool_calls_come_back(api: openai.AsyncOpenAI) -> None:
+    weather = [{"role": "user", "content": "What's the weather in Lisbon?"}]
+    called = await api.chat.completions.create(
+        model="llama-3.2", messages=weather, tools=[WEATHER], tool_choice="required"
+    )
+    assert called.choices[0].finish_reason == "tool_calls"
+    call = called.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and "city" in call.function.arguments
+
+
+async def test_unknown_model_is_a_clear_404(api: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        await api.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert caught.value.code == "model_not_found"
+    assert "no active model 'no-such-model'" in caught.value.message
+    assert "llama-3.2" in caught.value.message  # it names the models there are
+
+
+async def test_a_request_the_provider_refuses_is_a_400(api: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
+        await api.chat.completions.create(
+            model="llama-3.2", messages=MESSAGES, tool_choice="required"
+        )
+
+
+async def test_the_api_key_is_required_and_never_echoed(api: openai.AsyncOpenAI) -> None:
+    wrong = client(str(api.base_url), key="sk-wrong-key-123456")
+    for call in (
+        wrong.models.list(),
+        wrong.chat.completions.create(model="llama-3.2", messages=MESSAGES),
+    ):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await call
+        assert KEY not in str(caught.value) and "sk-wrong-key-123456" not in str(caught.value)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{api.base_url}models") as response,  # no header at all
+    ):
+        assert response.status == 401
+        assert (await response.json())["error"]["code"] == "invalid_api_key"
+
+
+async def test_bad_json_and_unknown_paths_answer_in_openai_shape(api: openai.AsyncOpenAI) -> None:
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(f"{api.base_url}chat/completions", data=b"{not json") as response:
+            assert response.status == 400
+            error = (await response.json())["error"]
+            assert error["type"] == "invalid_request_error" and "not valid JSON" in error["message"]
+        async with http.post(f"{api.base_url}chat/completions", json=["a list"]) as response:
+            assert response.status == 400
+        async with http.get(f"{api.base_url}nowhere") as response:
+            assert response.status == 404 and "error" in await response.json()
+
+
+async def test_shutdown_closes_the_sessions_it_opened(
+    workbench, sandbox_dir, tmp_path, monkeypatch
+) -> None:
+    async with running(make_app(workbench)) as base_url:  # no key: any client may call
+        answer = await client(base_url, key="anything").chat.completions.create(
+            model="llama-3.2", messages=MESSAGES
+        )
+        assert answer.choices[0].message.content
+        session_id = workbench._sessions["llama-3.2"].id
+    assert workbench._closed
+    # another journal, so connecting cannot settle what the server should have closed itself
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "checker"))
+    async with await mor.aconnect("sandbox", sandbox_dir=sandbox_dir) as again:
+        row = (await again.sessions()).set_index("id").loc[session_id]
+        assert not row["is_active"]
+
+
+class FailingWorkbench:
+    """Stands in for a workbench whose router fails: before any answer, or mid-stream."""
+
+    def __init__(self, error: Exception, after: int) -> None:
+        self.error, self.after, self.gateway, self.closed = error, after, None, False
+
+    async def payloads(self, body: dict[str, Any], record: Any = None) -> AsyncIterator[dict]:
+        for i in range(self.after):
+            yield {
+                "id": "chatcmpl-x",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}],
+            }
+        raise self.error
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (mor.NoProviderAvailable("llama-3.2", [("0xabcdef0123456789", "refused")]), 503),
+        (mor.ProviderError("the provider timed out"), 502),
+        (mor.ProviderError("bad request", retryable=False), 400),
+        (mor.SessionExpired("the session ended"), 502),
+    ],
+)
+async def test_router_errors_map_to_http_statuses(error: Exception, status: int) -> None:
+    fake = FailingWorkbench(error, after=0)
+    async with running(make_app(fake)) as base_url:  # type: ignore[arg-type]
+        for stream in (False, True):
+            with pytest.raises(openai.APIStatusError) as caught:
+                await client(base_url).chat.completions.create(
+                    model="llama-3.2", messages=MESSAGES, stream=stream
+                )
+            assert caught.value.status_code == status
+            assert caught.value.body["message"] == str(error)
+    assert fake.closed
+
+
+async def test_an_error_after_the_stream_started_is_an_error_event() -> None:
+    fake = FailingWorkbench(mor.ProviderError("every provider failed mid-answer"), after=2)
+    async with running(make_app(fake)) as base_url:  # type: ignore[arg-type]
+        stream = await client(base_url).chat.completions.create(
+            model="llama-3.2", messages=MESSAGES, stream=True
+        )
+        seen = []
+        with pytest.raises(openai.APIError, match="every provider failed mid-answer"):
+            async for chunk in stream:
+                seen.append(chunk.choices[0].delta.content)
+        assert seen == ["w0 ", "w1 "]
+
+
+def test_the_cli_serves_until_interrupted(sandbox_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "checker"))
+    with mor.connect("sandbox", sandbox_dir=sandbox_dir) as wb:
+        sessions = wb.sessions()
+        known, active_before = set(sessions["id"]), set(sessions.query("is_active")["id"])
+    env = {**os.environ, "MOR_WORKBENCH_HOME": str(tmp_path / "cli"), "SERVE_TEST_KEY": KEY}
+    command = [*CLI, "serve", "--dir", str(sandbox_dir), "--port", "0"]
+    command += ["--api-key-env", "SERVE_TEST_KEY"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode()
+        expected = "serving the Morpheus marketplace at http://127.0.0.1:"
+        assert line.startswith(expected), line or proc.stderr.read().decode()
+        base_url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        assert not base_url.endswith(":0/v1")
+        api = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+        answer = api.chat.completions.create(model="llama-3.2", messages=MESSAGES)
+        assert answer.choices[0].message.content
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        output = line + proc.stdout.read().decode() + proc.stderr.read().decode()
+        assert KEY not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with mor.connect("sandbox", sandbox_dir=sandbox_dir) as wb:  # Ctrl-C closed its session
+        sessions = wb.sessions()
+        opened = set(sessions["id"]) - known
+        assert opened and not sessions.set_index("id").loc[list(opened), "is_active"].any()
+        assert set(sessions.query("is_active")["id"]) <= active_before
+
+
+def test_cli_names_a_missing_key_variable(sandbox_dir) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SERVE_TEST_UNSET"}
+    done = subprocess.run(
+        [*CLI, "serve", "--dir", str(sandbox_dir), "--api-key-env", "SERVE_TEST_UNSET"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "$SERVE_TEST_UNSET" in done.stderr
