@@ -73,14 +73,21 @@ def _demo(args: argparse.Namespace) -> int:
         with wb.open_session("llama-3.2", duration="10m") as session:
             info = session.info()
             print(
-                f"Session {info['id'][:10]}… with provider {info['provider'][:10]}… "
-                f"(best score), ends {info['ends_at']:%H:%M:%S} UTC"
+                f"Session {info['id'][:10]}… with provider {info['provider'][:10]}… at "
+                f"{info['price_per_second']:.6f} MOR/s (chosen by score and price), "
+                f"ends {info['ends_at']:%H:%M:%S} UTC"
             )
             print("Chat:", session.chat("What is the Morpheus marketplace?"))
             print("Stream: ", end="", flush=True)
-            for delta in session.stream("And how are providers chosen?"):
+            stream = session.stream("And how are providers chosen?")
+            for delta in stream:
                 print(delta, end="", flush=True)
-            print()
+            call = stream.info
+            print(
+                f"\n  [{call['completion_tokens']} tokens, first token after "
+                f"{call['ttft_s'] * 1000:.0f} ms, {call['tokens_per_s']:.0f} tokens/s, "
+                f"{call['cost_mor']:.6f} MOR of session time]"
+            )
             during = wb.balance()
             print(f"\nStaked while open: {during['mor_staked']:.6f} MOR")
         after = wb.balance()
