@@ -42,3 +42,13 @@ __all__ = [
     "aconnect",
     "connect",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`mor.plots` and `mor.widgets` load on first use (plotly and anywidget are not needed to
+    chat)."""
+    if name in ("plots", "widgets"):
+        import importlib
+
+        return importlib.import_module(f"mor_workbench.{name}")
+    raise AttributeError(f"module 'mor_workbench' has no attribute {name!r}")

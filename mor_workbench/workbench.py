@@ -26,6 +26,8 @@ from mor_workbench.chain.networks import get_network
 from mor_workbench.chain.rpc import RpcClient, redact_url
 from mor_workbench.errors import ChainError, ConfigurationError, MorError
 from mor_workbench.market import tables
+from mor_workbench.market.compare import compare as market_compare
+from mor_workbench.market.history import history as market_history
 from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import Gateway
 from mor_workbench.router.journal import SessionJournal
@@ -296,6 +298,27 @@ class AsyncWorkbench:
         """Provider-model rating stats kept on chain."""
         return await tables.stats(self.chain)
 
+    async def history(self, days: float = 7.0, *, progress: bool = True) -> pd.DataFrame:
+        """Sessions opened on the market in the last `days` days, from chain events (with
+        provider, model, price, booked and used seconds); a progress bar for long scans."""
+        return await market_history(self.chain, days, progress=progress)
+
+    async def compare(
+        self,
+        prompt: str | list[dict[str, Any]],
+        model: str,
+        *,
+        providers: list[str] | None = None,
+        runs: int = 3,
+        **params: Any,
+    ) -> pd.DataFrame:
+        """Run `prompt` `runs` times on each provider of `model` (a session each, side by
+        side): TTFT, inter-token and end-to-end latency percentiles, tokens/s, cost per 1K
+        tokens and the answer, one row per provider, fastest first."""
+        return await market_compare(
+            self.router, prompt, model, providers=providers, runs=runs, **params
+        )
+
     async def close(self) -> None:
         """Close the sessions this workbench opened, then detach (a sandbox keeps running)."""
         if self._closed:
@@ -358,6 +381,14 @@ class Workbench:
 
     def stats(self) -> pd.DataFrame:
         return self._portal.run(self._inner.stats())
+
+    def history(self, days: float = 7.0, *, progress: bool = True) -> pd.DataFrame:
+        return self._portal.run(self._inner.history(days, progress=progress))
+
+    def compare(
+        self, prompt: str | list[dict[str, Any]], model: str, **options: Any
+    ) -> pd.DataFrame:
+        return self._portal.run(self._inner.compare(prompt, model, **options))
 
     def open_session(self, model: str, **options: Any) -> Session:
         return Session(self._portal.run(self._inner.open_session(model, **options)), self._portal)

@@ -6,6 +6,7 @@ Amounts are MOR as floats in the main column (`stake`) with the exact wei intege
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,15 @@ from mor_workbench.chain.listings import (
     resolve_model,
 )
 
-__all__ = ["bids", "models", "providers", "resolve_model", "sessions", "stats"]
+__all__ = [
+    "bids",
+    "models",
+    "providers",
+    "resolve_model",
+    "sessions",
+    "sessions_by_id",
+    "stats",
+]
 
 WEI_PER_MOR = 10**18
 
@@ -187,6 +196,11 @@ async def sessions(chain: Chain, user: str) -> pd.DataFrame:
     """Every session of `user`, newest first."""
     user = checksum_address(user, what="user")
     ids = (await listing(chain, "getUserSessions", [(user,)]))[0]
+    return await sessions_by_id(chain, ids)
+
+
+async def sessions_by_id(chain: Chain, ids: Sequence[bytes]) -> pd.DataFrame:
+    """These sessions, with their provider, model and price, newest first."""
     found = check(await chain.read_many([Call("getSession", (i,)) for i in ids]))
     bid_ids = sorted({s["bidId"] for s in found})
     bid_info = dict(

@@ -130,6 +130,9 @@ class Router:
         self.expired: set[bytes] = set()  # closed by housekeeping because their time was up
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
+        # allowance check, approve and openSession as one step: two opens at once would each
+        # approve only their own amount, and the second approve replaces the first
+        self._paying = asyncio.Lock()
 
     # ----- choosing a provider -----
     async def rank(self, model: str) -> list[RankedBid]:
@@ -212,9 +215,10 @@ class Router:
                 approval_signature="0x" + approved.signature.hex(),
             )
         )
-        session_id = await peer.open_session(
-            self.chain, self.signer, approved, amount, direct_payment=direct
-        )
+        async with self._paying:
+            session_id = await peer.open_session(
+                self.chain, self.signer, approved, amount, direct_payment=direct
+            )
         ends_at = (await self.chain.call("getSession", session_id))["endsAt"]
         self.journal.update(
             entry.approval_hash, state="open", session_id="0x" + session_id.hex(), ends_at=ends_at
