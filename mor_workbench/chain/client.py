@@ -34,6 +34,7 @@ DIAMOND_FACETS = (
 )
 _MULTICALL_CHUNK = 400  # calls per eth_call: keeps each batch far below common gas caps
 _RECEIPT_POLL_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+_BUMP_NUM, _BUMP_DEN = 9, 8  # each fee bump: +12.5 % (geth and anvil require at least +10 %)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class Chain:
     diamond_abi: Abi = load_abi(*DIAMOND_FACETS)
     token_abi: Abi = load_abi("MorpheusToken")
     multicall_abi: Abi = load_abi("Multicall3")
+    # Fee bumps: replace an unmined transaction after `bump_after` s, at most `max_bumps` times,
+    # never above `max_fee_multiplier` x its first maxFeePerGas. Override per instance.
+    bump_after: float = 30.0
+    max_bumps: int = 5
+    max_fee_multiplier: float = 10.0
+    receipt_timeout: float = 120.0
 
     def __init__(self, rpc: RpcClient, deployment: Deployment) -> None:
         self.rpc = rpc
@@ -176,11 +183,19 @@ class Chain:
     def _lock(self, address: str) -> asyncio.Lock:
         return self._nonce_locks.setdefault(address, asyncio.Lock())
 
-    async def send(self, signer: Signer, tx: dict[str, Any], *, label: str) -> dict[str, Any]:
+    async def send(
+        self,
+        signer: Signer,
+        tx: dict[str, Any],
+        *,
+        label: str,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Sign and send `tx` (to/data/value) with a locally managed nonce; wait for the receipt.
 
-        Gas, fees and the nonce are fetched in one batched round trip. Concurrent sends from one
-        account never collide because nonces are assigned under a per-account lock.
+        Gas, fees and the nonce come in one batched round trip; nonces are assigned under a
+        per-account lock so concurrent sends never collide. A transaction still unmined after
+        `bump_after` seconds is replaced (same nonce, higher fees) so it cannot stay stuck.
         """
         sender = signer.address
         call: dict[str, Any] = {"from": sender, "data": "0x" + bytes(tx.get("data", b"")).hex()}
@@ -205,39 +220,160 @@ class Chain:
             nonce = max(self._nonces.get(sender, 0), int(pending, 16))
             priority = 10**9 if isinstance(tip, RpcError) else int(tip, 16)
             base_fee = int(block.get("baseFeePerGas", "0x0"), 16)
-            signed = signer.sign_transaction(
-                {
-                    "chainId": self.deployment.chain_id,
-                    "nonce": nonce,
-                    "gas": int(estimate, 16) * 6 // 5 + 10_000,
-                    "maxPriorityFeePerGas": priority,
-                    "maxFeePerGas": base_fee * 2 + priority,
-                    "type": 2,
-                    **{k: v for k, v in tx.items() if k in ("to", "data", "value")},
-                }
-            )
+            fields: dict[str, Any] = {
+                "chainId": self.deployment.chain_id,
+                "nonce": nonce,
+                "gas": int(estimate, 16) * 6 // 5 + 10_000,
+                "maxPriorityFeePerGas": priority,
+                "maxFeePerGas": base_fee * 2 + priority,
+                "type": 2,
+                **{k: v for k, v in tx.items() if k in ("to", "data", "value")},
+            }
             try:
-                tx_hash = await self.rpc.request("eth_sendRawTransaction", ["0x" + signed.hex()])
+                tx_hash = await self.rpc.request(
+                    "eth_sendRawTransaction", ["0x" + signer.sign_transaction(fields).hex()]
+                )
             except RpcError as exc:
                 self._nonces.pop(sender, None)
                 raise self._revert(label, exc.revert_data(), exc.rpc_message) from None
             self._nonces[sender] = nonce + 1
-        receipt = await self.wait_for_receipt(tx_hash)
+        # The nonce is ours now: wait (and bump) without holding the lock.
+        receipt = await self._mine_with_bumps(
+            signer,
+            fields,
+            tx_hash,
+            label=label,
+            timeout=self.receipt_timeout if timeout is None else timeout,
+        )
         if int(receipt["status"], 16) != 1:
-            raise ContractReverted(f"{label} reverted on chain (transaction {tx_hash})")
+            raise ContractReverted(
+                f"{label} reverted on chain (transaction {receipt['transactionHash']})"
+            )
         return receipt
 
-    async def wait_for_receipt(self, tx_hash: str, *, timeout: float = 120.0) -> dict[str, Any]:
+    async def _mine_with_bumps(
+        self,
+        signer: Signer,
+        fields: dict[str, Any],
+        first_hash: str,
+        *,
+        label: str,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """Poll for a receipt of any hash sent for this nonce, replacing it with higher fees
+        every `bump_after` seconds (at most `max_bumps` times, fees capped)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + timeout
+        nonce = fields["nonce"]
+        fee_cap = int(fields["maxFeePerGas"] * self.max_fee_multiplier)
+        hashes = [first_hash]
+        bumps = 0
+        bumping = self.max_bumps > 0
+        next_bump = start + self.bump_after
+        nonce_used = False  # a bump was refused as "nonce too low": something was mined
+        last_error = ""
+        for attempt in range(1_000_000):
+            receipt = await self._any_receipt(hashes)
+            if receipt is not None:
+                return receipt
+            now = loop.time()
+            if nonce_used and await self._nonce_consumed(signer.address, nonce):
+                receipt = await self._any_receipt(hashes)
+                if receipt is not None:
+                    return receipt
+                raise ChainError(
+                    f"{label}: nonce {nonce} of {signer.address} was used by another "
+                    f"transaction (ours: {', '.join(hashes)})"
+                )
+            if now > deadline:
+                break
+            if bumping and now >= next_bump:
+                bumps += 1
+                bumping = bumps < self.max_bumps
+                next_bump = now + self.bump_after
+                raised = await self._bumped_fees(fields, fee_cap)
+                if raised is None:
+                    bumping = False  # the fee cap leaves no room for a valid replacement
+                else:
+                    fields = raised
+                    try:
+                        hashes.append(
+                            await self.rpc.request(
+                                "eth_sendRawTransaction",
+                                ["0x" + signer.sign_transaction(fields).hex()],
+                            )
+                        )
+                    except RpcError as exc:
+                        message = exc.rpc_message.lower()
+                        if "nonce too low" in message:
+                            nonce_used, bumping = True, False
+                        elif "already known" in message or "already imported" in message:
+                            pass  # this exact replacement is already in the pool
+                        elif "underpriced" in message:
+                            pass  # the next bump starts from these (higher) fees
+                        else:
+                            last_error = exc.rpc_message
+                            bumping = False  # e.g. insufficient funds: keep waiting instead
+                continue  # look for a receipt at once after a bump
+            pause = _RECEIPT_POLL_S[min(attempt, len(_RECEIPT_POLL_S) - 1)]
+            if bumping:
+                pause = min(pause, max(next_bump - now, 0.0))
+            await asyncio.sleep(min(pause, max(deadline - now, 0.0)) + 0.001)
+        detail = f"; last fee bump failed: {last_error}" if last_error else ""
+        raise ChainError(
+            f"{label}: transaction with nonce {nonce} from {signer.address} was not mined within "
+            f"{timeout:.0f} s after {len(hashes) - 1} fee bump(s) "
+            f"(hashes: {', '.join(hashes)}){detail}"
+        )
+
+    async def _bumped_fees(self, fields: dict[str, Any], fee_cap: int) -> dict[str, Any] | None:
+        """`fields` with both fees raised >= 12.5 % and to at least the network's current
+        values, or None when `fee_cap` forbids the 10 % nodes need to accept a replacement."""
+        block, tip = await self.rpc.batch(
+            [("eth_getBlockByNumber", ["latest", False]), ("eth_maxPriorityFeePerGas", [])]
+        )
+        net_tip = 0 if isinstance(tip, RpcError) else int(tip, 16)
+        base_fee = 0 if isinstance(block, RpcError) else int(block.get("baseFeePerGas", "0x0"), 16)
+        old_tip, old_max = fields["maxPriorityFeePerGas"], fields["maxFeePerGas"]
+        new_tip = max(-(-old_tip * _BUMP_NUM // _BUMP_DEN), old_tip + 1, net_tip)
+        new_max = max(-(-old_max * _BUMP_NUM // _BUMP_DEN), old_max + 1, 2 * base_fee + new_tip)
+        new_max = min(new_max, fee_cap)
+        new_tip = min(new_tip, new_max)
+        if new_max * 10 < old_max * 11 or new_tip * 10 < old_tip * 11:
+            return None
+        return {**fields, "maxPriorityFeePerGas": new_tip, "maxFeePerGas": new_max}
+
+    async def _any_receipt(self, hashes: Sequence[str]) -> dict[str, Any] | None:
+        """The receipt of whichever of `hashes` was mined, if any (one round trip)."""
+        if len(hashes) == 1:
+            return await self.rpc.request("eth_getTransactionReceipt", [hashes[0]])
+        replies = await self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in hashes])
+        for reply in replies:
+            if isinstance(reply, dict):
+                return reply
+        return None
+
+    async def _nonce_consumed(self, address: str, nonce: int) -> bool:
+        return (
+            int(await self.rpc.request("eth_getTransactionCount", [address, "latest"]), 16) > nonce
+        )
+
+    async def wait_for_receipt(
+        self, tx_hash: str | Sequence[str], *, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """The receipt of `tx_hash` (or of whichever of several hashes is mined first)."""
+        hashes = [tx_hash] if isinstance(tx_hash, str) else list(tx_hash)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for attempt in range(1_000_000):
-            receipt = await self.rpc.request("eth_getTransactionReceipt", [tx_hash])
+            receipt = await self._any_receipt(hashes)
             if receipt is not None:
                 return receipt
             if loop.time() > deadline:
                 break
             await asyncio.sleep(_RECEIPT_POLL_S[min(attempt, len(_RECEIPT_POLL_S) - 1)])
-        raise ChainError(f"transaction {tx_hash} was not mined within {timeout:.0f} s")
+        raise ChainError(f"transaction {', '.join(hashes)} was not mined within {timeout:.0f} s")
 
     async def transact(
         self,
