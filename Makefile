@@ -35,8 +35,8 @@ artifacts: contracts-build .venv/installed
 	$(PY) contracts/export_artifacts.py
 
 lint: .venv/installed
-	$(PY) -m ruff check mor_workbench tests bench contracts
-	$(PY) -m ruff format --check mor_workbench tests bench contracts
+	$(PY) -m ruff check mor_workbench tests bench contracts conftest.py
+	$(PY) -m ruff format --check mor_workbench tests bench contracts conftest.py
 
 test-python: .venv/installed node_modules/.installed chromium
 	$(PY) -m pytest

@@ -272,12 +272,14 @@ class AsyncWorkbench:
         return await tables.models(self.chain)
 
     async def bids(self, model: str | None = None) -> pd.DataFrame:
-        """Active bids of `model` (name or id) with each bid's score and its parts, or the bids
-        of every model."""
+        """Active bids of `model` (name or id), or of every model, cheapest first, with each
+        bid's score (the reference scorer) and its parts."""
         frame = await tables.bids(self.chain, model)
-        if model is None or frame.empty:
+        if frame.empty:
             return frame
-        scores = {"0x" + b.bid_id.hex(): b.score for b in await rank_bids(self.chain, model)}
+        model_ids = sorted(set(frame["model_id"]))
+        ranked = await asyncio.gather(*(rank_bids(self.chain, m) for m in model_ids))
+        scores = {"0x" + b.bid_id.hex(): b.score for bids in ranked for b in bids}
         for part in ("score", "raw", "tps", "ttft", "duration", "success", "stake"):
             column = "score" if part == "score" else f"score_{part}"
             frame[column] = [getattr(scores[i], part) for i in frame["id"]]
