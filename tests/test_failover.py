@@ -168,3 +168,36 @@ def test_a_request_fault_is_reported_not_failed_over(wb) -> None:
     with pytest.raises(mor.ProviderError, match="non-empty array") as caught:
         wb.complete([], model=MODEL)
     assert caught.value.retryable is False
+
+
+async def test_serve_sends_an_error_event_when_the_stream_dies_without_failover(
+    market, doomed, tmp_path, monkeypatch
+) -> None:
+    import openai
+    from aiohttp import web
+
+    from mor_workbench.serve import make_app
+
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "serve"))
+    workbench = await mor.aconnect(
+        "sandbox", sandbox_dir=market["info"].directory, strategy="best", max_failovers=0
+    )
+    runner = web.AppRunner(make_app(workbench), shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        api = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{runner.addresses[0][1]}/v1", api_key="-", max_retries=0
+        )
+        stream = await api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True
+        )
+        seen = []
+        with pytest.raises(openai.APIError, match="providers failed this call"):
+            async for chunk in stream:
+                seen.append(chunk)
+                if len(seen) == 4:
+                    doomed["process"].kill()  # the provider dies mid-answer
+        assert len(seen) >= 4
+    finally:
+        await runner.cleanup()

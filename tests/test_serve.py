@@ -8,7 +8,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 import openai
@@ -163,60 +162,27 @@ async def test_shutdown_closes_the_sessions_it_opened(
         assert not row["is_active"]
 
 
-class FailingWorkbench:
-    """Stands in for a workbench whose router fails: before any answer, or mid-stream."""
-
-    def __init__(self, error: Exception, after: int) -> None:
-        self.error, self.after, self.gateway, self.closed = error, after, None, False
-
-    async def payloads(self, body: dict[str, Any], record: Any = None) -> AsyncIterator[dict]:
-        for i in range(self.after):
-            yield {
-                "id": "chatcmpl-x",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": body["model"],
-                "choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}],
-            }
-        raise self.error
-
-    async def close(self) -> None:
-        self.closed = True
-
-
 @pytest.mark.parametrize(
-    ("error", "status"),
+    ("options", "status", "message"),
     [
-        (mor.NoProviderAvailable("llama-3.2", [("0xabcdef0123456789", "refused")]), 503),
-        (mor.ProviderError("the provider timed out"), 502),
-        (mor.ProviderError("bad request", retryable=False), 400),
-        (mor.SessionExpired("the session ended"), 502),
+        ({"strategy": {"max_price_per_second": 0}}, 503, "no provider accepted"),
+        ({"timeout": 0.001, "max_failovers": 0}, 502, "no reply within"),
     ],
 )
-async def test_router_errors_map_to_http_statuses(error: Exception, status: int) -> None:
-    fake = FailingWorkbench(error, after=0)
-    async with running(make_app(fake)) as base_url:  # type: ignore[arg-type]
+async def test_router_failures_map_to_http_statuses(
+    sandbox_dir, tmp_path, monkeypatch, options: dict, status: int, message: str
+) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    workbench = await mor.aconnect("sandbox", sandbox_dir=sandbox_dir, **options)
+    async with running(make_app(workbench)) as base_url:
         for stream in (False, True):
             with pytest.raises(openai.APIStatusError) as caught:
                 await client(base_url).chat.completions.create(
                     model="llama-3.2", messages=MESSAGES, stream=stream
                 )
             assert caught.value.status_code == status
-            assert caught.value.body["message"] == str(error)
-    assert fake.closed
-
-
-async def test_an_error_after_the_stream_started_is_an_error_event() -> None:
-    fake = FailingWorkbench(mor.ProviderError("every provider failed mid-answer"), after=2)
-    async with running(make_app(fake)) as base_url:  # type: ignore[arg-type]
-        stream = await client(base_url).chat.completions.create(
-            model="llama-3.2", messages=MESSAGES, stream=True
-        )
-        seen = []
-        with pytest.raises(openai.APIError, match="every provider failed mid-answer"):
-            async for chunk in stream:
-                seen.append(chunk.choices[0].delta.content)
-        assert seen == ["w0 ", "w1 "]
+            assert message in caught.value.body["message"]
+    assert workbench._closed
 
 
 def test_the_cli_serves_until_interrupted(sandbox_dir, tmp_path, monkeypatch) -> None:
