@@ -52,3 +52,10 @@ def __getattr__(name: str) -> object:
 
         return importlib.import_module(f"mor_workbench.{name}")
     raise AttributeError(f"module 'mor_workbench' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """`%load_ext mor_workbench`: the `%mor` and `%%mor` magics (see `%mor help`)."""
+    from mor_workbench.magic import load_ipython_extension as load
+
+    load(ipython)

@@ -1,0 +1,596 @@
+"""IPython magics: `%load_ext mor_workbench`, then `%mor …` for the marketplace and `%%mor MODEL`
+to ask a model with the cell as the prompt (see `%mor help`).
+
+The answer streams live into the cell (a display handle updated as text arrives; a terminal
+gets the text as it comes), ends rendered in the chosen format with a footer saying what the
+call cost, and is kept in `_mor` (or `-o NAME`). `{name}`, `{In[n]}`, `{Out[n]}` and `{Err[n]}`
+in the cell expand, but only when the name is defined: other braces (code, dicts, f-strings)
+reach the model untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import re
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import numpy as np
+import pandas as pd
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.display import display
+
+from mor_workbench.errors import MorError
+from mor_workbench.market.tables import short
+from mor_workbench.session import Session
+from mor_workbench.workbench import Workbench, connect
+
+__all__ = ["Answer", "MorMagics", "expand", "footer", "load_ipython_extension"]
+
+FORMATS = ("markdown", "code", "html", "text", "json")
+NETWORKS = ("sandbox", "base", "base-sepolia", "gateway")
+UPDATE_EVERY_S = 0.1  # the fastest a streaming display is redrawn
+
+HELP = """\
+%mor — the Morpheus inference marketplace in this notebook
+
+  %mor connect sandbox|base|base-sepolia|gateway [--rpc URL]... [--dir SANDBOX_DIR]
+                              connect (without it, the first use connects to the sandbox);
+                              keys come from MOR_PRIVATE_KEY / MOR_API_KEY, never the notebook
+  %mor models                 active models (a DataFrame)
+  %mor bids MODEL             the model's bids, scored
+  %mor providers              active providers
+  %mor sessions               this account's sessions on chain
+  %mor balance                ETH, MOR, MOR staked and on hold
+  %mor open MODEL [--duration 10m]
+                              open a session (returns it; use its id with --session)
+  %mor close [ID|all]         close a session opened with %mor open (an id or its prefix),
+                              or every open session of this account
+  %mor alias [NAME MODEL [OPTIONS...]]
+                              name a model with default options, e.g.
+                              %mor alias fast llama-3.2 --max-tokens 200; alone: list them
+  %mor unalias NAME           forget an alias
+  %mor reset [MODEL]          forget the --chat conversation with MODEL (or all of them)
+  %mor workbench              the Workbench these magics use, for Python code
+  %mor help                   this text
+
+%%mor MODEL|ALIAS [options]  — the cell is the prompt
+  -f, --format FORMAT         markdown (default), code, html, text or json; code also puts
+                              the code in a new cell, json is validated and pretty-printed
+  --session ID                ask through a session opened with %mor open (MODEL optional)
+  --stream / --no-stream      show the answer as it arrives (default) or once done
+  --system TEXT               a system message
+  --max-tokens N, --temperature T
+  -p, --param KEY=VALUE       any other OpenAI parameter (VALUE read as JSON when it parses)
+  --chat                      keep a conversation with the model across cells
+  -o, --output NAME           also store the answer in NAME (it is always in _mor)
+
+  In the cell, {name} is the value of a notebook variable, {In[3]} the input of cell 3,
+  {Out[3]} its output and {Err[3]} its error; braces around anything else stay as written,
+  and {{name}} gives a literal {name}.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake as one UsageError line instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see %mor help)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise UsageError(message or f"{self.prog}: see %mor help")
+
+
+def _cell_parser() -> _Parser:
+    parser = _Parser(prog="%%mor", add_help=False)
+    parser.add_argument("model", nargs="?")
+    parser.add_argument("-f", "--format", choices=FORMATS, default="markdown")
+    parser.add_argument("--session")
+    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--system")
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("-p", "--param", action="append", default=[])
+    parser.add_argument("--chat", action="store_true")
+    parser.add_argument("-o", "--output")
+    return parser
+
+
+def _connect_parser() -> _Parser:
+    parser = _Parser(prog="%mor connect", add_help=False)
+    parser.add_argument("network", choices=NETWORKS)
+    parser.add_argument("--rpc", action="append")
+    parser.add_argument("--dir")
+    return parser
+
+
+def _open_parser() -> _Parser:
+    parser = _Parser(prog="%mor open", add_help=False)
+    parser.add_argument("model")
+    parser.add_argument("--duration", default="10m")
+    parser.add_argument("--bid")
+    return parser
+
+
+_CELL = _cell_parser()
+_CONNECT = _connect_parser()
+_OPEN = _open_parser()
+
+
+class Answer(str):
+    """A model's answer: the text itself, with how the call went (`info`: provider, session,
+    TTFT, tokens/s, cost…), its `usage`, the `model`, the request's `messages`, and for
+    `-f code` / `-f json` the extracted code or parsed value as `data`."""
+
+    info: dict[str, Any]
+    usage: dict[str, int]
+    model: str
+    messages: list[dict[str, Any]]
+    format: str
+    data: Any
+
+    def __new__(cls, text: str, **attributes: Any) -> Answer:
+        answer = super().__new__(cls, text)
+        answer.__dict__.update(attributes)
+        return answer
+
+
+@dataclass
+class Alias:
+    model: str
+    options: list[str] = field(default_factory=list)
+
+
+# ----- prompt interpolation -----
+
+_FIELD = re.compile(r"\{\{(\w+(?:\[-?\d+\])?)\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\])?\}")
+_MISSING = object()
+
+
+def expand(text: str, namespace: dict[str, Any]) -> str:
+    """`text` with `{name}` and `{name[n]}` replaced by notebook values — only where the name
+    is defined (and the index exists); every other brace stays as written, and `{{name}}`
+    is a literal `{name}`."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match[1] is not None:
+            return "{" + match[1] + "}"
+        value = namespace.get(match[2], _MISSING)
+        if value is not _MISSING and match[3] is not None:
+            try:
+                value = value[int(match[3])]
+            except (LookupError, TypeError, ValueError):
+                value = _MISSING
+        if value is _MISSING:
+            return match[0]
+        if isinstance(value, BaseException):
+            return _describe_error(value)
+        return str(value)
+
+    return _FIELD.sub(replace, text)
+
+
+def _describe_error(error: BaseException) -> str:
+    """An error as Python prints it, without IPython's own frames."""
+    described = traceback.TracebackException.from_exception(error)
+    internal = os.sep + "IPython" + os.sep
+    frames = [f for f in described.stack if internal not in f.filename]
+    described.stack = traceback.StackSummary.from_list(frames)
+    return "".join(described.format()).rstrip()
+
+
+# ----- rendering -----
+
+_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.DOTALL)
+
+
+def extract_code(text: str) -> tuple[str, str]:
+    """(code, language) from an answer: the fenced blocks' contents when it has any (joined),
+    else the whole text."""
+    blocks = _FENCE.findall(text)
+    if not blocks:
+        return text.strip(), "python"
+    return "\n\n".join(code.rstrip() for _, code in blocks), blocks[0][0] or "python"
+
+
+def _fenced(code: str, language: str) -> str:
+    ticks = "````" if "```" in code else "```"
+    return f"{ticks}{language}\n{code}\n{ticks}"
+
+
+def parse_json(text: str) -> Any:
+    """The JSON value in an answer (bare, or in a fenced block); ValueError if none."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        code, _ = extract_code(text)
+        return json.loads(code)
+
+
+def bundle(text: str, fmt: str, *, final: bool, waiting: str = "") -> dict[str, str]:
+    """The MIME bundle that shows `text` in format `fmt` (while streaming, or `final`)."""
+    if not text and not final:
+        return {"text/markdown": f"*{waiting}*", "text/plain": waiting}
+    if fmt == "html":
+        return {"text/html": text, "text/plain": text}
+    if fmt == "text":
+        return {"text/plain": text}
+    if fmt == "code":
+        code, language = extract_code(text) if final else (text, "")
+        return {"text/markdown": _fenced(code, language), "text/plain": code}
+    if fmt == "json":
+        shown = text
+        if final:
+            with contextlib.suppress(ValueError):
+                shown = json.dumps(parse_json(text), indent=2, ensure_ascii=False)
+        return {"text/markdown": _fenced(shown, "json"), "text/plain": shown}
+    return {"text/markdown": text, "text/plain": text}
+
+
+def footer(model: str, info: dict[str, Any], usage: dict[str, int]) -> str:
+    """One line under an answer: model, provider, session, TTFT, tokens/s, tokens, MOR cost."""
+    parts = [model]
+    provider = info.get("provider") or ""
+    if provider == "gateway":
+        parts.append("via the gateway")
+    elif provider:
+        parts.append(f"provider {short(provider)}")
+    if info.get("session_id"):
+        parts.append(f"session {short(info['session_id'])}")
+    if info.get("ttft_s") is not None:
+        parts.append(f"TTFT {info['ttft_s']:.2f} s")
+    if info.get("tokens_per_s") is not None:
+        parts.append(f"{info['tokens_per_s']:.1f} tokens/s")
+    completion = usage.get("completion_tokens", info.get("completion_tokens", 0))
+    prompt = usage.get("prompt_tokens", 0)
+    tokens = f"{prompt} + {completion} tokens" if prompt else f"{completion} tokens"
+    parts.append(tokens)
+    if info.get("cost_mor") is not None and provider != "gateway":
+        cost = np.format_float_positional(info["cost_mor"], precision=3, fractional=False)
+        parts.append(f"{cost.rstrip('.')} MOR")
+    failovers = len(info.get("failovers") or ())
+    if failovers:
+        parts.append(f"{failovers} failover{'s' if failovers > 1 else ''}")
+    return " | ".join(parts)
+
+
+def _footer_bundle(line: str) -> dict[str, str]:
+    html = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return {"text/html": f"<small><i>{html}</i></small>", "text/plain": line}
+
+
+def _one_line(error: BaseException) -> list[str]:
+    """How a MorError shows in a notebook: its type and message on one red line."""
+    message = " ".join(str(error).split())
+    return [f"\x1b[0;31m{type(error).__name__}\x1b[0m: {message}"]
+
+
+# ----- the magics -----
+
+
+@magics_class
+class MorMagics(Magics):
+    """`%mor` (the marketplace) and `%%mor` (ask a model); the workbench is `self.workbench`."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.workbench: Workbench | None = None
+        self.sessions: dict[str, Session] = {}  # opened by %mor open, by id
+        self.aliases: dict[str, Alias] = {}
+        self.conversations: dict[str, list[dict[str, Any]]] = {}  # --chat history, by model
+        self.last_request: dict[str, Any] | None = None  # the body of the last %%mor call
+        self.live_display: bool | None = None  # None: display handles in a kernel, else stdout
+
+    # --- entry point ---
+    @no_var_expand
+    @line_cell_magic
+    def mor(self, line: str, cell: str | None = None) -> Any:
+        """The Morpheus marketplace: `%mor help` says everything."""
+        try:
+            if cell is None:
+                return self._command(line)
+            return self._ask(line, cell)
+        except MorError as error:
+            # one line, no traceback; the cell still fails (so notebooks fail in CI)
+            error._render_traceback_ = functools.partial(_one_line, error)  # type: ignore[attr-defined]
+            raise
+
+    @property
+    def wb(self) -> Workbench:
+        """The workbench, connecting to the sandbox on first use."""
+        if self.workbench is None:
+            self._connect("sandbox", None, None)
+        assert self.workbench is not None
+        return self.workbench
+
+    def _connect(self, network: str, rpc: list[str] | None, directory: str | None) -> None:
+        options: dict[str, Any] = {}
+        if directory is not None:
+            if network != "sandbox":
+                raise UsageError("%mor connect: --dir is for the sandbox only")
+            options["sandbox_dir"] = directory
+        if rpc:
+            if network == "sandbox":
+                raise UsageError("%mor connect: --rpc is for base, base-sepolia or gateway")
+            options["rpc_url"] = rpc[0] if len(rpc) == 1 else rpc
+        workbench = connect(network, **options)
+        previous, self.workbench = self.workbench, workbench
+        self.sessions.clear()
+        if previous is not None:
+            previous.close()  # closes the sessions it opened
+        who = workbench.address or "read-only"
+        print(f"connected to {network} as {who}")
+
+    # --- line commands ---
+    def _command(self, line: str) -> Any:
+        tokens = _split(line)
+        if not tokens:
+            print(HELP)
+            return None
+        command, rest = tokens[0], tokens[1:]
+        handler = getattr(self, f"_cmd_{command.replace('-', '_')}", None)
+        if handler is None:
+            hint = " (to ask a model, use the %%mor cell magic)" if command in self.aliases else ""
+            raise UsageError(
+                f"%mor: unknown command {command!r}: use one of {', '.join(_COMMANDS)}{hint}"
+            )
+        return handler(rest)
+
+    def _cmd_help(self, rest: list[str]) -> None:
+        print(HELP)
+
+    def _cmd_connect(self, rest: list[str]) -> None:
+        args = _CONNECT.parse_args(rest)
+        self._connect(args.network, args.rpc, args.dir)
+
+    def _cmd_workbench(self, rest: list[str]) -> Workbench:
+        _no_arguments("workbench", rest)
+        return self.wb
+
+    def _cmd_models(self, rest: list[str]) -> pd.DataFrame:
+        _no_arguments("models", rest)
+        return self.wb.models()
+
+    def _cmd_bids(self, rest: list[str]) -> pd.DataFrame:
+        if len(rest) != 1:
+            raise UsageError("%mor bids: name one model, e.g. %mor bids llama-3.2")
+        return self.wb.bids(rest[0])
+
+    def _cmd_providers(self, rest: list[str]) -> pd.DataFrame:
+        _no_arguments("providers", rest)
+        return self.wb.providers()
+
+    def _cmd_sessions(self, rest: list[str]) -> pd.DataFrame:
+        _no_arguments("sessions", rest)
+        return self.wb.sessions()
+
+    def _cmd_balance(self, rest: list[str]) -> pd.DataFrame:
+        _no_arguments("balance", rest)
+        return pd.DataFrame([self.wb.balance()], index=[self.wb.address])
+
+    def _cmd_open(self, rest: list[str]) -> Session:
+        args = _OPEN.parse_args(rest)
+        model = self.aliases[args.model].model if args.model in self.aliases else args.model
+        options: dict[str, Any] = {"duration": args.duration}
+        if args.bid:
+            options["bid"] = args.bid
+        session = self.wb.open_session(model, **options)
+        self.sessions[session.id] = session
+        info = session.info()
+        print(
+            f"session {session.id} with {short(info['provider'])} until "
+            f"{info['ends_at']:%H:%M:%S} UTC: ask with %%mor --session {session.id[:10]}"
+        )
+        return session
+
+    def _cmd_close(self, rest: list[str]) -> None:
+        if len(rest) > 1:
+            raise UsageError("%mor close: give one session id, or all")
+        if rest == ["all"]:
+            closed = self.wb.close_all()
+            self.sessions.clear()
+            print(f"closed {closed} session{'' if closed == 1 else 's'}")
+            return
+        if not rest:
+            open_ = [s for s in self.sessions.values() if not s.closed]
+            if len(open_) != 1:
+                which = ", ".join(s.id[:10] for s in open_) or "none is open"
+                raise UsageError(f"%mor close: say which session ({which}) or all")
+            session = open_[0]
+        else:
+            session = self._session(rest[0])
+        session.close()
+        self.sessions.pop(session.id, None)
+        print(f"closed session {session.id}")
+
+    def _cmd_alias(self, rest: list[str]) -> pd.DataFrame | None:
+        if not rest:
+            rows = [
+                {"alias": name, "model": a.model, "options": shlex.join(a.options)}
+                for name, a in self.aliases.items()
+            ]
+            return pd.DataFrame(rows, columns=["alias", "model", "options"])
+        if len(rest) < 2:
+            raise UsageError("%mor alias: give a name and a model, e.g. %mor alias fast llama-3.2")
+        name, model, options = rest[0], rest[1], rest[2:]
+        if not re.fullmatch(r"[\w.-]+", name):
+            raise UsageError(f"%mor alias: {name!r} is not a usable name (letters, digits, ._-)")
+        if model in self.aliases:  # an alias of an alias: its options come first
+            model, options = self.aliases[model].model, [*self.aliases[model].options, *options]
+        _CELL.parse_args([model, *options])  # report bad options now, not at first use
+        self.aliases[name] = Alias(model, list(options))
+        return None
+
+    def _cmd_unalias(self, rest: list[str]) -> None:
+        if len(rest) != 1 or rest[0] not in self.aliases:
+            known = ", ".join(self.aliases) or "none"
+            raise UsageError(f"%mor unalias: name one alias (defined: {known})")
+        del self.aliases[rest[0]]
+
+    def _cmd_reset(self, rest: list[str]) -> None:
+        if len(rest) > 1:
+            raise UsageError("%mor reset: name one model, or none for every conversation")
+        if rest:
+            model = self.aliases[rest[0]].model if rest[0] in self.aliases else rest[0]
+            self.conversations.pop(model, None)
+        else:
+            self.conversations.clear()
+
+    def _session(self, wanted: str) -> Session:
+        """A session opened with %mor open, by its id, a prefix, or its short form 0x12…abcd."""
+        head, _, tail = wanted.lower().partition("…")
+        found = [s for i, s in self.sessions.items() if i.startswith(head) and i.endswith(tail)]
+        if len(found) == 1:
+            return found[0]
+        known = ", ".join(i[:10] for i in self.sessions) or "none"
+        if found:
+            raise UsageError(f"session {wanted!r} is ambiguous: give more of its id ({known})")
+        raise UsageError(
+            f"no session {wanted!r} was opened with %mor open (open: {known}); "
+            "%mor open MODEL opens one"
+        )
+
+    # --- %%mor ---
+    def _ask(self, line: str, cell: str) -> None:
+        tokens = _split(line)
+        if tokens and tokens[0] in self.aliases:
+            alias = self.aliases[tokens[0]]
+            tokens = [alias.model, *alias.options, *tokens[1:]]
+        args = _CELL.parse_args(tokens)
+        if args.output is not None and not args.output.isidentifier():
+            raise UsageError(f"%%mor: -o {args.output!r} is not a variable name")
+        session = self._session(args.session) if args.session else None
+        model = args.model
+        if session is not None:
+            model = session.aio.model if model is None else model
+            if model != session.aio.model:
+                raise UsageError(
+                    f"%%mor: session {session.id[:10]} is for {session.aio.model}, not {model}"
+                )
+        if model is None:
+            raise UsageError("%%mor: name a model, e.g. %%mor llama-3.2 (see %mor models)")
+        prompt = expand(cell, self.shell.user_ns).strip()
+        if not prompt:
+            raise UsageError(f"%%mor: the cell is empty: write the prompt under %%mor {model}")
+        params = _params(args)
+        history = self.conversations.get(model, []) if args.chat else []
+        user = {"role": "user", "content": prompt}
+        messages = [*history, user]
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        self.last_request = {"model": model, "messages": [*system, *messages], **params}
+        if session is not None:
+            stream = session.stream(messages, system=args.system, **params)
+        else:
+            stream = self.wb.stream(messages, model=model, system=args.system, **params)
+        text = self._show(stream, model, args)
+        if args.chat:
+            self.conversations[model] = [*messages, {"role": "assistant", "content": text}]
+        data: Any = None
+        if args.format == "code":
+            data, _ = extract_code(text)
+            self.shell.set_next_input(data, replace=False)
+        elif args.format == "json":
+            try:
+                data = parse_json(text)
+            except ValueError as error:
+                print(f"the answer is not valid JSON: {error}", file=sys.stderr)
+        answer = Answer(
+            text,
+            info=stream.info,
+            usage=stream.usage,
+            model=model,
+            messages=self.last_request["messages"],
+            format=args.format,
+            data=data,
+        )
+        self.shell.user_ns["_mor"] = answer
+        if args.output:
+            self.shell.user_ns[args.output] = answer
+
+    def _show(self, stream: Any, model: str, args: argparse.Namespace) -> str:
+        """Show the answer as it arrives and once done, then the footer; the text."""
+        live = self.live_display
+        if live is None:
+            live = getattr(self.shell, "kernel", None) is not None
+        waiting = f"asking {model}…"
+        if not live:  # a terminal: the text as it comes, then the footer
+            for delta in stream:
+                if args.stream:
+                    sys.stdout.write(delta)
+                    sys.stdout.flush()
+            text = stream.text
+            if not args.stream:
+                sys.stdout.write(bundle(text, args.format, final=True)["text/plain"])
+            print()
+            print(footer(model, stream.info, stream.usage))
+            return text
+        handle = display(
+            bundle("", args.format, final=False, waiting=waiting), raw=True, display_id=True
+        )
+        shown = time.monotonic()
+        try:
+            for _ in stream:
+                if args.stream and time.monotonic() - shown >= UPDATE_EVERY_S:
+                    handle.update(bundle(stream.text, args.format, final=False), raw=True)
+                    shown = time.monotonic()
+        except BaseException:  # keep what came (an interrupt, a failure) and say nothing more
+            handle.update(bundle(stream.text, args.format, final=True), raw=True)
+            raise
+        handle.update(bundle(stream.text, args.format, final=True), raw=True)
+        display(_footer_bundle(footer(model, stream.info, stream.usage)), raw=True)
+        return stream.text
+
+
+_COMMANDS = [name[5:] for name in dir(MorMagics) if name.startswith("_cmd_")]
+
+
+def _split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as error:
+        raise UsageError(f"%mor: {error} (check the quotes)") from None
+
+
+def _no_arguments(command: str, rest: list[str]) -> None:
+    if rest:
+        raise UsageError(f"%mor {command} takes no arguments (got {shlex.join(rest)})")
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    """The OpenAI parameters of a %%mor line."""
+    params: dict[str, Any] = {}
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    for item in args.param:
+        key, equals, raw = item.partition("=")
+        if not equals or not key.isidentifier():
+            raise UsageError(f"%%mor: --param {item!r} is not KEY=VALUE")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register `%mor` / `%%mor`, and keep each failed cell's error in `Err` for `{Err[n]}`."""
+    ipython.register_magics(MorMagics(ipython))
+    ipython.user_ns.setdefault("Err", {})
+
+    def record_error(result: Any) -> None:
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None and result.execution_count:
+            ipython.user_ns.setdefault("Err", {})[result.execution_count] = error
+
+    ipython.events.register("post_run_cell", record_error)

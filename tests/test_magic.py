@@ -1,0 +1,325 @@
+"""The %mor / %%mor magics in a real IPython shell and a real Jupyter kernel, on the sandbox."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from IPython.core.displaypub import CapturingDisplayPublisher
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+import mor_workbench as mor
+from mor_workbench import magic
+from mor_workbench.magic import Answer, MorMagics, bundle, expand, extract_code, footer
+from mor_workbench.market.tables import short
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def shell(sandbox_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real IPython shell with the extension loaded and connected to the shared sandbox."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOR_WORKBENCH_HOME", str(tmp_path_factory.mktemp("magic-home")))
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "mor_workbench")
+        ip.run_line_magic("mor", f"connect sandbox --dir {shlex.quote(str(sandbox_dir))}")
+        yield ip
+        mags = ip.magics_manager.registry["MorMagics"]
+        if mags.workbench is not None:
+            mags.workbench.close()
+            mags.workbench = None
+
+
+@pytest.fixture
+def mags(shell: Any) -> Iterator[MorMagics]:
+    """The extension's magics, with no conversations or aliases left by other tests."""
+    found = shell.magics_manager.registry["MorMagics"]
+    found.conversations.clear()
+    found.aliases.clear()
+    found.live_display = None
+    yield found
+    found.live_display = None
+
+
+def run(ip: Any, source: str) -> Any:
+    """Run a cell as a notebook does (numbered, in the history); its ExecutionResult."""
+    return ip.run_cell(source, store_history=True)
+
+
+def cell_ok(ip: Any, source: str) -> Any:
+    result = run(ip, source)
+    assert result.success, result.error_in_exec or result.error_before_exec
+    return result
+
+
+# ----- tables -----
+
+
+def test_tables_are_dataframes(shell, mags) -> None:
+    models = cell_ok(shell, "%mor models").result
+    assert isinstance(models, pd.DataFrame) and "llama-3.2" in set(models["name"])
+    bids = cell_ok(shell, "%mor bids llama-3.2").result
+    assert isinstance(bids, pd.DataFrame) and len(bids) and "score" in bids
+    providers = cell_ok(shell, "%mor providers").result
+    assert isinstance(providers, pd.DataFrame) and len(providers)
+    assert isinstance(cell_ok(shell, "%mor sessions").result, pd.DataFrame)
+    balance = cell_ok(shell, "%mor balance").result
+    assert isinstance(balance, pd.DataFrame) and balance["mor"].iloc[0] > 0
+    assert cell_ok(shell, "%mor workbench").result is mags.workbench
+
+
+def test_help_lists_every_command(shell, mags, capsys) -> None:
+    cell_ok(shell, "%mor help")
+    out = capsys.readouterr().out
+    for command in ("connect", "models", "bids", "providers", "sessions", "open", "close"):
+        assert f"%mor {command}" in out
+    for option in ("--format", "--session", "--no-stream", "--chat", "--output", "--system"):
+        assert option in out
+
+
+# ----- asking -----
+
+
+def test_cell_answers_stores_and_shows_a_footer(shell, mags, capsys) -> None:
+    cell_ok(shell, "%%mor llama-3.2 --max-tokens 30 -o answer\nSay hello to the marketplace.")
+    answer = shell.user_ns["_mor"]
+    assert isinstance(answer, Answer) and answer
+    assert shell.user_ns["answer"] is answer
+    # the sandbox's models answer deterministically: the same prompt through the API agrees
+    expected = mags.workbench.chat(
+        "Say hello to the marketplace.", model="llama-3.2", max_tokens=30
+    )
+    assert str(answer) == expected
+    out = capsys.readouterr().out
+    assert answer in out  # streamed to the terminal
+    footer_line = out.strip().splitlines()[-1]
+    assert short(answer.info["provider"]) in footer_line
+    assert short(answer.info["session_id"]) in footer_line
+    assert f"{answer.usage['completion_tokens']} tokens" in footer_line
+    assert "MOR" in footer_line and "TTFT" in footer_line and "tokens/s" in footer_line
+    assert answer.usage["completion_tokens"] <= 30
+
+
+def test_the_answer_streams_into_a_display_handle(shell, mags, monkeypatch) -> None:
+    monkeypatch.setattr(magic, "UPDATE_EVERY_S", 0.0)  # redraw on every delta
+    monkeypatch.setattr(shell, "display_pub", CapturingDisplayPublisher())
+    mags.live_display = True
+    cell_ok(shell, "%%mor llama-3.2\nTell me about staking.")
+    outputs = shell.display_pub.outputs
+    first, *updates, last = outputs
+    display_id = first["transient"]["display_id"]
+    assert not first["update"]
+    assert len(updates) > 2 and all(u["update"] for u in updates)
+    assert {u["transient"]["display_id"] for u in updates} == {display_id}
+    texts = [u["data"]["text/markdown"] for u in updates]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(texts))
+    assert texts[-1] == shell.user_ns["_mor"]  # ends as the whole answer, as markdown
+    assert not last["update"] and "tokens" in last["data"]["text/plain"]  # the footer
+
+
+def test_interpolation_expands_known_names_only(shell, mags) -> None:
+    numbered = cell_ok(shell, "x = 42")
+    cell_ok(shell, "y = [10, 20]")
+    failed = run(shell, "{}['missing']")
+    assert not failed.success
+    source = (
+        "%%mor llama-3.2 --max-tokens 8\n"
+        'x={x} cell={In[N]} y1={y[1]} d={"a": 1} f"{undefined}" {{x}} {Out[9999]}'
+    ).replace("N", str(numbered.execution_count))
+    cell_ok(shell, source)
+    sent = mags.last_request["messages"][-1]["content"]
+    assert sent == 'x=42 cell=x = 42 y1=20 d={"a": 1} f"{undefined}" {x} {Out[9999]}'
+    assert shell.user_ns["_mor"] == mags.workbench.chat(sent, model="llama-3.2", max_tokens=8)
+    cell_ok(shell, f"%%mor llama-3.2 --max-tokens 4\nWhy? {{Err[{failed.execution_count}]}}")
+    sent = mags.last_request["messages"][-1]["content"]
+    assert "KeyError: 'missing'" in sent and "Traceback" in sent
+
+
+def test_expand_unit() -> None:
+    namespace = {"a": 1, "xs": [1, 2], "Out": {3: "three"}, "err": ValueError("bad")}
+    assert expand("{a} {xs[1]} {xs[5]} {Out[3]} {Out[4]} {b} {{a}}", namespace) == (
+        "1 2 {xs[5]} three {Out[4]} {b} {a}"
+    )
+    assert expand("def f():\n    return {'k': a}", namespace) == "def f():\n    return {'k': a}"
+    assert expand("{err}", namespace).endswith("ValueError: bad")
+
+
+def test_chat_keeps_the_conversation(shell, mags) -> None:
+    cell_ok(shell, "%%mor llama-3.2 --chat --max-tokens 12\nWho are you?")
+    first = str(shell.user_ns["_mor"])
+    cell_ok(shell, "%%mor llama-3.2 --chat --max-tokens 12 --system 'Be brief.'\nAnd then?")
+    history = [
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "And then?"},
+    ]
+    assert mags.last_request["messages"] == [{"role": "system", "content": "Be brief."}, *history]
+    second = shell.user_ns["_mor"]
+    assert second == mags.workbench.chat(
+        history, model="llama-3.2", system="Be brief.", max_tokens=12
+    )
+    assert mags.conversations["llama-3.2"][-1] == {"role": "assistant", "content": second}
+    cell_ok(shell, "%%mor llama-3.2 --max-tokens 5\nAlone?")  # without --chat: no history
+    assert mags.last_request["messages"] == [{"role": "user", "content": "Alone?"}]
+    cell_ok(shell, "%mor reset llama-3.2")
+    assert "llama-3.2" not in mags.conversations
+
+
+def test_alias_supplies_model_and_options(shell, mags) -> None:
+    cell_ok(shell, "%mor alias fast llama-3.2 --max-tokens 3 --temperature 0.5")
+    cell_ok(shell, "%%mor fast\nHello")
+    assert mags.last_request["model"] == "llama-3.2"
+    assert mags.last_request["max_tokens"] == 3 and mags.last_request["temperature"] == 0.5
+    assert shell.user_ns["_mor"].usage["completion_tokens"] <= 3
+    cell_ok(shell, "%%mor fast --max-tokens 6\nHello")  # the cell's options win
+    assert mags.last_request["max_tokens"] == 6
+    listed = cell_ok(shell, "%mor alias").result
+    assert listed.to_dict("records") == [
+        {"alias": "fast", "model": "llama-3.2", "options": "--max-tokens 3 --temperature 0.5"}
+    ]
+    assert not run(shell, "%mor alias broken llama-3.2 --max-tokens many").success
+    cell_ok(shell, "%mor unalias fast")
+    assert "fast" not in mags.aliases
+
+
+def test_format_code_fills_the_next_cell(shell, mags, monkeypatch) -> None:
+    calls: list[tuple[str, bool]] = []
+    monkeypatch.setattr(
+        shell, "set_next_input", lambda s, replace=False: calls.append((s, replace))
+    )
+    cell_ok(shell, "%%mor qwen-2.5-coder -f code --max-tokens 15\nA loop in Python")
+    answer = shell.user_ns["_mor"]
+    assert calls == [(answer.data, False)] and answer.data == answer.strip()
+    assert answer.format == "code"
+
+
+def test_format_json_and_params(shell, mags) -> None:
+    cell_ok(shell, '%%mor llama-3.2 -f json -p \'response_format={"type": "json_object"}\'\nJSON')
+    answer = shell.user_ns["_mor"]
+    assert mags.last_request["response_format"] == {"type": "json_object"}
+    assert isinstance(answer.data, dict) and "answer" in answer.data
+
+
+def test_rendering_units() -> None:
+    assert extract_code("Here:\n```js\nlet a = 1;\n```\nand\n```\nb()\n```") == (
+        "let a = 1;\n\nb()",
+        "js",
+    )
+    assert bundle("<b>hi</b>", "html", final=True)["text/html"] == "<b>hi</b>"
+    pretty = bundle('```json\n{"a": [1]}\n```', "json", final=True)["text/plain"]
+    assert pretty == '{\n  "a": [\n    1\n  ]\n}'
+    assert bundle("x", "text", final=True) == {"text/plain": "x"}
+    info = {"provider": "gateway", "ttft_s": None, "tokens_per_s": None, "cost_mor": 0.0}
+    assert footer("m", info, {"completion_tokens": 3}) == "m | via the gateway | 3 tokens"
+
+
+# ----- errors -----
+
+
+def test_unknown_model_is_one_line_naming_the_models(shell, mags, capsys) -> None:
+    result = run(shell, "%%mor no-such-model\nhello")
+    assert isinstance(result.error_in_exec, mor.ConfigurationError)
+    captured = capsys.readouterr()
+    lines = [ln for ln in ANSI.sub("", captured.out + captured.err).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0] and "no-such-model" in lines[0]
+    assert "llama-3.2" in lines[0] and "qwen-2.5-coder" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("%%mor llama-3.2 --bogus\nhi", "unrecognized arguments: --bogus"),
+        ("%%mor llama-3.2 -f yaml\nhi", "invalid choice"),
+        ("%%mor llama-3.2\n   ", "the cell is empty"),
+        ("%%mor\nhi", "name a model"),
+        ("%mor frobnicate", "unknown command 'frobnicate'"),
+        ("%mor connect mars", "invalid choice"),
+        ("%mor close 0xdeadbeef", "no session '0xdeadbeef'"),
+    ],
+)
+def test_bad_arguments_are_one_usage_line(shell, mags, capsys, source, says) -> None:
+    result = run(shell, source)
+    assert isinstance(result.error_in_exec, UsageError)
+    captured = capsys.readouterr()
+    text = ANSI.sub("", captured.out + captured.err)
+    assert says in text and "Traceback" not in text
+    assert len([ln for ln in text.splitlines() if ln.strip()]) == 1
+
+
+def test_unexpected_errors_still_raise(shell, mags, monkeypatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(mags.workbench, "models", broken)
+    with pytest.raises(RuntimeError, match="bug"):
+        shell.run_line_magic("mor", "models")
+
+
+# ----- sessions -----
+
+
+def test_open_ask_and_close_a_session(shell, mags) -> None:
+    session = cell_ok(shell, "%mor open mistral-small --duration 6m").result
+    assert isinstance(session, mor.Session) and session.id in mags.sessions
+    cell_ok(shell, f"%%mor --session {session.id[:12]} --max-tokens 5\nHi")
+    assert shell.user_ns["_mor"].info["session_id"] == session.id
+    assert shell.user_ns["_mor"].model == "mistral-small"
+    cell_ok(shell, f"%mor close {session.id}")
+    assert session.closed and session.id not in mags.sessions
+    row = mags.workbench.sessions().set_index("id").loc[session.id]
+    assert not row["is_active"]
+
+
+# ----- through Jupyter -----
+
+
+def test_through_a_real_kernel(sandbox_dir: Path, tmp_path: Path) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    env = {**os.environ, "MOR_WORKBENCH_HOME": str(tmp_path)}
+    km, kc = start_new_kernel(kernel_name="python3", env=env, startup_timeout=120)
+    try:
+
+        def execute(code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            messages: list[dict[str, Any]] = []
+            reply = kc.execute_interactive(code, output_hook=messages.append, timeout=300)
+            return reply["content"], messages
+
+        reply, _ = execute(
+            "%load_ext mor_workbench\n"
+            "import mor_workbench.magic\n"
+            "mor_workbench.magic.UPDATE_EVERY_S = 0.0\n"
+            f"%mor connect sandbox --dir {shlex.quote(str(sandbox_dir))}"
+        )
+        assert reply["status"] == "ok"
+        reply, messages = execute("%%mor llama-3.2\nWhat does a provider stake?")
+        assert reply["status"] == "ok"
+        kinds = [m["msg_type"] for m in messages]
+        shown = [m for m in messages if m["msg_type"] == "display_data"]
+        updates = [m for m in messages if m["msg_type"] == "update_display_data"]
+        display_id = shown[0]["content"]["transient"]["display_id"]
+        assert kinds.index("display_data") < kinds.index("update_display_data")
+        assert len(updates) > 2
+        assert {u["content"]["transient"]["display_id"] for u in updates} == {display_id}
+        final = updates[-1]["content"]["data"]["text/markdown"]
+        assert "MOR" in shown[-1]["content"]["data"]["text/plain"]  # the footer, last
+        reply, messages = execute("print(repr(str(_mor)))")
+        printed = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+        assert printed.strip() == repr(final)
+
+        reply, messages = execute("%%mor no-such-model\nhi")
+        assert reply["status"] == "error" and reply["ename"] == "ConfigurationError"
+        assert len(reply["traceback"]) == 1 and "llama-3.2" in reply["traceback"][0]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
