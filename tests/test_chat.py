@@ -196,3 +196,21 @@ def test_sessions_are_closed_at_interpreter_exit(wb, sandbox_dir, tmp_path) -> N
     assert done.returncode == 0, done.stderr
     row = wb.sessions().set_index("id").loc[done.stdout.strip()]
     assert not row["is_active"] and row["closeout_type"] == 0
+
+
+def test_direct_payment_session_lasts_the_duration_asked_and_pays_the_provider(wb) -> None:
+    before = wb.balance()
+    with wb.open_session("llama-3.2", duration="2h", direct_payment=True) as session:
+        assert session.chat("Hello")
+        row = wb.sessions().set_index("id").loc[session.id]
+        assert row["direct_payment"] and row["is_active"]
+        lasts = (row["ends_at"] - row["opened_at"]).total_seconds()
+        assert 7200 <= lasts < 7200 * 1.01  # not the few minutes price * duration would buy
+    row = wb.sessions().set_index("id").loc[session.id]
+    assert not row["is_active"]
+    after = wb.balance()
+    # direct payment: the provider is paid from the deposit, the rest comes back to the user
+    used = (row["closed_at"] - row["opened_at"]).total_seconds()
+    spent = before["mor"] + before["mor_on_hold"] + before["mor_on_hold_available"]
+    spent -= after["mor"] + after["mor_on_hold"] + after["mor_on_hold_available"]
+    assert 0 < spent <= row["price_per_second"] * (used + 2)

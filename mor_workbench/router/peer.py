@@ -136,12 +136,14 @@ async def request_approval(
 
 async def deposit_for(chain: Chain, price_per_second: int, duration_s: int) -> int:
     """The smallest deposit whose session lasts `duration_s`, by the contract's own maths
-    (getSessionEnd), in both stake and direct-payment mode."""
+    (getSessionEnd), in both stake and direct-payment mode: the contract sizes both from the
+    stipend of the deposit, so price * duration alone (what the Go router sends for direct
+    payment) buys a session of minutes, not the duration asked."""
     now = await chain.block_timestamp()
     amount = await chain.call("stipendToStake", price_per_second * duration_s, now) + 1
     for _ in range(64):
         if await chain.call("getSessionEnd", amount, price_per_second, now) >= now + duration_s:
-            return max(amount, price_per_second * duration_s)
+            return amount
         amount += amount // 10**6 + 1
     raise MorError("could not size a deposit for that duration")
 
