@@ -77,6 +77,20 @@ def test_tables_are_dataframes(shell, mags) -> None:
     assert cell_ok(shell, "%mor workbench").result is mags.workbench
 
 
+def test_first_use_connects_to_the_sandbox(shell, mags, monkeypatch) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def fake_connect(network: str, **options: Any) -> Any:
+        calls.append((network, options))
+        return mags.workbench
+
+    monkeypatch.setattr(magic, "connect", fake_connect)
+    fresh = MorMagics(shell)
+    assert isinstance(fresh.mor("providers"), pd.DataFrame)
+    fresh.mor("models")
+    assert calls == [("sandbox", {})]  # once, on first use, to the sandbox
+
+
 def test_help_lists_every_command(shell, mags, capsys) -> None:
     cell_ok(shell, "%mor help")
     out = capsys.readouterr().out
