@@ -1,0 +1,140 @@
+"""Sessions: the account's open sessions with countdowns and close buttons, on-hold stakes
+with a withdraw button, and balances."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import traitlets
+
+from mor_workbench.errors import ConfigurationError
+from mor_workbench.market.tables import short
+from mor_workbench.router.journal import JournalEntry
+from mor_workbench.router.router import OpenSession, _from_entry
+from mor_workbench.widgets._base import MorWidget, asset, jsonable, records
+from mor_workbench.workbench import AsyncWorkbench, Workbench
+
+__all__ = ["Sessions"]
+
+SESSION_COLUMNS = [
+    "id",
+    "id_short",
+    "model",
+    "provider",
+    "provider_short",
+    "stake",
+    "price_per_second",
+    "opened_at",
+    "ends_at",
+    "closed_at",
+    "is_active",
+]
+
+
+class Sessions(MorWidget):
+    """This account's sessions: the open ones count down to their end and can be closed
+    (the unused stake goes on hold, then comes back); on-hold stakes whose time has come
+    can be withdrawn. `balance` holds ETH, MOR, staked and on-hold MOR.
+
+    `close_session(id)`, `withdraw()` and `refresh()` are what the buttons call.
+    """
+
+    _esm = asset("common.js", "sessions.js")
+    _css = asset("widgets.css")
+
+    sessions = traitlets.List().tag(sync=True)
+    closed_count = traitlets.Int(0).tag(sync=True)
+    balance = traitlets.Dict().tag(sync=True)
+    chain_now = traitlets.Float(0.0).tag(sync=True)
+    closing = traitlets.List(traitlets.Unicode()).tag(sync=True)
+
+    def __init__(self, wb: Workbench | AsyncWorkbench, **kwargs: Any) -> None:
+        super().__init__(wb, **kwargs)
+        if self._aio.address is None:
+            self.error = "a read-only workbench has no sessions: connect with a key"
+            return
+        self.refresh()
+
+    def _actions(self) -> dict[str, Any]:
+        return {
+            "refresh": lambda _msg: self.refresh(quiet=True),
+            "close": lambda msg: self.close_session(str(msg["id"])),
+            "withdraw": lambda _msg: self.withdraw(),
+        }
+
+    def refresh(self, *, quiet: bool = False) -> None:
+        """Reload sessions and balances in the background."""
+        self._submit(self._load(), "loading sessions", quiet=quiet)
+
+    def close_session(self, session_id: str) -> None:
+        """Close one open session on chain (with the provider's receipt)."""
+        self.closing = [*self.closing, session_id]
+        self._submit(self._close(session_id), f"closing session {session_id[:10]}…")
+
+    def withdraw(self) -> None:
+        """Withdraw the on-hold stakes whose timelock has passed."""
+        self._submit(self._withdraw(), "withdrawing released stakes")
+
+    # ----- on the loop -----
+    async def _load(self) -> None:
+        aio = self._aio
+        frame, balance, now = await asyncio.gather(
+            aio.sessions(), aio.balance(), aio.chain.block_timestamp()
+        )
+        if not frame.empty:
+            frame = frame.assign(provider_short=frame["provider"].map(short))
+        active = frame[frame["is_active"]] if not frame.empty else frame
+        rows = records(active, SESSION_COLUMNS)
+        closable = self._closable()
+        for row in rows:
+            row["closable"] = row["id"] in closable
+        self.sessions = rows
+        self.closed_count = len(frame) - len(active)
+        self.balance = jsonable(balance)
+        self.chain_now = float(now)
+
+    def _closable(self) -> set[str]:
+        """Sessions this process can close: opened here or journaled by this account."""
+        try:
+            router = self._aio.router
+        except ConfigurationError:
+            return set()
+        found = {"0x" + s.hex() for s in router.opened}
+        found |= {
+            e.session_id
+            for e in router.journal.unfinished()
+            if e.state in ("open", "closing") and e.session_id
+        }
+        return found
+
+    def _find(self, session_id: str) -> OpenSession:
+        router = self._aio.router
+        raw = bytes.fromhex(session_id.removeprefix("0x"))
+        if raw in router.opened:
+            return router.opened[raw]
+        entry: JournalEntry | None = router.journal.by_session(session_id)
+        if entry is None or not entry.session_id:
+            raise ConfigurationError(
+                f"session {session_id[:10]}… was not opened by this account's workbench "
+                "here, so its provider's receipt cannot be asked for"
+            )
+        return _from_entry(entry)
+
+    async def _close(self, session_id: str) -> None:
+        try:
+            router = self._aio.router
+            await router.close(self._find(session_id))
+            self.status = f"closed session {session_id[:10]}…"
+        finally:
+            self.closing = [s for s in self.closing if s != session_id]
+        await self._load()
+
+    async def _withdraw(self) -> None:
+        wei = await self._aio.router.withdraw_released()
+        await self._load()
+        if wei:
+            self.status = f"withdrew {wei / 1e18:.6f} MOR"
+        else:
+            held = self.balance.get("mor_on_hold") or 0
+            self.status = f"nothing released yet ({held:.6f} MOR still on hold)"
