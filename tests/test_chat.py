@@ -214,3 +214,16 @@ def test_direct_payment_session_lasts_the_duration_asked_and_pays_the_provider(w
     spent = before["mor"] + before["mor_on_hold"] + before["mor_on_hold_available"]
     spent -= after["mor"] + after["mor_on_hold"] + after["mor_on_hold_available"]
     assert 0 < spent <= row["price_per_second"] * (used + 2)
+
+
+def test_a_second_workbench_on_the_same_account_leaves_the_first_ones_sessions_open(
+    wb, sandbox_dir
+) -> None:
+    wb.chat("Hello", model="llama-3.2")
+    session = wb.aio._sessions["llama-3.2"]
+    with mor.connect("sandbox", sandbox_dir=sandbox_dir) as other:  # e.g. the %mor magic
+        assert other.aio.router.opened == {}
+        row = other.sessions().set_index("id").loc[session.id]
+        assert row["is_active"]  # not settled as if its owner had crashed
+    assert wb.chat("Still there?", model="llama-3.2")
+    assert wb.aio._sessions["llama-3.2"] is session

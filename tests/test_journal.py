@@ -66,3 +66,34 @@ def test_a_written_entry_survives_a_killed_writer(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", script], check=False)
     assert result.returncode == -9
     assert SessionJournal(path).get("0xk") is not None
+
+
+def test_only_entries_of_dead_processes_are_orphaned(tmp_path) -> None:
+    path = tmp_path / "j.sqlite3"
+    writer = (
+        "import os, sys, time; sys.path.insert(0, 'tests');"
+        "from test_journal import entry;"
+        "from mor_workbench.router.journal import SessionJournal;"
+        f"journal = SessionJournal(__import__('pathlib').Path({str(path)!r}));"
+        "journal.record(entry(sys.argv[1], 'open'));"
+        "print('written', flush=True); time.sleep(60)"
+    )
+    live = subprocess.Popen(
+        [sys.executable, "-c", writer, "0xlive"], stdout=subprocess.PIPE, text=True
+    )
+    dead = subprocess.Popen(
+        [sys.executable, "-c", writer, "0xdead"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert live.stdout.readline() == dead.stdout.readline() == "written\n"
+        dead.kill()
+        dead.wait()
+        journal = SessionJournal(path)
+        journal.record(entry("0xmine", "open"))
+        assert {e.approval_hash for e in journal.unfinished()} == {"0xlive", "0xdead", "0xmine"}
+        # what a new start may settle: neither this process's sessions nor a live one's
+        assert [e.approval_hash for e in journal.unfinished(orphaned=True)] == ["0xdead"]
+    finally:
+        live.kill()
+        live.wait()
+    assert {e.approval_hash for e in journal.unfinished(orphaned=True)} == {"0xdead", "0xlive"}

@@ -3,16 +3,28 @@
 One SQLite file per chain and account. A row is written before the openSession transaction is
 sent and updated after each step, so a process that dies anywhere leaves enough behind for the
 next start to find the session on chain and close it (or withdraw its stake on hold).
+
+Each row names the process that wrote it. A live process holds an exclusive lock on a file of
+its own beside the journal (the OS drops it when the process dies, however it dies), so the
+next start settles only what dead processes left, never the sessions of a notebook still
+running with the same account.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; every other owner counts as gone
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["JournalEntry", "SessionJournal"]
 
@@ -39,7 +51,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     tx_hash TEXT,
     ends_at INTEGER,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 """
@@ -65,9 +78,43 @@ class JournalEntry:
     ends_at: int | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    owner: str | None = None  # the process that wrote it (see the module docstring)
 
 
 _COLUMNS = [f.name for f in fields(JournalEntry)]
+_PROCESS = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # this process, as journal rows name it
+_held: dict[Path, object] = {}  # owner-lock files this process holds open, by directory
+
+
+def _hold_owner_lock(directory: Path) -> None:
+    """Lock this process's owner file in `directory` for as long as the process lives."""
+    if fcntl is None or directory in _held:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = (directory / f"{_PROCESS}.lock").open("w")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held[directory] = handle
+
+
+def _alive(owner: str | None, directory: Path) -> bool:
+    """Whether the process `owner` still runs (its lock file is locked); a dead owner's file
+    is removed."""
+    if owner == _PROCESS:
+        return True
+    if owner is None or fcntl is None:
+        return False
+    path = directory / f"{owner}.lock"
+    try:
+        handle = path.open("r+")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        path.unlink(missing_ok=True)
+        return False
 
 
 class SessionJournal:
@@ -80,6 +127,11 @@ class SessionJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a row must survive a crash right after
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "owner" not in columns:  # a journal from before rows named their process
+            self._db.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
+        self._owners = path.parent / "owners"
+        _hold_owner_lock(self._owners)
 
     def close(self) -> None:
         self._db.close()
@@ -99,7 +151,7 @@ class SessionJournal:
         if entry.state not in STATES:
             raise ValueError(f"unknown journal state {entry.state!r}")
         now = time.time()
-        stored = replace(entry, created_at=entry.created_at or now, updated_at=now)
+        stored = replace(entry, created_at=entry.created_at or now, updated_at=now, owner=_PROCESS)
         values = [getattr(stored, c) for c in _COLUMNS]
         with self._transaction() as db:
             db.execute(
@@ -129,14 +181,18 @@ class SessionJournal:
         ).fetchone()
         return self._entry(row) if row else None
 
-    def unfinished(self) -> list[JournalEntry]:
-        """Entries whose session may still hold this account's MOR, oldest first."""
+    def unfinished(self, *, orphaned: bool = False) -> list[JournalEntry]:
+        """Entries whose session may still hold this account's MOR, oldest first; with
+        `orphaned`, only those whose process has died (what a new start may settle)."""
         rows = self._db.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM sessions WHERE state IN "
             f"({', '.join('?' for _ in UNFINISHED)}) ORDER BY created_at",
             UNFINISHED,
         ).fetchall()
-        return [self._entry(r) for r in rows]
+        entries = [self._entry(r) for r in rows]
+        if orphaned:
+            entries = [e for e in entries if not _alive(e.owner, self._owners)]
+        return entries
 
     def all(self) -> list[JournalEntry]:
         rows = self._db.execute(

@@ -335,10 +335,11 @@ class Router:
         return available
 
     async def recover(self) -> dict[str, int]:
-        """Settle what earlier processes left: find sessions an interrupted open created, close
-        sessions still open, and withdraw on-hold stakes whose time has come."""
+        """Settle what dead processes left: find sessions an interrupted open created, close
+        sessions still open, and withdraw on-hold stakes whose time has come. Sessions of live
+        processes (another notebook on the same account) are theirs to close."""
         done = {"found": 0, "closed": 0, "abandoned": 0, "withdrawn": 0}
-        for entry in self.journal.unfinished():
+        for entry in self.journal.unfinished(orphaned=True):
             if entry.state == "opening":
                 session_id = await self._find_opened(entry)
                 if session_id is None:
