@@ -34,6 +34,12 @@ DIAMOND_FACETS = (
 )
 _MULTICALL_CHUNK = 400  # calls per eth_call: keeps each batch far below common gas caps
 _RECEIPT_POLL_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Gas is estimated on the latest block, but what a transaction costs can depend on when it is
+# mined: a session close estimated in the second the session opened owes nothing yet, yet
+# mined seconds later it pays the provider and holds stake (about 90k more gas). Unused gas is
+# refunded, so the limit is generous: estimate + 25 % + this.
+GAS_HEADROOM = 100_000
+NONCE_RETRIES = 3  # fresh nonces tried when another process took ours (same key elsewhere)
 _BUMP_NUM, _BUMP_DEN = 9, 8  # each fee bump: +12.5 % (geth and anvil require at least +10 %)
 
 
@@ -194,7 +200,8 @@ class Chain:
         """Sign and send `tx` (to/data/value) with a locally managed nonce; wait for the receipt.
 
         Gas, fees and the nonce come in one batched round trip; nonces are assigned under a
-        per-account lock so concurrent sends never collide. A transaction still unmined after
+        per-account lock so concurrent sends never collide, and a nonce another process took
+        (the same key used elsewhere) is replaced by the next one. A transaction still unmined after
         `bump_after` seconds is replaced (same nonce, higher fees) so it cannot stay stuck.
         """
         sender = signer.address
@@ -204,39 +211,47 @@ class Chain:
         if tx.get("value"):
             call["value"] = hex(tx["value"])
         async with self._lock(sender):
-            estimate, block, tip, pending = await self.rpc.batch(
-                [
-                    ("eth_estimateGas", [call]),
-                    ("eth_getBlockByNumber", ["latest", False]),
-                    ("eth_maxPriorityFeePerGas", []),
-                    ("eth_getTransactionCount", [sender, "pending"]),
-                ]
-            )
-            if isinstance(estimate, RpcError):
-                raise self._revert(label, estimate.revert_data(), estimate.rpc_message) from None
-            for reply in (block, pending):
-                if isinstance(reply, RpcError):
-                    raise reply
-            nonce = max(self._nonces.get(sender, 0), int(pending, 16))
-            priority = 10**9 if isinstance(tip, RpcError) else int(tip, 16)
-            base_fee = int(block.get("baseFeePerGas", "0x0"), 16)
-            fields: dict[str, Any] = {
-                "chainId": self.deployment.chain_id,
-                "nonce": nonce,
-                "gas": int(estimate, 16) * 6 // 5 + 10_000,
-                "maxPriorityFeePerGas": priority,
-                "maxFeePerGas": base_fee * 2 + priority,
-                "type": 2,
-                **{k: v for k, v in tx.items() if k in ("to", "data", "value")},
-            }
-            try:
-                tx_hash = await self.rpc.request(
-                    "eth_sendRawTransaction", ["0x" + signer.sign_transaction(fields).hex()]
+            for attempt in range(NONCE_RETRIES + 1):
+                estimate, block, tip, pending = await self.rpc.batch(
+                    [
+                        ("eth_estimateGas", [call]),
+                        ("eth_getBlockByNumber", ["latest", False]),
+                        ("eth_maxPriorityFeePerGas", []),
+                        ("eth_getTransactionCount", [sender, "pending"]),
+                    ]
                 )
-            except RpcError as exc:
-                self._nonces.pop(sender, None)
-                raise self._revert(label, exc.revert_data(), exc.rpc_message) from None
-            self._nonces[sender] = nonce + 1
+                if isinstance(estimate, RpcError):
+                    raise self._revert(
+                        label, estimate.revert_data(), estimate.rpc_message
+                    ) from None
+                for reply in (block, pending):
+                    if isinstance(reply, RpcError):
+                        raise reply
+                nonce = max(self._nonces.get(sender, 0), int(pending, 16))
+                priority = 10**9 if isinstance(tip, RpcError) else int(tip, 16)
+                base_fee = int(block.get("baseFeePerGas", "0x0"), 16)
+                fields: dict[str, Any] = {
+                    "chainId": self.deployment.chain_id,
+                    "nonce": nonce,
+                    "gas": int(estimate, 16) * 5 // 4 + GAS_HEADROOM,
+                    "maxPriorityFeePerGas": priority,
+                    "maxFeePerGas": base_fee * 2 + priority,
+                    "type": 2,
+                    **{k: v for k, v in tx.items() if k in ("to", "data", "value")},
+                }
+                try:
+                    tx_hash = await self.rpc.request(
+                        "eth_sendRawTransaction", ["0x" + signer.sign_transaction(fields).hex()]
+                    )
+                except RpcError as exc:
+                    self._nonces.pop(sender, None)
+                    message = (exc.rpc_message or "").lower()
+                    taken = "nonce too low" in message or "replacement transaction" in message
+                    if taken and attempt < NONCE_RETRIES:
+                        continue  # another process sent with this account: take the next nonce
+                    raise self._revert(label, exc.revert_data(), exc.rpc_message) from None
+                self._nonces[sender] = nonce + 1
+                break
         # The nonce is ours now: wait (and bump) without holding the lock.
         receipt = await self._mine_with_bumps(
             signer,
