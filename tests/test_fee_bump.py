@@ -226,3 +226,30 @@ async def test_nonce_taken_by_a_foreign_transaction_fails_fast(anvil: Anvil) -> 
     assert rpc.sent[0].tx_hash in str(caught.value)
     assert int(await rpc.request("eth_getBalance", [RECIPIENT, "latest"]), 16) == 7
     await rpc.aclose()
+
+
+async def test_a_nonce_taken_by_another_process_is_replaced_by_the_next(anvil: Anvil) -> None:
+    ours, rpc = make_chain(anvil, bump_after=30)
+    theirs, _ = make_chain(anvil, bump_after=30)  # the same key used by another process
+    signer = Signer(DEV_KEY)
+    await rpc.request("evm_setAutomine", [False])
+    others: list[asyncio.Task] = []
+
+    async def another_process_sends_first(index: int) -> None:
+        if index == 0:  # our nonce was read; theirs goes out with it before ours does
+            others.append(
+                asyncio.create_task(theirs.send(signer, {"to": RECIPIENT, "value": 2}, label="x"))
+            )
+            while not await pool_nonces(rpc, signer.address):
+                await asyncio.sleep(0.02)
+
+    rpc.before_send = another_process_sends_first
+    task = asyncio.create_task(ours.send(signer, {"to": RECIPIENT, "value": 1}, label="transfer"))
+    await wait_until(lambda: bool(rpc.hashes))
+    assert rpc.sent[0].nonce == 0 and rpc.sent[0].error  # refused: nonce 0 was taken
+    assert rpc.sent[-1].nonce == 1 and rpc.sent[-1].tx_hash
+    await rpc.request("evm_mine")
+    receipts = await asyncio.wait_for(asyncio.gather(task, *others), 10)
+    assert [int(r["status"], 16) for r in receipts] == [1, 1]
+    assert int(await rpc.request("eth_getBalance", [RECIPIENT, "latest"]), 16) == 3
+    await rpc.aclose()
