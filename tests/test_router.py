@@ -64,3 +64,29 @@ async def test_close_all_closes_what_the_journal_holds(router) -> None:
     assert await router.close_all() == 2
     for s in (first, second):
         assert (await router.chain.call("getSession", s.session_id))["closedAt"]
+
+
+async def test_recovery_sets_aside_sessions_of_another_chain_with_the_same_id(
+    router, tmp_path
+) -> None:
+    """A sandbox reset leaves journal rows for sessions of a chain that is gone; the chain now
+    answering has the same id but not those sessions: recovery drops them, once."""
+    import sqlite3
+
+    opened = await router.open("llama-3.2", 600)
+    await router.close(opened)
+    entry = router.journal.by_session("0x" + opened.session_id.hex())
+    gone = dataclasses.replace(
+        entry, approval_hash="0x" + "ee" * 32, session_id="0x" + "ab" * 32, state="open"
+    )
+    router.journal.record(gone)
+    db = sqlite3.connect(router.journal.path)  # as written by a process that has since died
+    with db:
+        db.execute(
+            "UPDATE sessions SET owner = '1-dead' WHERE approval_hash = ?", (gone.approval_hash,)
+        )
+    db.close()
+    done = await router.recover()
+    assert done["abandoned"] == 1 and done["closed"] == 0
+    assert router.journal.get(gone.approval_hash).state == "abandoned"
+    assert (await router.recover())["abandoned"] == 0

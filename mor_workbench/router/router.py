@@ -356,6 +356,11 @@ class Router:
                 )
                 done["found"] += 1
             raw = await self.chain.call("getSession", bytes.fromhex(entry.session_id[2:]))
+            if int(raw["user"], 16) == 0:
+                # not on this chain: another chain with the same id (a sandbox since reset)
+                self.journal.update(entry.approval_hash, state="abandoned")
+                done["abandoned"] += 1
+                continue
             if raw["closedAt"]:
                 self.journal.update(entry.approval_hash, state="closed")
                 continue
