@@ -40,9 +40,10 @@ def test_receipt_has_the_live_seven_field_layout() -> None:
     )
 
 
-async def open_directly(info):
-    """Open a session on the balanced provider's llama-3.2 bid with payloads signed here;
-    (chain, consumer, provider, bid row, session id, block time before opening)."""
+async def open_directly(info, stamp_ms: int):
+    """Open a session on the balanced provider's llama-3.2 bid with payloads signed here,
+    approved `stamp_ms` after the latest block (approvals are single-use: tests in the same
+    second need different stamps); (chain, consumer, provider, bid row, session id, time)."""
     from mor_workbench.chain.client import Chain
     from mor_workbench.chain.rpc import RpcClient
 
@@ -56,7 +57,7 @@ async def open_directly(info):
     bid_id = bytes.fromhex(row["id"][2:])
     now = await chain.block_timestamp()
     approval = encode_approval(
-        Approval(bid_id, info.deployment.chain_id, consumer.address, now * 1000)
+        Approval(bid_id, info.deployment.chain_id, consumer.address, now * 1000 + stamp_ms)
     )
     signature = eth_sign(approval, provider.private_key_bytes())
     amount = await chain.call("stipendToStake", int(row["price_per_second_wei"]) * 900, now)
@@ -81,7 +82,7 @@ def test_contract_accepts_our_approval_and_receipt(sandbox_info) -> None:
     """Open and close a real session with payloads signed by this module."""
 
     async def scenario() -> None:
-        chain, consumer, provider, row, session_id, now = await open_directly(sandbox_info)
+        chain, consumer, provider, row, session_id, now = await open_directly(sandbox_info, 0)
         close = encode_receipt(
             Receipt(
                 session_id, sandbox_info.deployment.chain_id, (now + 1) * 1000, 20_000, 150, 10, 90
@@ -109,7 +110,7 @@ def test_a_close_estimated_in_the_opening_second_is_mined_when_payouts_are_due(
     gas and the session stays open."""
 
     async def scenario() -> None:
-        chain, consumer, provider, _, session_id, now = await open_directly(sandbox_info)
+        chain, consumer, provider, _, session_id, now = await open_directly(sandbox_info, 1)
         await chain.rpc.request("evm_setAutomine", [False])
         try:
             close = encode_receipt(
