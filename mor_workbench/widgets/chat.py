@@ -151,7 +151,7 @@ class Chat(MorWidget):
                 self.model, duration=self.duration, bid=wanted_bid
             )
         self._session = session
-        self._show_session(now)
+        self._show_session(await self._aio.chain.block_timestamp())
         return session
 
     def _show_session(self, chain_now: float) -> None:

@@ -117,7 +117,8 @@ class Explorer(MorWidget):
         bid_frames = await asyncio.gather(*(aio.bids(n) for n in names))
         frames = [f for f in bid_frames if not f.empty]
         bids = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        by_pair = {(s["model"], s["provider"]): s for s in records(stats)}
+        measured = [s for s in records(stats) if s["total_count"]]  # zeros mean "no data yet"
+        by_pair = {(s["model"], s["provider"]): s for s in measured}
         endpoints = dict(zip(providers["address"], providers["endpoint"], strict=True))
         bid_rows = []
         for row in records(bids):
