@@ -1,20 +1,19 @@
 """Benchmark: the latency the router adds over calling the same simulated backend directly.
 
-One simulated model server (fixed latency, no jitter) runs in this process. It is called
-(a) directly over HTTP, and (b) through the marketplace: a provider router, also in this
-process, sits in front of that same server, registered with its own bid on an isolated
-sandbox's chain, and an `AsyncSession` opened on that bid sends the prompts (signed,
-ECIES-encrypted, over MOR-RPC on a real socket). Both paths yield parsed OpenAI dicts. For
-streaming and non-streaming at 1 and 50 concurrent requests, prints p50/p99 of TTFT
-(streaming) and end-to-end latency for each path, the added milliseconds and the ratio.
-The session is opened once before timing (its latency is printed on its own).
+The provider side runs in a process of its own, as it would on another machine: one simulated
+model server (fixed latency, no jitter) and, in front of it, a provider router registered with
+its own bid on an isolated sandbox's chain. This process calls that model server (a) directly
+over HTTP, and (b) through the marketplace: an `AsyncSession` opened on that bid sends the
+prompts (signed, ECIES-encrypted, over MOR-RPC on a real socket) and verifies and decrypts
+each streamed chunk. Both paths yield parsed OpenAI dicts. For streaming and non-streaming at
+1 and 50 concurrent requests it prints p50/p99 of TTFT (streaming) and end-to-end latency for
+each path, the milliseconds added and the ratio, and this process's CPU per request. The
+session is opened once before timing (its latency is printed on its own).
 
 The direct baseline is the official openai client by default (what one would call instead);
-`--direct-client aiohttp` gives a leaner floor. `httpx` is offered too, but a plain httpx
-post() at 50 non-streamed requests at once spends several ms per request in httpcore's pool
-here, so that cell measures httpx rather than the router. Everything (client, provider router,
-backend) shares this process and its event loop, so at 50 concurrent the figures include CPU
-queueing on one core; the CPU per request printed under each case shows where it went.
+`--direct-client aiohttp` gives a leaner floor, `httpx` a third view. On a 2-core machine the
+three processes (this one, the provider's, anvil) share the cores, so at 50 concurrent the
+figures include CPU queueing; the CPU per request printed under each case shows where it went.
 
     .venv/bin/python bench/router_overhead.py [--requests 200]
         [--direct-client openai|aiohttp|httpx]
@@ -26,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import tempfile
 import time
@@ -229,24 +229,49 @@ def row(label: str, direct: list[float], router: list[float]) -> str:
     return f"{label:<28}" + "   ".join(cells)
 
 
+async def serve_provider(directory: Path, key: str, args: argparse.Namespace, pipe: Any) -> None:
+    """The provider side: model server, provider router, registration; sends (backend URL,
+    bid id) through `pipe` and serves until told to stop."""
+    info = sandbox.status(directory)
+    assert info is not None
+    profile = LatencyProfile(ttft_s=args.ttft_ms / 1000, tokens_per_second=args.tps, jitter=0.0)
+    chain = Chain(RpcClient(info.rpc_url), info.deployment)
+    model_id = await model_id_of(info)
+    async with ModelServer([MODEL], profile=profile) as backend:
+        config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
+        async with ProviderServer(
+            signer=Signer(key), chain=chain, models=[config], claim_interval=None
+        ) as provider:
+            bid = await register_provider(info, key, provider.endpoint)
+            pipe.send((backend.base_url, bid))
+            await asyncio.to_thread(pipe.recv)  # stop
+    await chain.rpc.aclose()
+
+
+def provider_process(directory: Path, key: str, args: argparse.Namespace, pipe: Any) -> None:
+    asyncio.run(serve_provider(directory, key, args, pipe))
+
+
 async def bench(tmp: Path, args: argparse.Namespace) -> None:
     os.environ["MOR_WORKBENCH_HOME"] = str(tmp / "home")  # the journal stays in the temp dir
-    profile = LatencyProfile(ttft_s=args.ttft_ms / 1000, tokens_per_second=args.tps, jitter=0.0)
     directory = tmp / "sandbox"
-    info = await asyncio.to_thread(sandbox.start, directory)
+    await asyncio.to_thread(sandbox.start, directory)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(asyncio.to_thread, sandbox.reset, directory)
-        backend = await stack.enter_async_context(ModelServer([MODEL], profile=profile))
         key = Account.create().key.hex()
-        provider_chain = Chain(RpcClient(info.rpc_url), info.deployment)
-        stack.push_async_callback(provider_chain.rpc.aclose)
-        config = ModelConfig(await model_id_of(info), MODEL, backend.base_url + "/chat/completions")
-        provider = await stack.enter_async_context(
-            ProviderServer(
-                signer=Signer(key), chain=provider_chain, models=[config], claim_interval=None
-            )
-        )
-        bid = await register_provider(info, key, provider.endpoint)
+        ours, theirs = multiprocessing.Pipe()
+        context = multiprocessing.get_context("spawn")
+        side = context.Process(target=provider_process, args=(directory, key, args, theirs))
+        side.start()
+
+        async def stop_provider() -> None:
+            ours.send("stop")
+            await asyncio.to_thread(side.join, 30)
+
+        stack.push_async_callback(stop_provider)
+        if not await asyncio.to_thread(ours.poll, 120):
+            raise RuntimeError("the provider process did not start")
+        backend_url, bid = ours.recv()
         wb = await aconnect("sandbox", sandbox_dir=directory)
         stack.push_async_callback(wb.close)
 
@@ -263,16 +288,16 @@ async def bench(tmp: Path, args: argparse.Namespace) -> None:
             )
         )
         if args.direct_client == "openai":
-            client = openai.AsyncOpenAI(base_url=backend.base_url, api_key="unused", max_retries=0)
+            client = openai.AsyncOpenAI(base_url=backend_url, api_key="unused", max_retries=0)
             stack.push_async_callback(client.close)
             direct = direct_openai(client)
         elif args.direct_client == "aiohttp":
             lean = await stack.enter_async_context(
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
             )
-            direct = direct_aiohttp(lean, backend.base_url)
+            direct = direct_aiohttp(lean, backend_url)
         else:
-            direct = direct_httpx(http, backend.base_url)
+            direct = direct_httpx(http, backend_url)
         router = through_router(session)
         top = max(args.concurrency)
         for stream in (True, False):  # warm up: connections, pools, code paths
@@ -283,7 +308,7 @@ async def bench(tmp: Path, args: argparse.Namespace) -> None:
         print(
             f"router overhead: {MODEL} on one simulated backend (TTFT {args.ttft_ms:g} ms, "
             f"{args.tps:g} tokens/s, no jitter, max_tokens {args.max_tokens}); direct = "
-            f"{args.direct_client}, router = AsyncSession -> in-process provider router "
+            f"{args.direct_client}, router = AsyncSession -> provider router (own process) "
             f"(encrypted prompts: {session.opened.encrypt})"
         )
         print(f"session open (one time, excluded below): {open_s * 1000:.0f} ms")
