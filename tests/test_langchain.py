@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.exceptions import OutputParserException
 from langchain_core.load import dumpd
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
@@ -29,10 +28,6 @@ from mor_workbench.sandbox.paths import SandboxPaths
 from mor_workbench.serve import make_app
 
 MODEL = "llama-3.2"
-SIMULATED = (
-    "the sandbox's simulated models do not read the prompt: tool arguments and JSON are "
-    "values that fit the schema, not the ones the prompt asks for"
-)
 
 
 @pytest.fixture(scope="module")
@@ -95,35 +90,6 @@ class TestChatMorpheusIntegration(ChatModelIntegrationTests):
     @property
     def model_override_value(self) -> str:
         return "qwen-2.5-coder"
-
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    @pytest.mark.xfail(reason=SIMULATED + " (it asks for magic_function(3))", raises=AssertionError)
-    def test_tool_calling(self, model: ChatMorpheus) -> None:
-        super().test_tool_calling(model)
-
-    @pytest.mark.xfail(reason=SIMULATED + " (it asks for magic_function(3))", raises=AssertionError)
-    async def test_tool_calling_async(self, model: ChatMorpheus) -> None:
-        await super().test_tool_calling_async(model)
-
-    @pytest.mark.xfail(reason=SIMULATED + " (it asks for a Chinese name)", raises=AssertionError)
-    def test_unicode_tool_call_integration(
-        self,
-        model: ChatMorpheus,
-        *,
-        tool_choice: str | None = None,
-        force_tool_call: bool = True,
-    ) -> None:
-        super().test_unicode_tool_call_integration(
-            model, tool_choice=tool_choice, force_tool_call=force_tool_call
-        )
-
-    @pytest.mark.xfail(
-        reason=SIMULATED + " (json_object mode answers {answer, confidence}, not the prompt's "
-        "setup and punchline)",
-        raises=OutputParserException,
-    )
-    def test_json_mode(self, model: ChatMorpheus) -> None:
-        super().test_json_mode(model)
 
 
 # ----- what the suites leave open -----

@@ -288,6 +288,38 @@ async def test_tool_calls_satisfy_the_schema_streamed_or_not(client: openai.Asyn
     assert streamed["finish"] == "tool_calls" and streamed["usage"] == reply.usage
 
 
+async def test_arguments_take_the_literals_the_prompt_gives(client: openai.AsyncOpenAI) -> None:
+    asked = [
+        {"role": "user", "content": "Earlier: 'nothing'. Ignore it."},
+        {"role": "assistant", "content": "OK."},
+        {
+            "role": "user",
+            "content": "Price of 'llama-3.2' per hour, at most 9 results (say 3), "
+            "under 1.5 MOR, in '東京'.",
+        },
+    ]
+    reply = await client.chat.completions.create(model=MODEL, messages=asked, tools=[PRICE])
+    args = json.loads(reply.choices[0].message.tool_calls[0].function.arguments)
+    jsonschema.validate(args, PRICE["function"]["parameters"])
+    # the first quoted string, the enum member named, the first number in bounds (9 is not)
+    assert (args["model"], args["unit"], args["limit"], args["max_price"]) == (
+        "llama-3.2",
+        "hour",
+        3,
+        1.5,
+    )
+    reply = await client.chat.completions.create(
+        model=MODEL, messages=asked, tools=[WEATHER], tool_choice="required"
+    )
+    arguments = reply.choices[0].message.tool_calls[0].function.arguments
+    assert json.loads(arguments) == {"city": "llama-3.2"} and "東京" not in arguments
+    keyed = [{"role": "user", "content": "Answer as JSON with 'setup' and 'punchline' keys."}]
+    loose = await client.chat.completions.create(
+        model=MODEL, messages=keyed, response_format={"type": "json_object"}
+    )
+    assert set(json.loads(loose.choices[0].message.content)) == {"setup", "punchline"}
+
+
 async def test_tool_choice_names_a_function_or_none(client: openai.AsyncOpenAI) -> None:
     named = await client.chat.completions.create(
         model=MODEL,

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mor_workbench.sandbox.model_server.schema import schema_value
+from mor_workbench.sandbox.model_server.schema import Literals, schema_value
 from mor_workbench.sandbox.model_server.text import Draws, count_tokens, paragraph, split_tokens
 
 __all__ = ["Invalid", "Plan", "error_body", "plan", "validate"]
@@ -261,10 +261,12 @@ def plan(body: dict[str, Any]) -> Plan:
     """Decide a validated request's answer: deterministic in (model, messages, seed).
 
     A tool call when tools are offered and tool_choice allows one (after a tool result, "auto"
-    answers in text); else JSON for a JSON response_format, else prose. A trailing assistant
-    message is a prefix to continue (as llama.cpp and Ollama treat it): the answer is the rest
-    of what the model would have said. Then the earliest stop sequence cuts the text and
-    max_tokens cuts the tokens (finish_reason "length").
+    answers in text); else JSON for a JSON response_format, else prose. Tool arguments and
+    JSON take the last user message's numbers and quoted strings where they fit, and JSON
+    mode uses the keys that message quotes, as a model following the prompt would. A
+    trailing assistant message is a prefix to continue (as llama.cpp and Ollama treat it):
+    the answer is the rest of what the model would have said. Then the earliest stop
+    sequence cuts the text and max_tokens cuts the tokens (finish_reason "length").
     """
     messages: list[dict[str, Any]] = body["messages"]
     prefix = ""
@@ -277,6 +279,8 @@ def plan(body: dict[str, Any]) -> Plan:
     choice = body.get("tool_choice") or "auto"
     after_tool = messages[-1].get("role") in ("tool", "function")
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    asked = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    literals = Literals(text_of(asked.get("content")))
     finish = "stop"
     content: str | None = None
     tool_call: dict[str, Any] | None = None
@@ -284,7 +288,8 @@ def plan(body: dict[str, Any]) -> Plan:
         named = choice["function"]["name"] if isinstance(choice, dict) else None
         fn = next((t for t in tools if t["function"]["name"] == named), tools[0])["function"]
         schema = fn.get("parameters") or {"type": "object", "properties": {}}
-        pieces = split_tokens(json.dumps(schema_value(schema, key)))
+        arguments = schema_value(schema, key, literals)
+        pieces = split_tokens(json.dumps(arguments, ensure_ascii=False))
         finish = "tool_calls"
         if limit is not None and len(pieces) > limit:
             pieces, finish = pieces[:limit], "length"  # cut-off arguments, as OpenAI sends them
@@ -296,10 +301,15 @@ def plan(body: dict[str, Any]) -> Plan:
     else:
         fmt = body.get("response_format") or {}
         if fmt.get("type") == "json_schema":
-            text = json.dumps(schema_value(fmt["json_schema"].get("schema", {}), key))
+            value = schema_value(fmt["json_schema"].get("schema", {}), key, literals)
+            text = json.dumps(value, ensure_ascii=False)
         elif fmt.get("type") == "json_object":
-            confidence = draws.below(101) / 100
-            text = json.dumps({"answer": paragraph(draws, 1), "confidence": confidence})
+            names = literals.names()
+            if names:
+                text = json.dumps({n: paragraph(draws, 1) for n in names}, ensure_ascii=False)
+            else:
+                confidence = draws.below(101) / 100
+                text = json.dumps({"answer": paragraph(draws, 1), "confidence": confidence})
         elif after_tool:
             text = _tool_result_reply(messages, draws)
         else:

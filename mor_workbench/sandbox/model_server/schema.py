@@ -10,7 +10,7 @@ from typing import Any
 
 from mor_workbench.sandbox.model_server.text import NOUNS, Draws, phrase
 
-__all__ = ["schema_value"]
+__all__ = ["Literals", "schema_value"]
 
 _FORMATS = {
     "date-time": "2026-01-15T12:00:00Z",
@@ -31,15 +31,71 @@ _FORMATS = {
 _Schema = dict[str, Any]
 
 
-def schema_value(schema: _Schema | bool, seed: int | str = 0) -> Any:
-    """A value satisfying `schema`, the same for the same (schema, seed).
+class Literals:
+    """The numbers and quoted strings of a prompt, handed out in order: what a model asked for
+    "magic_function(3)" or "a customer named '你好'" puts in the arguments."""
+
+    _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+    _QUOTED = re.compile(r"'([^'\n]{1,200})'|\"([^\"\n]{1,200})\"")
+
+    def __init__(self, prompt: str) -> None:
+        self.text = prompt
+        self.numbers = [float(n) for n in self._NUMBER.findall(prompt)]
+        self.quoted = [a or b for a, b in self._QUOTED.findall(prompt)]
+
+    def names(self) -> list[str]:
+        """Quoted words that can be JSON keys ("with 'setup' and 'punchline' keys")."""
+        return [q for q in self.quoted if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", q)]
+
+    def take(self, schema: _Schema) -> Any:
+        """The next literal that fits a plain number or string schema, or the enum member the
+        prompt names first; else None."""
+        if "enum" in schema:
+            named = [v for v in schema["enum"] if isinstance(v, str) and v and v in self.text]
+            return min(named, key=self.text.index) if named else None
+        if any(k in schema for k in ("const", "format", "pattern")):
+            return None
+        kind = schema.get("type")
+        if kind in ("integer", "number"):
+            low, high = _bounds(schema, 1e-6)
+            for i, n in enumerate(self.numbers):
+                fits = (kind == "number" or n.is_integer()) and (low is None or n >= low)
+                if fits and (high is None or n <= high):
+                    del self.numbers[i]
+                    return int(n) if kind == "integer" else n
+        elif kind == "string":
+            low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
+            for i, q in enumerate(self.quoted):
+                if len(q) >= low and (high is None or len(q) <= high):
+                    del self.quoted[i]
+                    return q
+        return None
+
+
+def schema_value(
+    schema: _Schema | bool, seed: int | str = 0, literals: Literals | None = None
+) -> Any:
+    """A value satisfying `schema`, the same for the same (schema, seed, literals).
 
     Handles types (and type lists), enum/const, numeric bounds and multipleOf, string lengths
     and formats, objects with nested and required properties, arrays (min/max/unique/prefix
     items), anyOf/oneOf/allOf and local $refs; `pattern` is met only by luck (a few candidates).
+    With `literals`, the top-level object's plain number and string properties take the
+    prompt's literals first, in order.
     """
     draws = Draws(f"schema:{seed}".encode())
-    return _value(schema, draws, schema if isinstance(schema, dict) else {}, 0)
+    root = schema if isinstance(schema, dict) else {}
+    value = _value(schema, draws, root, 0)
+    if literals is not None and isinstance(value, dict) and isinstance(schema, dict):
+        props = schema.get("properties") or {}
+        for name in list(value):
+            prop = props.get(name)
+            if isinstance(prop, dict) and "$ref" in prop:
+                prop = _resolve(prop["$ref"], root)
+            taken = literals.take(prop) if isinstance(prop, dict) else None
+            if taken is not None:
+                value[name] = taken
+    return value
 
 
 def _value(schema: Any, draws: Draws, root: _Schema, depth: int) -> Any:
