@@ -44,6 +44,30 @@ class Portal:
             if closer is not None:
                 self.run(closer())
 
+    async def aiterate(self, agen: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Iterate an async iterator living on the portal's loop from another running loop.
+
+        If the caller is cancelled mid-step, the step is cancelled on the portal's loop, which
+        unwinds the iterator there; if the caller stops between steps, the iterator is closed.
+        """
+        step = None
+        try:
+            while True:
+                step = asyncio.run_coroutine_threadsafe(_anext(agen), self.loop)
+                try:
+                    item = await asyncio.wrap_future(step)
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            closer = getattr(agen, "aclose", None)
+            if closer is not None and (step is None or not step.cancelled()):
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(closer(), self.loop))
+
+
+async def _anext(agen: AsyncIterator[T]) -> T:
+    return await anext(agen)
+
 
 _shared: Portal | None = None
 _lock = threading.Lock()

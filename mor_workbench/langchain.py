@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.exceptions import OutputParserException
@@ -49,7 +49,7 @@ from langchain_core.utils.function_calling import convert_to_openai_function, co
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, model_validator
 
-from mor_workbench._portal import Portal, portal
+from mor_workbench._portal import portal
 from mor_workbench.errors import ConfigurationError
 from mor_workbench.router.calls import CallRecord
 from mor_workbench.router.gateway import API_KEY_ENV
@@ -57,8 +57,6 @@ from mor_workbench.session import chat_body
 from mor_workbench.workbench import AsyncWorkbench, Workbench, connect
 
 __all__ = ["ChatMorpheus"]
-
-T = TypeVar("T")
 
 # Settings that only matter when ChatMorpheus connects itself; with `workbench=` they belong
 # on the mor.connect(...) call that made it, so passing them too is refused, not ignored.
@@ -245,7 +243,7 @@ class ChatMorpheus(BaseChatModel):
             finally:
                 await payloads.aclose()
         else:
-            async for payload in _across(portal(), workbench.aio.payloads(body, record)):
+            async for payload in portal().aiterate(workbench.aio.payloads(body, record)):
                 yield payload
 
     # ----- requests and answers -----
@@ -520,27 +518,3 @@ class _Chunks:
             chunk_position="last",
         )
         return ChatGenerationChunk(message=message)
-
-
-async def _next(iterator: AsyncIterator[T]) -> T:
-    return await anext(iterator)
-
-
-async def _across(loop_portal: Portal, iterator: AsyncIterator[T]) -> AsyncIterator[T]:
-    """Iterate `iterator`, which lives on the portal's loop, from another running loop.
-
-    If the caller is cancelled mid-step, the step is cancelled on the portal loop and that
-    unwinds the iterator there; if the caller stops between steps, the iterator is closed."""
-    step = None
-    try:
-        while True:
-            step = asyncio.run_coroutine_threadsafe(_next(iterator), loop_portal.loop)
-            try:
-                item = await asyncio.wrap_future(step)
-            except StopAsyncIteration:
-                return
-            yield item
-    finally:
-        closer = getattr(iterator, "aclose", None)
-        if closer is not None and (step is None or not step.cancelled()):
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(closer(), loop_portal.loop))
