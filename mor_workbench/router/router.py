@@ -402,14 +402,22 @@ class Router:
         ]
         return matches[0] if len(matches) == 1 else None
 
+    def closable(self) -> dict[bytes, OpenSession]:
+        """Sessions this account can close from here, by id: those this router opened and
+        those its journal holds open (from this or an earlier process)."""
+        journaled = {
+            bytes.fromhex(e.session_id[2:]): _from_entry(e)
+            for e in self.journal.unfinished()
+            if e.state in ("open", "closing") and e.session_id
+        }
+        return {**journaled, **self.opened}
+
     async def close_all(self) -> int:
         """Close every session this account's journal holds open; how many were closed."""
-        closed = 0
-        for entry in self.journal.unfinished():
-            if entry.state in ("open", "closing") and entry.session_id:
-                await self.close(_from_entry(entry))
-                closed += 1
-        return closed
+        closable = self.closable()
+        for session in closable.values():
+            await self.close(session)
+        return len(closable)
 
 
 def _from_entry(entry: JournalEntry) -> OpenSession:

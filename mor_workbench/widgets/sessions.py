@@ -10,8 +10,7 @@ import traitlets
 
 from mor_workbench.errors import ConfigurationError
 from mor_workbench.market.tables import short
-from mor_workbench.router.journal import JournalEntry
-from mor_workbench.router.router import OpenSession, _from_entry
+from mor_workbench.router.router import OpenSession
 from mor_workbench.widgets._base import MorWidget, asset, jsonable, records
 from mor_workbench.workbench import AsyncWorkbench, Workbench
 
@@ -100,26 +99,16 @@ class Sessions(MorWidget):
             router = self._aio.router
         except ConfigurationError:
             return set()
-        found = {"0x" + s.hex() for s in router.opened}
-        found |= {
-            e.session_id
-            for e in router.journal.unfinished()
-            if e.state in ("open", "closing") and e.session_id
-        }
-        return found
+        return {"0x" + session_id.hex() for session_id in router.closable()}
 
     def _find(self, session_id: str) -> OpenSession:
-        router = self._aio.router
-        raw = bytes.fromhex(session_id.removeprefix("0x"))
-        if raw in router.opened:
-            return router.opened[raw]
-        entry: JournalEntry | None = router.journal.by_session(session_id)
-        if entry is None or not entry.session_id:
+        found = self._aio.router.closable().get(bytes.fromhex(session_id.removeprefix("0x")))
+        if found is None:
             raise ConfigurationError(
                 f"session {session_id[:10]}… was not opened by this account's workbench "
                 "here, so its provider's receipt cannot be asked for"
             )
-        return _from_entry(entry)
+        return found
 
     async def _close(self, session_id: str) -> None:
         try:
