@@ -112,11 +112,10 @@ class Explorer(MorWidget):
 
     async def _load(self) -> None:
         aio = self._aio
-        models, providers, stats = await asyncio.gather(aio.models(), aio.providers(), aio.stats())
+        models, bids, providers, stats = await asyncio.gather(
+            aio.models(), aio.bids(), aio.providers(), aio.stats()
+        )  # bids() scores every model's bids in one pass
         names = list(models["name"])
-        bid_frames = await asyncio.gather(*(aio.bids(n) for n in names))
-        frames = [f for f in bid_frames if not f.empty]
-        bids = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         measured = [s for s in records(stats) if s["total_count"]]  # zeros mean "no data yet"
         by_pair = {(s["model"], s["provider"]): s for s in measured}
         endpoints = dict(zip(providers["address"], providers["endpoint"], strict=True))
