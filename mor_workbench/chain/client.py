@@ -199,46 +199,15 @@ class Chain:
     ) -> dict[str, Any]:
         """Sign and send `tx` (to/data/value) with a locally managed nonce; wait for the receipt.
 
-        Gas, fees and the nonce come in one batched round trip; nonces are assigned under a
-        per-account lock so concurrent sends never collide, and a nonce another process took
-        (the same key used elsewhere) is replaced by the next one. A transaction still unmined after
-        `bump_after` seconds is replaced (same nonce, higher fees) so it cannot stay stuck.
+        Nonces are assigned under a per-account lock so concurrent sends never collide, and a
+        nonce another process took (the same key used elsewhere) is replaced by the next one.
+        A transaction still unmined after `bump_after` seconds is replaced (same nonce, higher
+        fees) so it cannot stay stuck.
         """
         sender = signer.address
-        call: dict[str, Any] = {"from": sender, "data": "0x" + bytes(tx.get("data", b"")).hex()}
-        if tx.get("to"):
-            call["to"] = tx["to"]
-        if tx.get("value"):
-            call["value"] = hex(tx["value"])
         async with self._lock(sender):
             for attempt in range(NONCE_RETRIES + 1):
-                estimate, block, tip, pending = await self.rpc.batch(
-                    [
-                        ("eth_estimateGas", [call]),
-                        ("eth_getBlockByNumber", ["latest", False]),
-                        ("eth_maxPriorityFeePerGas", []),
-                        ("eth_getTransactionCount", [sender, "pending"]),
-                    ]
-                )
-                if isinstance(estimate, RpcError):
-                    raise self._revert(
-                        label, estimate.revert_data(), estimate.rpc_message
-                    ) from None
-                for reply in (block, pending):
-                    if isinstance(reply, RpcError):
-                        raise reply
-                nonce = max(self._nonces.get(sender, 0), int(pending, 16))
-                priority = 10**9 if isinstance(tip, RpcError) else int(tip, 16)
-                base_fee = int(block.get("baseFeePerGas", "0x0"), 16)
-                fields: dict[str, Any] = {
-                    "chainId": self.deployment.chain_id,
-                    "nonce": nonce,
-                    "gas": int(estimate, 16) * 5 // 4 + GAS_HEADROOM,
-                    "maxPriorityFeePerGas": priority,
-                    "maxFeePerGas": base_fee * 2 + priority,
-                    "type": 2,
-                    **{k: v for k, v in tx.items() if k in ("to", "data", "value")},
-                }
+                fields = await self._unsigned(sender, tx, label)
                 try:
                     tx_hash = await self.rpc.request(
                         "eth_sendRawTransaction", ["0x" + signer.sign_transaction(fields).hex()]
@@ -250,7 +219,7 @@ class Chain:
                     if taken and attempt < NONCE_RETRIES:
                         continue  # another process sent with this account: take the next nonce
                     raise self._revert(label, exc.revert_data(), exc.rpc_message) from None
-                self._nonces[sender] = nonce + 1
+                self._nonces[sender] = fields["nonce"] + 1
                 break
         # The nonce is ours now: wait (and bump) without holding the lock.
         receipt = await self._mine_with_bumps(
@@ -265,6 +234,39 @@ class Chain:
                 f"{label} reverted on chain (transaction {receipt['transactionHash']})"
             )
         return receipt
+
+    async def _unsigned(self, sender: str, tx: dict[str, Any], label: str) -> dict[str, Any]:
+        """`tx` ready to sign: gas, fees and the next nonce, in one batched round trip (a
+        revert found by the gas estimate is raised here, before anything is sent)."""
+        call: dict[str, Any] = {"from": sender, "data": "0x" + bytes(tx.get("data", b"")).hex()}
+        if tx.get("to"):
+            call["to"] = tx["to"]
+        if tx.get("value"):
+            call["value"] = hex(tx["value"])
+        estimate, block, tip, pending = await self.rpc.batch(
+            [
+                ("eth_estimateGas", [call]),
+                ("eth_getBlockByNumber", ["latest", False]),
+                ("eth_maxPriorityFeePerGas", []),
+                ("eth_getTransactionCount", [sender, "pending"]),
+            ]
+        )
+        if isinstance(estimate, RpcError):
+            raise self._revert(label, estimate.revert_data(), estimate.rpc_message) from None
+        for reply in (block, pending):
+            if isinstance(reply, RpcError):
+                raise reply
+        priority = 10**9 if isinstance(tip, RpcError) else int(tip, 16)
+        base_fee = int(block.get("baseFeePerGas", "0x0"), 16)
+        return {
+            "chainId": self.deployment.chain_id,
+            "nonce": max(self._nonces.get(sender, 0), int(pending, 16)),
+            "gas": int(estimate, 16) * 5 // 4 + GAS_HEADROOM,
+            "maxPriorityFeePerGas": priority,
+            "maxFeePerGas": base_fee * 2 + priority,
+            "type": 2,
+            **{k: v for k, v in tx.items() if k in ("to", "data", "value")},
+        }
 
     async def _mine_with_bumps(
         self,
