@@ -7,12 +7,12 @@ Diamond's ABI, so the same code works on the sandbox and on Base.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import encode as abi_encode
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 from mor_workbench.chain.abi import Abi, canonical_type, load_abi, load_artifact
 from mor_workbench.chain.keys import Signer
@@ -196,22 +196,22 @@ class Chain:
         *,
         label: str,
         timeout: float | None = None,
+        on_hash: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Sign and send `tx` (to/data/value) with a locally managed nonce; wait for the receipt.
 
         Nonces are assigned under a per-account lock so concurrent sends never collide, and a
         nonce another process took (the same key used elsewhere) is replaced by the next one.
         A transaction still unmined after `bump_after` seconds is replaced (same nonce, higher
-        fees) so it cannot stay stuck.
+        fees) so it cannot stay stuck. `on_hash` is told each signed transaction's hash
+        *before* it is broadcast (a journal can then find the transaction after a crash).
         """
         sender = signer.address
         async with self._lock(sender):
             for attempt in range(NONCE_RETRIES + 1):
                 fields = await self._unsigned(sender, tx, label)
                 try:
-                    tx_hash = await self.rpc.request(
-                        "eth_sendRawTransaction", ["0x" + signer.sign_transaction(fields).hex()]
-                    )
+                    tx_hash = await self._broadcast(signer, fields, on_hash)
                 except RpcError as exc:
                     self._nonces.pop(sender, None)
                     message = (exc.rpc_message or "").lower()
@@ -228,12 +228,22 @@ class Chain:
             tx_hash,
             label=label,
             timeout=self.receipt_timeout if timeout is None else timeout,
+            on_hash=on_hash,
         )
         if int(receipt["status"], 16) != 1:
             raise ContractReverted(
                 f"{label} reverted on chain (transaction {receipt['transactionHash']})"
             )
         return receipt
+
+    async def _broadcast(
+        self, signer: Signer, fields: dict[str, Any], on_hash: Callable[[str], None] | None
+    ) -> str:
+        """Sign `fields`, announce the hash to `on_hash`, then send; the hash."""
+        raw = signer.sign_transaction(fields)
+        if on_hash is not None:
+            on_hash("0x" + keccak(raw).hex())
+        return await self.rpc.request("eth_sendRawTransaction", ["0x" + raw.hex()])
 
     async def _unsigned(self, sender: str, tx: dict[str, Any], label: str) -> dict[str, Any]:
         """`tx` ready to sign: gas, fees and the next nonce, in one batched round trip (a
@@ -276,6 +286,7 @@ class Chain:
         *,
         label: str,
         timeout: float,
+        on_hash: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Poll for a receipt of any hash sent for this nonce, replacing it with higher fees
         every `bump_after` seconds (at most `max_bumps` times, fees capped)."""
@@ -315,12 +326,7 @@ class Chain:
                 else:
                     fields = raised
                     try:
-                        hashes.append(
-                            await self.rpc.request(
-                                "eth_sendRawTransaction",
-                                ["0x" + signer.sign_transaction(fields).hex()],
-                            )
-                        )
+                        hashes.append(await self._broadcast(signer, fields, on_hash))
                     except RpcError as exc:
                         message = exc.rpc_message.lower()
                         if "nonce too low" in message:
@@ -400,11 +406,14 @@ class Chain:
         to: str | None = None,
         abi: Abi | None = None,
         value: int = 0,
+        on_hash: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """Call a state-changing function and wait until it is mined."""
+        """Call a state-changing function and wait until it is mined (`on_hash`: see `send`)."""
         address, codec = self._resolve(Call(fn, args, to, abi))
         data = codec.encode(fn, *args)
-        return await self.send(signer, {"to": address, "data": data, "value": value}, label=fn)
+        return await self.send(
+            signer, {"to": address, "data": data, "value": value}, label=fn, on_hash=on_hash
+        )
 
     async def deploy(self, signer: Signer, artifact: str, *args: Any) -> str:
         """Deploy one of our compiled contracts; returns its address."""
