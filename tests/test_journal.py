@@ -97,3 +97,23 @@ def test_only_entries_of_dead_processes_are_orphaned(tmp_path) -> None:
         live.kill()
         live.wait()
     assert {e.approval_hash for e in journal.unfinished(orphaned=True)} == {"0xdead", "0xlive"}
+
+
+def test_owner_lock_files_do_not_pile_up(tmp_path) -> None:
+    """Each process's owner file goes with it: removed at a normal exit, and swept by the
+    next start when the process was killed."""
+    path = tmp_path / "j.sqlite3"
+    opener = (
+        "import os, sys;"
+        "from mor_workbench.router.journal import SessionJournal;"
+        f"SessionJournal(__import__('pathlib').Path({str(path)!r}));"
+        "sys.argv[1] == 'kill' and os.kill(os.getpid(), 9)"
+    )
+    for how in ["exit"] * 4 + ["kill"] * 2:
+        subprocess.run([sys.executable, "-c", opener, how], check=False)
+    owners = tmp_path / "owners"
+    # the last killed one could not clean up (the one killed before it was swept by the last)
+    assert len(list(owners.glob("*.lock"))) == 1
+    SessionJournal(path)
+    assert [p.name for p in owners.iterdir()] == [p.name for p in owners.glob("*.lock")]
+    assert len(list(owners.glob("*.lock"))) == 1  # this process's own, nothing else

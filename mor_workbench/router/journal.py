@@ -12,6 +12,7 @@ running with the same account.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sqlite3
 import time
@@ -26,7 +27,7 @@ try:
 except ImportError:  # Windows: no advisory locks; every other owner counts as gone
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["JournalEntry", "SessionJournal"]
+__all__ = ["JournalEntry", "SessionJournal", "journal_path"]
 
 # opening: approval in hand, open transaction about to be / being sent
 # open: on chain and usable; closing: close transaction being sent
@@ -58,6 +59,13 @@ CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 """
 
 
+def journal_path(directory: Path, chain_id: int, diamond: str, account: str) -> Path:
+    """The journal file of one account on one deployment: keyed by chain id *and* the
+    marketplace's Diamond address, since a fork, a testnet redeploy or a second sandbox shares
+    a chain id but not its sessions."""
+    return directory / f"{chain_id}-{diamond}-{account}.sqlite3"
+
+
 @dataclass(frozen=True)
 class JournalEntry:
     """One session as this account knows it; hex strings for bytes, decimal strings for wei."""
@@ -74,7 +82,7 @@ class JournalEntry:
     approval: str
     approval_signature: str
     session_id: str | None = None
-    tx_hash: str | None = None
+    tx_hash: str | None = None  # openSession hashes, comma-separated, journaled before sending
     ends_at: int | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -87,13 +95,30 @@ _held: dict[Path, object] = {}  # owner-lock files this process holds open, by d
 
 
 def _hold_owner_lock(directory: Path) -> None:
-    """Lock this process's owner file in `directory` for as long as the process lives."""
+    """Lock this process's owner file in `directory` for as long as the process lives, and
+    remove the files of owners that have died (a process killed before its exit handler)."""
     if fcntl is None or directory in _held:
         return
     directory.mkdir(parents=True, exist_ok=True)
-    handle = (directory / f"{_PROCESS}.lock").open("w")
+    # locked under a temporary name, then renamed: a file under its final name is always held
+    # (a sweep in another process can never take a file between its creation and its lock)
+    pending = directory / f"{_PROCESS}.pending"
+    handle = pending.open("w")
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    pending.rename(directory / f"{_PROCESS}.lock")
+    if not _held:
+        atexit.register(_release_owner_locks)
     _held[directory] = handle
+    for path in directory.glob("*.lock"):
+        _alive(path.stem, directory)  # removes the file when its owner is gone
+
+
+def _release_owner_locks() -> None:
+    """At exit: remove this process's owner files (the OS drops the locks themselves)."""
+    for directory, handle in list(_held.items()):
+        (directory / f"{_PROCESS}.lock").unlink(missing_ok=True)
+        handle.close()  # type: ignore[attr-defined]
+    _held.clear()
 
 
 def _alive(owner: str | None, directory: Path) -> bool:
@@ -193,6 +218,16 @@ class SessionJournal:
         if orphaned:
             entries = [e for e in entries if not _alive(e.owner, self._owners)]
         return entries
+
+    def closed_since(self, since: float) -> list[JournalEntry]:
+        """Entries marked closed at or after `since` (Unix seconds), oldest first: what a
+        chain rollback (a reorg, a sandbox restored from an older state) may have reopened."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM sessions WHERE state = 'closed' "
+            "AND session_id IS NOT NULL AND updated_at >= ? ORDER BY created_at",
+            (since,),
+        ).fetchall()
+        return [self._entry(r) for r in rows]
 
     def all(self) -> list[JournalEntry]:
         rows = self._db.execute(
