@@ -14,6 +14,21 @@ class ConfigurationError(MorError, ValueError):
     """The caller gave bad input: an unknown network, a malformed address or key, a missing tool."""
 
 
+class RequestTooLarge(ConfigurationError):
+    """The request cannot reach any provider: its MOR-RPC message would exceed the peer limit.
+
+    `size` and `limit` are in bytes. Raised before any session is opened or paid for.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(
+            f"the request is {size / 1024:,.0f} KiB as a MOR-RPC message, over the "
+            f"{limit / 1024:,.0f} KiB a provider accepts: shorten the prompt (encrypted prompts "
+            "take about twice their length)"
+        )
+
+
 class ChainError(MorError):
     """The chain could not be read or written: unreachable RPC, wrong chain, failed transaction."""
 

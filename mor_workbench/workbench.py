@@ -30,7 +30,8 @@ from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
 from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import Gateway
-from mor_workbench.router.journal import SessionJournal
+from mor_workbench.router.journal import SessionJournal, journal_path
+from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import Router, rank_bids
 from mor_workbench.router.strategy import Strategy
 from mor_workbench.sandbox.paths import workbench_home
@@ -48,6 +49,7 @@ __all__ = ["AsyncWorkbench", "Workbench", "aconnect", "connect"]
 
 RPC_URL_ENV = "MOR_RPC_URL"
 AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
+DEFAULT_ALLOWANCE_MOR = 100.0  # standing ERC-20 allowance for opens (see AsyncWorkbench)
 
 
 def _bid_bytes(bid: str | bytes) -> bytes:
@@ -67,7 +69,10 @@ class AsyncWorkbench:
     Options: `strategy` (provider choice, see `Strategy`; default weighted among the top 3,
     5-minute cooldown after a failure), `require_encrypted_prompts` (refuse providers that
     cannot decrypt prompts), `timeout` (seconds to wait for a provider's first reply and
-    between chunks before failing over), `max_failovers` per call.
+    between chunks before failing over), `max_failovers` per call, `allowance` (MOR the
+    marketplace contract may draw from this account without a fresh ERC-20 approve; topped up
+    to this when an open needs more, so most opens are one transaction; default 100 MOR,
+    never unlimited).
     """
 
     def __init__(
@@ -81,8 +86,14 @@ class AsyncWorkbench:
         require_encrypted_prompts: bool = False,
         timeout: float = 60.0,
         max_failovers: int = 2,
+        allowance: float = DEFAULT_ALLOWANCE_MOR,
     ) -> None:
+        if not isinstance(allowance, int | float) or isinstance(allowance, bool) or allowance < 0:
+            raise ConfigurationError(
+                f"allowance={allowance!r} is not an amount of MOR: pass e.g. allowance=100"
+            )
         self.network = network
+        self.allowance_wei = int(allowance * 10**18)
         self._chain = chain
         self.account = account
         self.gateway = gateway
@@ -118,14 +129,21 @@ class AsyncWorkbench:
                 "a read-only workbench cannot open sessions: connect with key=… or MOR_PRIVATE_KEY"
             )
         if self._router is None:
-            name = f"{self.chain.deployment.chain_id}-{self.account.address}.sqlite3"
-            journal = SessionJournal(workbench_home() / "journal" / name)
+            deployment = self.chain.deployment
+            path = journal_path(
+                workbench_home() / "journal",
+                deployment.chain_id,
+                deployment.diamond,
+                self.account.address,
+            )
+            journal = SessionJournal(path)
             self._router = Router(
                 self.chain,
                 self.account,
                 journal,
                 strategy=self.strategy,
                 require_encrypted_prompts=self.require_encrypted_prompts,
+                standing_allowance=self.allowance_wei,
             )
         return self._router
 
@@ -187,6 +205,7 @@ class AsyncWorkbench:
                 yield payload
             record.finished = time.monotonic()
             return
+        check_prompt_fits(body)  # before a session is opened for a request no provider can read
         session = await self._session_for(model)
         async for payload in session.payloads(body, record):
             yield payload
@@ -230,15 +249,17 @@ class AsyncWorkbench:
         return to_completion(payloads[-1], record)
 
     async def balance(self, user: str | None = None) -> dict[str, float]:
-        """ETH, MOR, MOR staked in open sessions and MOR on hold (available now / later)."""
+        """ETH, MOR, MOR staked in open sessions, MOR on hold (available now / later) and the
+        MOR the marketplace contract may still draw without an approve (`mor_allowance`)."""
         who = user or self.address
         if who is None:
             raise ConfigurationError("a read-only workbench has no account: pass user='0x…'")
-        token = self.chain.deployment.token
-        eth, mor, (available, hold), sessions = await asyncio.gather(
+        token, diamond = self.chain.deployment.token, self.chain.deployment.diamond
+        eth, mor, (available, hold), allowance, sessions = await asyncio.gather(
             self.chain.eth_balance(who),
             self.chain.call("balanceOf", who, to=token),
             self.chain.call("getUserStakesOnHold", who, 255),
+            self.chain.call("allowance", who, diamond, to=token),
             tables.sessions(self.chain, who),
         )
         staked = int(sum(sessions.loc[sessions["is_active"], "stake_wei"])) if len(sessions) else 0
@@ -248,6 +269,7 @@ class AsyncWorkbench:
             "mor_staked": staked / 1e18,
             "mor_on_hold_available": available / 1e18,
             "mor_on_hold": hold / 1e18,
+            "mor_allowance": allowance / 1e18,
         }
 
     async def close_all(self) -> int:
@@ -476,7 +498,13 @@ async def aconnect(
     return workbench
 
 
-_WORKBENCH_OPTIONS = {"strategy", "require_encrypted_prompts", "timeout", "max_failovers"}
+_WORKBENCH_OPTIONS = {
+    "strategy",
+    "require_encrypted_prompts",
+    "timeout",
+    "max_failovers",
+    "allowance",
+}
 
 
 async def _chain_for(network: str, urls: str | list[str]) -> Chain:

@@ -11,7 +11,7 @@ import pytest
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.rpc import RpcClient
-from mor_workbench.router.journal import SessionJournal
+from mor_workbench.router.journal import SessionJournal, journal_path
 from mor_workbench.router.router import Router
 
 HERE = Path(__file__).parent
@@ -73,8 +73,13 @@ def test_connect_settles_what_a_killed_process_left(sandbox_info, tmp_path, monk
     import mor_workbench as mor
 
     monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
-    name = f"{sandbox_info.deployment.chain_id}-{sandbox_info.signer('consumer').address}.sqlite3"
-    journal = tmp_path / "journal" / name
+    deployment = sandbox_info.deployment
+    journal = journal_path(
+        tmp_path / "journal",
+        deployment.chain_id,
+        deployment.diamond,
+        sandbox_info.signer("consumer").address,
+    )
     journal.parent.mkdir()
     child = subprocess.run(
         [

@@ -49,10 +49,24 @@ async def test_open_stream_close_is_journaled_and_undisputed(router) -> None:
     assert closed["closedAt"] and closed["closeoutType"] == 0
 
 
-async def test_close_falls_back_to_a_dispute_when_the_provider_is_gone(router) -> None:
+async def test_a_stale_endpoint_is_re_read_from_chain_before_any_dispute(router) -> None:
+    """A provider restarted elsewhere (a sandbox restart, a moved host) still signs the
+    receipt: the endpoint it registers on chain is asked before the consumer disputes."""
     session = await router.open("llama-3.2", 600)
-    gone = dataclasses.replace(session, endpoint="127.0.0.1:9")
-    assert await router.close(gone) is False
+    moved = dataclasses.replace(session, endpoint="127.0.0.1:9")  # where it listened before
+    assert await router.close(moved) is True
+    closed = await router.chain.call("getSession", session.session_id)
+    assert closed["closedAt"] and closed["closeoutType"] == 0  # the provider's receipt
+    assert router.journal.unfinished() == []
+
+
+async def test_close_falls_back_to_a_dispute_when_the_provider_cannot_sign(router) -> None:
+    session = await router.open("llama-3.2", 600)
+    # a receipt from the registered endpoint fails verification against this key
+    impostor = dataclasses.replace(
+        session, endpoint="127.0.0.1:9", provider_pubkey=router.signer.public_key_65
+    )
+    assert await router.close(impostor) is False
     closed = await router.chain.call("getSession", session.session_id)
     assert closed["closedAt"] and closed["closeoutType"] == 1
     assert router.journal.unfinished() == []

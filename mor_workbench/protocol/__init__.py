@@ -9,7 +9,7 @@ Encrypted prompts are our extension: a provider whose pong `version` carries the
 
 from mor_workbench.protocol.ecies import ecies_decrypt, ecies_encrypt
 from mor_workbench.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from mor_workbench.protocol.framing import Decoder
+from mor_workbench.protocol.framing import PEER_REQUEST_LIMIT, Decoder
 from mor_workbench.protocol.messages import (
     Message,
     PingReq,
@@ -45,6 +45,7 @@ ENCRYPTED_PROMPTS = "encrypted-prompts"
 
 __all__ = [
     "ENCRYPTED_PROMPTS",
+    "PEER_REQUEST_LIMIT",
     "Approval",
     "Decoder",
     "LocalProtocolError",

@@ -9,9 +9,11 @@ from typing import Any
 
 from mor_workbench.protocol.errors import RemoteProtocolError
 
-__all__ = ["DEFAULT_MAX_MESSAGE", "Decoder"]
+__all__ = ["DEFAULT_MAX_MESSAGE", "PEER_REQUEST_LIMIT", "Decoder"]
 
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+# The largest request message our provider reads by default; consumers size prompts to fit.
+PEER_REQUEST_LIMIT = 1024 * 1024
 _WHITESPACE = b" \t\r\n"
 _STRUCTURE = re.compile(rb'["{}\[\]]')
 _IN_STRING = re.compile(rb'["\\]')

@@ -12,6 +12,7 @@ from typing import Any
 
 from mor_workbench.errors import ProviderError, SessionExpired
 from mor_workbench.protocol import ProtocolError
+from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import NoProviderAvailable, OpenSession, Router
 
 __all__ = ["CallRecord", "Lease", "resume_body", "run_call"]
@@ -126,7 +127,12 @@ async def run_call(
     *,
     timeout: float = 60.0,
 ) -> AsyncIterator[dict[str, Any]]:
-    """The verified, decrypted chunks (or the completion) of `body`, failing over as needed."""
+    """The verified, decrypted chunks (or the completion) of `body`, failing over as needed.
+
+    A session whose provider failed is closed (in the background) whether or not another
+    provider takes over, so a failed session is never reused nor left holding stake. Raises
+    `RequestTooLarge` before anything is sent when no provider could read the request."""
+    check_prompt_fits(body)
     produced = ""
     while True:
         if lease.opened.ends_at <= time.time() + 5:
@@ -152,11 +158,12 @@ async def run_call(
         except (ProtocolError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
         record.failovers.append((session.provider, reason))
+        router.failed(session.provider)
+        router.close_soon(session)
         if len(record.failovers) > lease.max_failovers:
             raise ProviderError(
                 f"{len(record.failovers)} providers failed this call; the last: {reason}"
             )
-        router.failed(session.provider)
         try:
             lease.opened = await router.open(
                 lease.model,
@@ -166,7 +173,6 @@ async def run_call(
             )
         except NoProviderAvailable as exc:
             raise NoProviderAvailable(lease.model, [*record.failovers, *exc.tried]) from None
-        router.close_soon(session)
         record.resumed = record.resumed or bool(produced)
 
 

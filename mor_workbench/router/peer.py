@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import MorError, ProviderError, SessionExpired
+from mor_workbench.errors import MorError, ProviderError, RequestTooLarge, SessionExpired
 from mor_workbench.protocol import (
     ENCRYPTED_PROMPTS,
+    PEER_REQUEST_LIMIT,
     PingReq,
     PongRes,
     RemoteProtocolError,
@@ -44,6 +45,7 @@ __all__ = [
     "Approved",
     "ProviderError",
     "SessionExpired",
+    "check_prompt_fits",
     "deposit_for",
     "open_session",
     "ping",
@@ -149,13 +151,23 @@ async def deposit_for(chain: Chain, price_per_second: int, duration_s: int) -> i
 
 
 async def open_session(
-    chain: Chain, signer: Signer, approved: Approved, amount: int, *, direct_payment: bool = False
+    chain: Chain,
+    signer: Signer,
+    approved: Approved,
+    amount: int,
+    *,
+    direct_payment: bool = False,
+    standing_allowance: int = 0,
+    on_hash: Callable[[str], None] | None = None,
 ) -> bytes:
-    """Approve MOR if the allowance is short, open the session on chain; its id."""
+    """Open the session on chain (ERC-20 approving first only when the Diamond's allowance is
+    short of `amount`, then for max(amount, `standing_allowance`) wei, so later opens need no
+    approve of their own); its id. `on_hash` hears the openSession transaction's hash before it
+    is broadcast."""
     token, diamond = chain.deployment.token, chain.deployment.diamond
     allowance = await chain.call("allowance", signer.address, diamond, to=token)
     if allowance < amount:
-        await chain.transact(signer, "approve", diamond, amount, to=token)
+        await chain.transact(signer, "approve", diamond, max(amount, standing_allowance), to=token)
     receipt = await chain.transact(
         signer,
         "openSession",
@@ -164,13 +176,39 @@ async def open_session(
         direct_payment,
         approved.approval,
         approved.signature,
+        on_hash=on_hash,
     )
-    for log in receipt["logs"]:
+    session_id = opened_session_id(chain, receipt)
+    if session_id is None:
+        raise MorError("openSession was mined without a SessionOpened event")
+    return session_id
+
+
+def opened_session_id(chain: Chain, receipt: dict[str, Any]) -> bytes | None:
+    """The id in a transaction receipt's SessionOpened log (None when it has none)."""
+    for log in receipt.get("logs") or ():
+        if log.get("address", "").lower() != chain.deployment.diamond.lower():
+            continue
         topics = [bytes.fromhex(t[2:]) for t in log["topics"]]
         decoded = chain.diamond_abi.decode_log(topics, bytes.fromhex(log["data"][2:]))
         if decoded and decoded[0] == "SessionOpened":
             return decoded[1]["sessionId"]
-    raise MorError("openSession was mined without a SessionOpened event")
+    return None
+
+
+_ECIES_OVERHEAD = 65 + 16 + 32  # go-ethereum ECIES: ephemeral public key, IV, HMAC-SHA256
+
+
+def check_prompt_fits(body: dict[str, Any], limit: int = PEER_REQUEST_LIMIT) -> None:
+    """Raise `RequestTooLarge` when `body` would not fit a provider's request limit as a
+    session.prompt message, sized as sent encrypted (hex of the ECIES box, the larger form),
+    so a request no provider can read is refused before any session is opened."""
+    text = json.dumps(body, separators=(",", ":"))
+    boxed = "0x" + "00" * (len(text.encode()) + _ECIES_OVERHEAD)
+    placeholder = SessionPromptReq(b"\0" * 32, boxed, _now_ms(), b"\0" * 65)
+    size = len(Request(_request_id(), placeholder).encode())
+    if size > limit:
+        raise RequestTooLarge(size, limit)
 
 
 async def prompt(

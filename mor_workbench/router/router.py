@@ -20,7 +20,7 @@ from eth_utils import keccak
 from mor_workbench.chain import listings
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import InsufficientFunds, MorError, ProviderError
+from mor_workbench.errors import ConfigurationError, InsufficientFunds, MorError, ProviderError
 from mor_workbench.protocol import (
     ProtocolError,
     Receipt,
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _PEER_FAILURES = (ProviderError, ProtocolError, OSError, TimeoutError)
 
 APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
+RECHECK_CLOSED_S = 7 * 86400  # closed rows re-checked on chain by recover() (rollbacks)
 
 
 class NoProviderAvailable(MorError):
@@ -117,8 +118,10 @@ class Router:
         strategy: Strategy | None = None,
         require_encrypted_prompts: bool = False,
         housekeeping_s: float = 30.0,
+        standing_allowance: int = 0,
     ) -> None:
         self.chain = chain
+        self.standing_allowance = standing_allowance  # wei the Diamond may spend without asking
         self.signer = signer
         self.journal = journal
         self.strategy = strategy or Strategy()
@@ -160,7 +163,12 @@ class Router:
         exclude: Iterable[str] = (),
     ) -> OpenSession:
         """Open a session with the best provider that accepts, trying each in strategy order
-        (or on one given bid)."""
+        (or on one given bid).
+
+        Raises `ConfigurationError` (before any transaction) when `duration_s` is outside the
+        contract's limits, `NoProviderAvailable` when no provider accepts, and
+        `InsufficientFunds` when the account cannot pay the deposit."""
+        await self.check_duration(duration_s)
         candidates = await self.candidates(model, exclude)
         if bid is not None:
             candidates = [b for b in await self.rank(model) if b.bid_id == bid]
@@ -180,6 +188,25 @@ class Router:
             self._start_housekeeping()
             return session
         raise NoProviderAvailable(model, tried)
+
+    async def check_duration(self, duration_s: int) -> None:
+        """Refuse a duration the contract would refuse, naming the limit: at least
+        MIN_SESSION_DURATION and at most getMaxSessionDuration() seconds (read from the chain;
+        SessionRouter's openSession reverts with SessionTooShort below the minimum and caps
+        the session at the maximum)."""
+        shortest, longest = await self.chain.read_many(
+            [Call("MIN_SESSION_DURATION"), Call("getMaxSessionDuration")]
+        )
+        if isinstance(shortest, int) and duration_s < shortest:
+            raise ConfigurationError(
+                f"a session of {duration_s} s is too short: this marketplace's contract opens "
+                f"sessions of at least {_span(shortest)} ({shortest} s); ask for more"
+            )
+        if isinstance(longest, int) and duration_s > longest:
+            raise ConfigurationError(
+                f"a session of {_span(duration_s)} is too long: this marketplace's contract "
+                f"caps sessions at {_span(longest)} ({longest} s); ask for less"
+            )
 
     async def _open_on(self, bid: RankedBid, duration_s: int, direct: bool) -> OpenSession:
         pong = await peer.ping(bid.endpoint, self.signer, bid.provider)
@@ -215,9 +242,21 @@ class Router:
                 approval_signature="0x" + approved.signature.hex(),
             )
         )
+        sent: list[str] = []
+
+        def journal_hash(tx_hash: str) -> None:  # before the transaction is broadcast
+            sent.append(tx_hash)
+            self.journal.update(entry.approval_hash, tx_hash=",".join(sent))
+
         async with self._paying:
             session_id = await peer.open_session(
-                self.chain, self.signer, approved, amount, direct_payment=direct
+                self.chain,
+                self.signer,
+                approved,
+                amount,
+                direct_payment=direct,
+                standing_allowance=self.standing_allowance,
+                on_hash=journal_hash,
             )
         ends_at = (await self.chain.call("getSession", session_id))["endsAt"]
         self.journal.update(
@@ -259,26 +298,47 @@ class Router:
         """Close with the provider's receipt, or dispute-close with our own when it is gone.
         True when the provider signed the receipt."""
         self.journal.update(session.approval_hash, state="closing")
-        try:
-            receipt, signature = await peer.report(
-                session.endpoint,
-                self.signer,
-                session.session_id,
-                session.provider_pubkey,
-                session.provider,
-            )
-            undisputed = True
-        except _PEER_FAILURES:
+        signed = await self._provider_receipt(session)
+        undisputed = signed is not None
+        if signed is None:  # the provider cannot sign: close with our own receipt (a dispute)
+            # stamped with the chain's clock, which closeSession checks (SIGNATURE_TTL)
+            stamp = await self.chain.block_timestamp()
             receipt = encode_receipt(
-                Receipt(session.session_id, self.chain.deployment.chain_id, int(time.time()), 0, 0)
+                Receipt(session.session_id, self.chain.deployment.chain_id, stamp, 0, 0)
             )
-            signature = eth_sign(receipt, self.signer.private_key_bytes())
-            undisputed = False
-        await self.chain.transact(self.signer, "closeSession", receipt, signature)
+            signed = receipt, eth_sign(receipt, self.signer.private_key_bytes())
+        await self.chain.transact(self.signer, "closeSession", *signed)
         self.journal.update(session.approval_hash, state="closed")
         self.opened.pop(session.session_id, None)
         self.closed.add(session.session_id)
         return undisputed
+
+    async def _provider_receipt(self, session: OpenSession) -> tuple[bytes, bytes] | None:
+        """The provider's signed close receipt (receipt, signature), asked at the endpoint the
+        session used and then, if that fails, at the endpoint the provider registers on chain
+        now (a restarted provider may listen elsewhere); None only when it cannot be had, so
+        an honest provider is never disputed (a dispute hurts its rating) for a stale address."""
+        endpoints = [session.endpoint]
+        for attempt in range(2):
+            try:
+                return await peer.report(
+                    endpoints[-1],
+                    self.signer,
+                    session.session_id,
+                    session.provider_pubkey,
+                    session.provider,
+                )
+            except _PEER_FAILURES:
+                if attempt:
+                    return None
+            try:
+                registered = (await self.chain.call("getProvider", session.provider))["endpoint"]
+            except MorError:
+                return None
+            if registered == session.endpoint:
+                return None
+            endpoints.append(registered)
+        return None
 
     def close_soon(self, session: OpenSession) -> None:
         """Close `session` in the background (after a failover); `drain()` waits for it."""
@@ -337,13 +397,19 @@ class Router:
     async def recover(self) -> dict[str, int]:
         """Settle what dead processes left: find sessions an interrupted open created, close
         sessions still open, and withdraw on-hold stakes whose time has come. Sessions of live
-        processes (another notebook on the same account) are theirs to close."""
-        done = {"found": 0, "closed": 0, "abandoned": 0, "withdrawn": 0}
+        processes (another notebook on the same account) are theirs to close.
+
+        The chain is trusted over the journal: rows closed in the last week are read back, and
+        a session a rollback reopened (a reorg, a sandbox restored from older state) is closed
+        again, whichever process closed it first."""
+        outcomes = ("found", "closed", "settled", "abandoned", "reopened", "withdrawn")
+        done = dict.fromkeys(outcomes, 0)
+        now = await self.chain.block_timestamp()
         for entry in self.journal.unfinished(orphaned=True):
             if entry.state == "opening":
                 session_id = await self._find_opened(entry)
                 if session_id is None:
-                    if time.time() - entry.created_at > APPROVAL_TTL_S:
+                    if now > _approval_seconds(entry) + APPROVAL_TTL_S:
                         self.journal.update(entry.approval_hash, state="abandoned")
                         done["abandoned"] += 1
                     continue
@@ -355,52 +421,68 @@ class Router:
                     ends_at=raw["endsAt"],
                 )
                 done["found"] += 1
-            raw = await self.chain.call("getSession", bytes.fromhex(entry.session_id[2:]))
-            if int(raw["user"], 16) == 0:
-                # not on this chain: another chain with the same id (a sandbox since reset)
-                self.journal.update(entry.approval_hash, state="abandoned")
-                done["abandoned"] += 1
-                continue
-            if raw["closedAt"]:
-                self.journal.update(entry.approval_hash, state="closed")
-                continue
-            await self.close(_from_entry(entry))
-            done["closed"] += 1
+            done[await self._settle(entry)] += 1
+        await self._recheck_closed(done)
         done["withdrawn"] = await self.withdraw_released()
         return done
 
-    async def _find_opened(self, entry: JournalEntry) -> bytes | None:
-        """The session an interrupted open created from this entry's approval, if any.
+    async def _settle(self, entry: JournalEntry) -> str:
+        """Bring one journaled session in line with the chain: "abandoned" when the chain does
+        not hold it, "settled" when it is already closed there, else close it: "closed"."""
+        raw = await self.chain.call("getSession", bytes.fromhex(entry.session_id[2:]))
+        if int(raw["user"], 16) == 0:
+            # not on this chain (a sandbox since reset, or an open a rollback undid)
+            self.journal.update(entry.approval_hash, state="abandoned")
+            return "abandoned"
+        if raw["closedAt"]:
+            self.journal.update(entry.approval_hash, state="closed")
+            return "settled"
+        await self.close(_from_entry(entry))
+        return "closed"
 
-        Exact where the contract derives the session id from the approval (ours does:
-        getSessionId(user, provider, bid, approval timestamp)); otherwise the one session on
-        that bid, with that deposit, opened while the approval was valid and not journaled.
-        """
+    async def _recheck_closed(self, done: dict[str, int]) -> None:
+        """Close again what the journal marks closed but the chain holds open (one batched
+        read of the last week's closed rows)."""
+        closed = self.journal.closed_since(time.time() - RECHECK_CLOSED_S)
+        if not closed:
+            return
+        reads = [Call("getSession", (bytes.fromhex(e.session_id[2:]),)) for e in closed]
+        for entry, raw in zip(closed, await self.chain.read_many(reads), strict=True):
+            if isinstance(raw, Exception) or raw["closedAt"]:
+                continue
+            log.warning("session %s is open again on chain: closing it", entry.session_id)
+            outcome = await self._settle(self.journal.update(entry.approval_hash, state="open"))
+            done["reopened" if outcome == "closed" else outcome] += 1
+
+    async def _find_opened(self, entry: JournalEntry) -> bytes | None:
+        """The session an interrupted open created from this entry, if any: read from the
+        receipt of the openSession transaction whose hashes the journal holds (written before
+        each was broadcast); None when none was mined (or it reverted). Without a hash
+        nothing was sent, unless the row predates hashes: then the session id derived from
+        the approval (our contracts' getSessionId) is tried."""
+        for tx_hash in filter(None, (entry.tx_hash or "").split(",")):
+            receipt = await self.chain.rpc.request("eth_getTransactionReceipt", [tx_hash])
+            if receipt is not None:
+                if int(receipt["status"], 16) != 1:
+                    return None
+                return peer.opened_session_id(self.chain, receipt)
+        if entry.tx_hash:
+            return None
         approval = bytes.fromhex(entry.approval[2:])
         if not await self.chain.call("getIsProviderApprovalUsed", approval):
             return None
-        stamp = decode_approval(approval).timestamp
-        bid_id = bytes.fromhex(entry.bid_id[2:])
         exact = await self.chain.call(
-            "getSessionId", self.signer.address, entry.provider, bid_id, stamp
+            "getSessionId",
+            self.signer.address,
+            entry.provider,
+            bytes.fromhex(entry.bid_id[2:]),
+            decode_approval(approval).timestamp,
         )
         raw = await self.chain.call("getSession", exact)
         if raw["user"] == self.signer.address and "0x" + raw["bidId"].hex() == entry.bid_id:
             return exact
-        opened_from = stamp // 1000 if stamp > 10**12 else stamp
-        ids, _ = await self.chain.call("getUserSessions", self.signer.address, 0, 10_000)
-        known = {e.session_id for e in self.journal.all() if e.session_id}
-        sessions = await self.chain.read_many([Call("getSession", (i,)) for i in ids])
-        matches = [
-            session_id
-            for session_id, raw in zip(ids, sessions, strict=True)
-            if not isinstance(raw, Exception)
-            and ("0x" + session_id.hex()) not in known
-            and "0x" + raw["bidId"].hex() == entry.bid_id
-            and raw["stake"] == int(entry.amount)
-            and opened_from - 5 <= raw["openedAt"] <= opened_from + APPROVAL_TTL_S
-        ]
-        return matches[0] if len(matches) == 1 else None
+        log.warning("could not find the session of approval %s on chain", entry.approval_hash)
+        return None
 
     def closable(self) -> dict[bytes, OpenSession]:
         """Sessions this account can close from here, by id: those this router opened and
@@ -418,6 +500,21 @@ class Router:
         for session in closable.values():
             await self.close(session)
         return len(closable)
+
+
+def _approval_seconds(entry: JournalEntry) -> int:
+    """When the entry's approval was signed, in chain seconds (live providers sign ms)."""
+    stamp = decode_approval(bytes.fromhex(entry.approval[2:])).timestamp
+    return stamp // 1000 if stamp > 10**12 else stamp
+
+
+def _span(seconds: int) -> str:
+    """600 -> "10 min", 86400 -> "1 day": a duration as people say it."""
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
+    return f"{seconds} s"
 
 
 def _from_entry(entry: JournalEntry) -> OpenSession:
