@@ -12,6 +12,7 @@ from mor_workbench.errors import (
     InsufficientFunds,
     MorError,
     ProviderError,
+    RequestTooLarge,
     SandboxError,
     SessionExpired,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "MorError",
     "NoProviderAvailable",
     "ProviderError",
+    "RequestTooLarge",
     "SandboxError",
     "Session",
     "SessionExpired",

@@ -201,3 +201,32 @@ async def test_serve_sends_an_error_event_when_the_stream_dies_without_failover(
         assert len(seen) >= 4
     finally:
         await runner.cleanup()
+
+
+def test_a_failed_session_is_closed_even_when_no_provider_takes_over(market, doomed) -> None:
+    """Only the doomed provider is allowed: when it dies mid-answer nobody can take over. The
+    call fails, and its session is closed (not kept, and not reused by the next call)."""
+    workbench = mor.connect(
+        "sandbox",
+        sandbox_dir=market["info"].directory,
+        strategy={"allow": [doomed["address"]]},
+        timeout=3.0,
+    )
+    try:
+        stream = workbench.stream(PROMPT, model=MODEL)
+        deltas = iter(stream)
+        next(deltas)
+        failed_session = stream.info["session_id"]
+        doomed["process"].kill()
+        with pytest.raises(mor.NoProviderAvailable):
+            list(deltas)
+        with pytest.raises(mor.NoProviderAvailable):  # a new open is tried, and refused
+            workbench.chat(PROMPT, model=MODEL)
+        for _ in range(300):  # closed in the background while the workbench stays open
+            closed = asyncio.run(_on_chain(workbench, failed_session))
+            if closed["closedAt"]:
+                break
+            time.sleep(0.1)
+        assert closed["closedAt"] and closed["closeoutType"] == 1
+    finally:
+        workbench.close()
