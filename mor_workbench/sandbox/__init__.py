@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from mor_workbench.chain.anvil import stop_leftover
 from mor_workbench.chain.client import Deployment
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import SandboxError
@@ -171,16 +172,17 @@ def _terminate(pid: int, timeout: float = 15.0) -> None:
 
 
 def stop(directory: str | os.PathLike[str] | None = None) -> bool:
-    """Stop the sandbox (its chain state is kept for the next start); False if none was running."""
+    """Stop the sandbox (its chain state is kept for the next start), and a chain its killed
+    daemon left running; False if neither was running. `SandboxError` if a process that is
+    not this sandbox's chain holds its state."""
     paths = _paths(directory)
     with _locked(paths):
         info = _read_info(paths)
-        if info is None or not _alive(info.pid):
-            paths.info.unlink(missing_ok=True)
-            return False
-        _terminate(info.pid)
+        stopped = info is not None and _alive(info.pid)
+        if stopped:
+            _terminate(info.pid)
         paths.info.unlink(missing_ok=True)
-        return True
+        return stop_leftover(paths.chain_state) or stopped
 
 
 def reset(directory: str | os.PathLike[str] | None = None) -> None:
