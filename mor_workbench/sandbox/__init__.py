@@ -2,6 +2,7 @@
 
 `start()` attaches to this user's running sandbox or launches one in the background;
 `status()`, `stop()` and `reset()` manage it. Pass `directory=` for an isolated sandbox.
+`reattach()` finds it again for a client whose chain stopped answering (a restart).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import SandboxError
 from mor_workbench.sandbox.paths import SandboxPaths
 
-__all__ = ["SandboxInfo", "reset", "start", "status", "stop"]
+__all__ = ["SandboxInfo", "reattach", "reset", "start", "status", "stop"]
 
 SANDBOX_CHAIN_ID = 31337
 
@@ -169,6 +170,29 @@ def _terminate(pid: int, timeout: float = 15.0) -> None:
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def reattach(directory: str | os.PathLike[str] | None, deployment: Deployment) -> list[str]:
+    """The RPC URLs of the running sandbox in `directory`, for a client on `deployment` whose
+    chain stopped answering (the sandbox was restarted, maybe on another port).
+
+    Raises `SandboxError` when the sandbox is down (naming the command that starts it) or was
+    reset since (its marketplace is a new one)."""
+    paths = _paths(directory)
+    info = status(paths.root)
+    if info is None:
+        where = "" if paths == SandboxPaths.default() else f" --dir {paths.root}"
+        argument = "" if not where else f", sandbox_dir={str(paths.root)!r}"
+        raise SandboxError(
+            f"the sandbox is not running: start it with `mor-workbench sandbox start{where}` "
+            f"(or mor.connect('sandbox'{argument})) and this workbench carries on"
+        )
+    if info.deployment != deployment:
+        raise SandboxError(
+            "the sandbox was reset since this workbench connected (its marketplace is new): "
+            "connect again with mor.connect('sandbox')"
+        )
+    return [info.rpc_url]
 
 
 def stop(directory: str | os.PathLike[str] | None = None) -> bool:
