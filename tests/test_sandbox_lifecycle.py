@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
@@ -89,17 +90,19 @@ def balance(info: sandbox.SandboxInfo, of: str) -> int:
     return asyncio.run(read())
 
 
-@pytest.fixture
-def box(tmp_path: Path):
-    yield tmp_path
-    sandbox.reset(tmp_path)
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory):
+    """One sandbox directory for this module's tests (each starts or attaches to it)."""
+    directory = tmp_path_factory.mktemp("lifecycle")
+    yield directory
+    sandbox.reset(directory)
 
 
 def test_a_killed_daemon_takes_its_chain_with_it_and_the_state_survives(box: Path) -> None:
     state = SandboxPaths(box).chain_state
     payee = Account.create().address
     info = sandbox.start(box)
-    for kill in range(1, 4):
+    for kill in range(1, 3):
         assert len(chains_on(state)) == 1
         pay(info, payee, kill)
         os.kill(info.pid, signal.SIGKILL)
@@ -118,7 +121,7 @@ from mor_workbench.chain import anvil
 anvil._die_with = lambda parent, libc: None  # a platform without a parent-death signal
 node = anvil.Anvil(state=Path(sys.argv[1]))
 node.start()
-print(node.process.pid, flush=True)
+print(node.process.pid, node.url, flush=True)
 os._exit(0)  # its parent dies without stopping it
 """
 
@@ -126,24 +129,24 @@ os._exit(0)  # its parent dies without stopping it
 def test_a_start_stops_a_leftover_chain_of_this_sandbox_instead_of_running_a_second(
     box: Path,
 ) -> None:
-    payee = Account.create().address
-    pay(sandbox.start(box), payee, 5)
-    assert sandbox.stop(box)
+    info = sandbox.start(box)
+    sandbox.stop(box)
     state = SandboxPaths(box).chain_state
     orphan = subprocess.run(
         [sys.executable, "-c", LEFTOVER, str(state)], capture_output=True, text=True, check=True
     )
-    leftover = int(orphan.stdout)
-    assert chains_on(state) == [leftover]
+    pid, url = orphan.stdout.split()
+    assert chains_on(state) == [int(pid)]
+    payee = Account.create().address
+    pay(dataclasses.replace(info, rpc_url=url), payee, 5)  # on the leftover chain
     info = sandbox.start(box)
     (running,) = chains_on(state)
-    assert running != leftover
-    assert balance(info, payee) == 5
+    assert running != int(pid)
+    assert balance(info, payee) == 5  # the leftover was stopped so that it saved its state
 
 
 def test_a_start_never_launches_a_chain_on_a_state_another_process_holds(box: Path) -> None:
-    sandbox.start(box)
-    assert sandbox.stop(box)
+    sandbox.stop(box)
     paths = SandboxPaths(box)
     with open(Anvil(state=paths.chain_state).lock_path, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -153,15 +156,15 @@ def test_a_start_never_launches_a_chain_on_a_state_another_process_holds(box: Pa
     assert sandbox.start(box).rpc_url
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_the_daemon_cleanly_and_saves_the_chain(box: Path, sig: int) -> None:
+def test_sigterm_and_sigint_stop_the_daemon_cleanly_and_save_the_chain(box: Path) -> None:
     state = SandboxPaths(box).chain_state
     payee = Account.create().address
     info = sandbox.start(box)
-    pay(info, payee, 7)  # right before the signal: only a clean shutdown saves it
-    os.kill(info.pid, sig)
-    reap(info.pid)
-    assert chains_on(state) == []
-    assert sandbox.status(box) is None
-    again = sandbox.start(box)
-    assert balance(again, payee) == 7
+    for paid, sig in enumerate((signal.SIGTERM, signal.SIGINT), start=1):
+        pay(info, payee, 1)  # right before the signal: only a clean shutdown saves it
+        os.kill(info.pid, sig)
+        reap(info.pid)
+        assert chains_on(state) == [], sig.name
+        assert sandbox.status(box) is None
+        info = sandbox.start(box)
+        assert balance(info, payee) == paid, sig.name

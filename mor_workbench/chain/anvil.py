@@ -117,8 +117,9 @@ def _try_lock(handle: IO[str]) -> bool:
 
 def stop_leftover(state: Path, timeout: float = 15.0) -> bool:
     """Stop a chain still running on `state` after its parent died (SIGTERM, so it saves the
-    state first) and wait until it let go of the state. Returns whether there was one; raises
-    `SandboxError` when the state stays held (by a process that is not a chain on it)."""
+    state first; SIGKILL after `timeout` s) and wait until it let go of the state. Returns
+    whether there was one; raises `SandboxError` when the state is held by a process that is
+    not a chain on it (its pid is not in the pidfile beside the state)."""
     _lock_path(state).parent.mkdir(parents=True, exist_ok=True)
     with open(_lock_path(state), "a") as handle:
         if _try_lock(handle):
@@ -127,17 +128,18 @@ def stop_leftover(state: Path, timeout: float = 15.0) -> bool:
             pid = int(_pid_path(state).read_text())
         except (FileNotFoundError, ValueError):
             pid = 0
-        if pid and _runs_on(pid, state):
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if not (pid and _runs_on(pid, state)):
+                break
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _runs_on(pid, state):
+                time.sleep(0.05)
             if _try_lock(handle):
                 return True
-            time.sleep(0.05)
-        held_by = f"pid {pid}" if pid and _runs_on(pid, state) else "another process"
         raise SandboxError(
-            f"the chain state {state} is in use by {held_by}: stop that process first "
+            f"the chain state {state} is in use by another process: stop it first "
             "(two chains on one state file would overwrite each other)"
         )
 
