@@ -16,7 +16,8 @@ import pytest
 
 import mor_workbench as mor
 from mor_workbench import sandbox
-from mor_workbench.errors import SandboxError
+from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.errors import RpcUnavailable, SandboxError
 
 MODEL = "llama-3.2"
 
@@ -90,3 +91,38 @@ def test_a_reset_sandbox_asks_to_connect_again(tmp_path: Path) -> None:
     finally:
         wb.close()
         sandbox.reset(tmp_path)
+
+
+async def test_rpc_client_asks_refresh_urls_only_when_every_url_fails(anvil) -> None:
+    dead = "http://127.0.0.1:9"  # the discard port: nothing answers there
+    asked: list[str] = []
+
+    async def moved() -> list[str]:
+        asked.append("refresh")
+        return [anvil.url]
+
+    rpc = RpcClient(anvil.url, refresh_urls=moved)
+    try:
+        assert int(await rpc.request("eth_chainId"), 16) == anvil.chain_id
+        assert asked == []
+        rpc.urls = [dead]
+        assert int(await rpc.request("eth_chainId"), 16) == anvil.chain_id
+        assert asked == ["refresh"] and rpc.urls == [anvil.url]
+    finally:
+        await rpc.aclose()
+
+    async def down() -> list[str]:
+        raise SandboxError("the sandbox is not running: `mor-workbench sandbox start`")
+
+    rpc = RpcClient(dead, refresh_urls=down)
+    try:
+        with pytest.raises(SandboxError, match="mor-workbench sandbox start"):
+            await rpc.request("eth_chainId")
+    finally:
+        await rpc.aclose()
+    rpc = RpcClient(dead)
+    try:
+        with pytest.raises(RpcUnavailable, match="check the URL"):
+            await rpc.request("eth_chainId")
+    finally:
+        await rpc.aclose()

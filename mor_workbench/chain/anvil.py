@@ -203,7 +203,8 @@ class Anvil:
         ]
         kept: tuple[int, ...] = ()
         if self.state is not None:
-            self._lock = open(_lock_path(self.state), "a")  # noqa: SIM115 - held for the chain's life
+            # held for the chain's life, so not a `with` block
+            self._lock = open(_lock_path(self.state), "a")  # noqa: SIM115
             if not _try_lock(self._lock):
                 self._release()
                 raise SandboxError(f"the chain state {self.state} is in use by another process")
