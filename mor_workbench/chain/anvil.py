@@ -207,7 +207,9 @@ class Anvil:
             self._lock = open(_lock_path(self.state), "a")  # noqa: SIM115
             if not _try_lock(self._lock):
                 self._release()
-                raise SandboxError(f"the chain state {self.state} is in use by another process")
+                raise SandboxError(
+                    f"the chain state {self.state} is in use by another process: stop it first"
+                )
             kept = (self._lock.fileno(),)  # the chain holds the lock too, even if we die
             args += ["--state", str(self.state), "--state-interval", "5"]
         libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
