@@ -478,9 +478,12 @@ async def aconnect(
     if network == "sandbox":
         info = await asyncio.to_thread(sandbox.start, sandbox_dir)
         account = load_signer(key) if key else info.signer("consumer")
-        workbench = AsyncWorkbench(
-            "sandbox", Chain(RpcClient(info.rpc_url), info.deployment), account, **options
-        )
+
+        async def reattach() -> list[str]:  # the sandbox restarted, or is down: say how to start
+            return await asyncio.to_thread(sandbox.reattach, info.directory, info.deployment)
+
+        rpc = RpcClient(info.rpc_url, refresh_urls=reattach)
+        workbench = AsyncWorkbench("sandbox", Chain(rpc, info.deployment), account, **options)
         await workbench.recover()
         return workbench
     urls = rpc_url or os.environ.get(RPC_URL_ENV)

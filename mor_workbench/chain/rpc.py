@@ -6,7 +6,7 @@ RPC URLs often embed an API key (`.../v2/<key>`), so a URL is only ever shown re
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,22 +46,38 @@ class RpcError(ChainError):
 
 
 class RpcClient:
-    """JSON-RPC client that tries each URL in turn when a node cannot be reached."""
+    """JSON-RPC client that tries each URL in turn when a node cannot be reached.
 
-    def __init__(self, urls: str | Sequence[str], *, timeout: float = 20.0) -> None:
-        self.urls = [urls] if isinstance(urls, str) else list(urls)
-        if not self.urls:
-            raise ConfigurationError("no RPC URL given: pass rpc_url='https://…'")
-        for url in self.urls:
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise ConfigurationError(
-                    f"RPC URL {redact_url(url)!r} is not http(s): pass e.g. rpc_url='https://…'"
-                )
+    `refresh_urls`, when given, is consulted once every URL has failed: it returns the URLs to
+    try instead (e.g. where a restarted node listens now) or raises an error that explains the
+    outage (a `MorError`); without it, or when the new URLs fail too, `RpcUnavailable`.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        timeout: float = 20.0,
+        refresh_urls: Callable[[], Awaitable[Sequence[str]]] | None = None,
+    ) -> None:
+        self.urls = self._checked([urls] if isinstance(urls, str) else list(urls))
+        self.refresh_urls = refresh_urls
         self._http = httpx.AsyncClient(
             timeout=timeout, limits=httpx.Limits(max_keepalive_connections=20)
         )
         self._ids = itertools.count(1)
         self._current = 0
+
+    @staticmethod
+    def _checked(urls: list[str]) -> list[str]:
+        if not urls:
+            raise ConfigurationError("no RPC URL given: pass rpc_url='https://…'")
+        for url in urls:
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise ConfigurationError(
+                    f"RPC URL {redact_url(url)!r} is not http(s): pass e.g. rpc_url='https://…'"
+                )
+        return urls
 
     def __repr__(self) -> str:
         return f"RpcClient({', '.join(redact_url(u) for u in self.urls)})"
@@ -70,22 +86,33 @@ class RpcClient:
         await self._http.aclose()
 
     async def _post(self, payload: Any) -> Any:
-        errors = []
-        for attempt in range(len(self.urls)):
-            index = (self._current + attempt) % len(self.urls)
-            url = self.urls[index]
-            try:
-                response = await self._http.post(url, json=payload)
-                response.raise_for_status()
-                self._current = index
-                return response.json()
-            except (httpx.TransportError, httpx.HTTPStatusError, ValueError) as exc:
-                errors.append(f"{redact_url(url)}: {type(exc).__name__}")
+        errors: list[str] = []
+        answered, reply = await self._try_each(payload, errors)
+        if not answered and self.refresh_urls is not None:
+            self.urls, self._current = self._checked(list(await self.refresh_urls())), 0
+            answered, reply = await self._try_each(payload, errors)
+        if answered:
+            return reply
         raise RpcUnavailable(
             "no RPC endpoint answered ("
             + "; ".join(errors)
             + "): check the URL and your network, or pass another rpc_url"
         )
+
+    async def _try_each(self, payload: Any, errors: list[str]) -> tuple[bool, Any]:
+        """(True, the decoded reply) from the first URL that answers, else (False, None) with
+        each URL's failure added to `errors`."""
+        urls = self.urls
+        for attempt in range(len(urls)):
+            index = (self._current + attempt) % len(urls)
+            try:
+                response = await self._http.post(urls[index], json=payload)
+                response.raise_for_status()
+                self._current = index
+                return True, response.json()
+            except (httpx.TransportError, httpx.HTTPStatusError, ValueError) as exc:
+                errors.append(f"{redact_url(urls[index])}: {type(exc).__name__}")
+        return False, None
 
     async def request(self, method: str, params: Sequence[Any] = ()) -> Any:
         """One call; returns `result` or raises `RpcError`."""

@@ -2,6 +2,7 @@
 
 `start()` attaches to this user's running sandbox or launches one in the background;
 `status()`, `stop()` and `reset()` manage it. Pass `directory=` for an isolated sandbox.
+`reattach()` finds it again for a client whose chain stopped answering (a restart).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from pathlib import Path
 
 import httpx
 
+from mor_workbench.chain.anvil import stop_leftover
 from mor_workbench.chain.client import Deployment
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import SandboxError
 from mor_workbench.sandbox.paths import SandboxPaths
 
-__all__ = ["SandboxInfo", "reset", "start", "status", "stop"]
+__all__ = ["SandboxInfo", "reattach", "reset", "start", "status", "stop"]
 
 SANDBOX_CHAIN_ID = 31337
 
@@ -170,17 +172,41 @@ def _terminate(pid: int, timeout: float = 15.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def reattach(directory: str | os.PathLike[str] | None, deployment: Deployment) -> list[str]:
+    """The RPC URLs of the running sandbox in `directory`, for a client on `deployment` whose
+    chain stopped answering (the sandbox was restarted, maybe on another port).
+
+    Raises `SandboxError` when the sandbox is down (naming the command that starts it) or was
+    reset since (its marketplace is a new one)."""
+    paths = _paths(directory)
+    info = status(paths.root)
+    if info is None:
+        where = "" if paths == SandboxPaths.default() else f" --dir {paths.root}"
+        argument = "" if not where else f", sandbox_dir={str(paths.root)!r}"
+        raise SandboxError(
+            f"the sandbox is not running: start it with `mor-workbench sandbox start{where}` "
+            f"(or mor.connect('sandbox'{argument})) and this workbench carries on"
+        )
+    if info.deployment != deployment:
+        raise SandboxError(
+            "the sandbox was reset since this workbench connected (its marketplace is new): "
+            "connect again with mor.connect('sandbox')"
+        )
+    return [info.rpc_url]
+
+
 def stop(directory: str | os.PathLike[str] | None = None) -> bool:
-    """Stop the sandbox (its chain state is kept for the next start); False if none was running."""
+    """Stop the sandbox (its chain state is kept for the next start), and a chain its killed
+    daemon left running; False if neither was running. `SandboxError` if a process that is
+    not this sandbox's chain holds its state."""
     paths = _paths(directory)
     with _locked(paths):
         info = _read_info(paths)
-        if info is None or not _alive(info.pid):
-            paths.info.unlink(missing_ok=True)
-            return False
-        _terminate(info.pid)
+        stopped = info is not None and _alive(info.pid)
+        if stopped:
+            _terminate(info.pid)
         paths.info.unlink(missing_ok=True)
-        return True
+        return stop_leftover(paths.chain_state) or stopped
 
 
 def reset(directory: str | os.PathLike[str] | None = None) -> None:

@@ -4,6 +4,10 @@ Started by `mor_workbench.sandbox.start()`; runs anvil with its state saved in t
 directory, deploys and seeds the marketplace the first time, runs the providers (each a real
 provider router in front of its own simulated model server), publishes `sandbox.json` when
 ready and removes it when it stops (SIGTERM/SIGINT).
+
+Its one child process, anvil, dies with it (see `Anvil`), and a start never runs a second chain
+on the saved state. The ports of the chain and of the providers are saved in `ports.json` and
+reused by the next start while they are free, so connected clients keep their URLs.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.sandbox.market import PROVIDERS, seed_market
 from mor_workbench.sandbox.paths import SandboxPaths
-from mor_workbench.sandbox.providers import run_providers
+from mor_workbench.sandbox.providers import ProviderPorts, run_providers
 
 log = logging.getLogger("mor_workbench.sandbox")
 
@@ -70,21 +74,39 @@ async def _prepare(paths: SandboxPaths, rpc: RpcClient) -> Deployment:
     return deployment
 
 
+def _saved_ports(paths: SandboxPaths) -> tuple[int, ProviderPorts]:
+    """The chain's and the providers' ports of the last start (0 and {} on the first)."""
+    try:
+        saved = json.loads(paths.ports.read_text())
+        return int(saved["anvil"]), dict(saved["providers"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0, {}
+
+
 async def _run(paths: SandboxPaths) -> None:
-    anvil = Anvil(state=paths.chain_state, log=paths.anvil_log)
-    url = await asyncio.to_thread(anvil.start)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    anvil_port, provider_ports = _saved_ports(paths)
+    anvil = Anvil(state=paths.chain_state, log=paths.anvil_log, port=anvil_port)
+    # On this (the main) thread: anvil's parent-death signal follows the thread that started it.
+    url = anvil.start()
     rpc = RpcClient(url)
     stack = AsyncExitStack()
     try:
         started = time.monotonic()
         deployment = await _prepare(paths, rpc)
         accounts = json.loads(paths.accounts.read_text())
-        await run_providers(
-            Chain(rpc, deployment), Signer(accounts["owner"]).address, accounts["providers"], stack
+        provider_ports = await run_providers(
+            Chain(rpc, deployment),
+            Signer(accounts["owner"]).address,
+            accounts["providers"],
+            stack,
+            ports=provider_ports,
+        )
+        paths.ports.write_text(
+            json.dumps({"anvil": anvil.port, "providers": provider_ports}, indent=2)
         )
         paths.info.write_text(
             json.dumps(
@@ -108,7 +130,7 @@ async def _run(paths: SandboxPaths) -> None:
         paths.info.unlink(missing_ok=True)
         await stack.aclose()
         await rpc.aclose()
-        await asyncio.to_thread(anvil.stop)
+        anvil.stop()
         log.info("sandbox stopped")
 
 

@@ -42,6 +42,10 @@ class SandboxPaths:
         return self.root / "chain-state.json"
 
     @property
+    def ports(self) -> Path:  # the chain's and the providers' ports, reused by the next start
+        return self.root / "ports.json"
+
+    @property
     def daemon_log(self) -> Path:
         return self.root / "daemon.log"
 

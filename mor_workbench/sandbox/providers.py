@@ -1,9 +1,17 @@
 """The sandbox's providers: each a real provider router in front of its own simulated model
-server with its own latency profile, registered on chain at the port it listens on."""
+server with its own latency profile, registered on chain at the port it listens on.
+
+Both run inside the daemon process (no child processes), on the ports of the previous start
+when those are still free, so clients that saved an endpoint keep reaching it.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from typing import Protocol, TypeVar
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
@@ -12,7 +20,37 @@ from mor_workbench.provider.server import ProviderServer
 from mor_workbench.sandbox.market import MODELS, PROVIDERS, base_model_id
 from mor_workbench.sandbox.model_server import ModelServer
 
-__all__ = ["run_providers"]
+__all__ = ["ProviderPorts", "run_providers"]
+
+log = logging.getLogger("mor_workbench.sandbox")
+
+ProviderPorts = dict[str, dict[str, int]]  # provider name -> {"router": port, "model": port}
+
+
+class _Server(Protocol):
+    port: int
+
+    async def start(self) -> object: ...
+    async def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Server)
+
+
+async def _serve(stack: AsyncExitStack, make: Callable[[int], _S], port: int) -> _S:
+    """`make(port)` started (and stopped with `stack`); `make(0)`, a free port, if it is taken."""
+    server = make(port)
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        if not port or exc.errno != errno.EADDRINUSE:
+            raise
+        log.warning("port %d is taken; listening on a new one", port)
+        server = make(0)
+        await server.start()
+    stack.push_async_callback(server.stop)
+    return server
 
 
 async def run_providers(
@@ -21,15 +59,23 @@ async def run_providers(
     keys: dict[str, str],
     stack: AsyncExitStack,
     *,
+    ports: ProviderPorts | None = None,
     claim_interval: float = 5.0,
-) -> list[ProviderServer]:
-    """Start every sandbox provider (closed with `stack`) and point its chain endpoint at it."""
+) -> ProviderPorts:
+    """Start every sandbox provider (closed with `stack`) on its port in `ports` if free (else
+    a new one) and point its chain endpoint at it. Returns the ports they listen on."""
+    ports = ports or {}
     model_ids = [await chain.call("getModelId", owner, base_model_id(m.name)) for m in MODELS]
-    servers = []
+    listening: ProviderPorts = {}
     for spec in PROVIDERS:
         signer = Signer(keys[spec.name])
-        backend = await stack.enter_async_context(
-            ModelServer([m.name for m in MODELS], profile=spec.profile)
+        saved = ports.get(spec.name, {})
+        backend = await _serve(
+            stack,
+            lambda port, spec=spec: ModelServer(
+                [m.name for m in MODELS], profile=spec.profile, port=port
+            ),
+            saved.get("model", 0),
         )
         configs = [
             ModelConfig(
@@ -37,13 +83,19 @@ async def run_providers(
             )
             for m, model_id in zip(MODELS, model_ids, strict=True)
         ]
-        server = await stack.enter_async_context(
-            ProviderServer(
-                signer=signer, chain=chain, models=configs, claim_interval=claim_interval
-            )
+        server = await _serve(
+            stack,
+            lambda port, signer=signer, configs=configs: ProviderServer(
+                signer=signer,
+                chain=chain,
+                models=configs,
+                port=port,
+                claim_interval=claim_interval,
+            ),
+            saved.get("router", 0),
         )
         registered = await chain.call("getProvider", signer.address)
         if registered["endpoint"] != server.endpoint:
             await chain.transact(signer, "providerRegister", signer.address, 0, server.endpoint)
-        servers.append(server)
-    return servers
+        listening[spec.name] = {"router": server.port, "model": backend.port}
+    return listening
