@@ -40,6 +40,7 @@ from typing import TypeVar
 import openai
 import pytest
 from soak_ledger import Ledger, ledger, session_count
+from soak_processes import anvil_processes, kill_pids, orphans
 
 import mor_workbench as mor
 from mor_workbench import sandbox
@@ -47,7 +48,6 @@ from mor_workbench._portal import portal
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.errors import MorError
-from mor_workbench.sandbox.paths import SandboxPaths
 from mor_workbench.session import Session, chat_body
 
 HERE = Path(__file__).parent
@@ -82,41 +82,6 @@ def long_plan() -> Plan:
     )
 
 
-def _parent(pid: int) -> int:
-    """The parent of process `pid` (0 once it is gone)."""
-    try:
-        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def anvil_processes(directory: Path) -> dict[int, list[int]]:
-    """The processes running anvil on this sandbox's chain state (the npm launcher and the
-    binary): pid -> its ancestors, nearest first."""
-    state = str(SandboxPaths(directory).chain_state).encode()
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if state in argv:
-            ancestors, pid = [], _parent(int(proc.name))
-            while pid > 1:
-                ancestors.append(pid)
-                pid = _parent(pid)
-            found[int(proc.name)] = ancestors
-    return found
-
-
-def kill_pids(pids: Iterator[int] | list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def soak_sandbox(tmp_path: Path) -> Iterator[Path]:
     """A sandbox of this test's own (it is killed and restarted), removed at the end with any
@@ -127,7 +92,7 @@ def soak_sandbox(tmp_path: Path) -> Iterator[Path]:
         yield directory
     finally:
         sandbox.reset(directory)
-        kill_pids(list(anvil_processes(directory)))
+        kill_pids(anvil_processes(directory))
 
 
 class Soak:
@@ -327,14 +292,13 @@ class Soak:
         else:
             sandbox.stop(self.directory)
         started = sandbox.start(self.directory)
-        anvils = anvil_processes(self.directory)
-        orphans = [pid for pid, ancestors in anvils.items() if started.pid not in ancestors]
-        if orphans:
+        left = orphans(self.directory, started.pid)
+        if left:
             self.problem(
-                f"after the daemon was {how} and started again, {len(orphans)} of the "
-                f"{len(anvils)} anvil processes on its chain state were left by the old daemon"
+                f"after the daemon was {how} and started again, {len(left)} anvil processes "
+                "of the old daemon still run on its chain state"
             )
-            kill_pids(orphans)  # ours; left running they would keep overwriting the state
+            kill_pids(left)  # ours; left running they would keep overwriting the state
         if started.rpc_url != url:
             self.problem(
                 f"the daemon {how} and started again moved the chain from {url} to "
