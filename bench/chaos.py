@@ -83,10 +83,19 @@ def work(directory: str, seed: int) -> None:
 
 # ----- the bench -----
 class Chaos:
-    def __init__(self, directory: Path, home: Path, rng: random.Random) -> None:
+    """One isolated sandbox, a journal shared by every consumer process, and the figures.
+
+    The next consumer starts while the current one works (as a second notebook would), so a
+    consumer is always ready to be killed and its start-up (which settles what earlier ones
+    left) overlaps the work of the one before."""
+
+    def __init__(
+        self, directory: Path, home: Path, rng: random.Random, provider_kills: float
+    ) -> None:
         self.directory = directory
         self.home = home
         self.rng = rng
+        self.provider_kills = provider_kills
         self.figures: Counter[str] = Counter()
         info = sandbox.start(directory)
         self.consumer = info.signer("consumer").address
@@ -103,27 +112,45 @@ class Chaos:
 
         return asyncio.run(run())
 
-    def one_kill(self, seed: int) -> None:
-        """Start a consumer, let it work, kill it (and maybe the providers) at a random moment."""
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """A consumer process; it prints READY once connected."""
         env = {**os.environ, HOME_ENV: str(self.home)}
-        command = [sys.executable, __file__, "--worker", str(self.directory), str(seed)]
+        seed = str(self.rng.randrange(2**31))
+        command = [sys.executable, __file__, "--worker", str(self.directory), seed]
         with open(self.home / "workers.err", "ab") as errors:
-            worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=errors)
-        try:
-            if worker.stdout.readline().decode().strip() != READY:
-                self.figures["workers that failed to start"] += 1
-                return
-            time.sleep(self.rng.uniform(0, WORK_S))
-            if self.rng.random() < self.provider_kills:
-                self.kill_daemon()
-            kill_pids([worker.pid])
-            self.figures["kills"] += 1
-        finally:
-            kill_pids([worker.pid])
-            worker.wait()
-            worker.stdout.close()
-        if sandbox.status(self.directory) is None:
-            self.restart_daemon()
+            return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=errors)
+
+    def kill_workers(self, kills: int) -> None:
+        """`kills` consumers, each killed at a random moment of its work; with odds the
+        daemon (every provider, and the chain) dies at the same moment."""
+        upcoming = self.spawn()
+        while self.figures["kills"] < kills:
+            worker, upcoming = upcoming, None
+            try:
+                if worker.stdout.readline().decode().strip() != READY:
+                    self.figures["workers that failed to start"] += 1
+                    if self.figures["workers that failed to start"] > kills:
+                        raise SystemExit(f"consumers do not start; see {self.home}/workers.err")
+                    continue
+                if self.figures["kills"] + 1 < kills:
+                    upcoming = self.spawn()
+                time.sleep(self.rng.uniform(0, WORK_S))
+                if self.rng.random() < self.provider_kills:
+                    self.kill_daemon()
+                kill_pids([worker.pid])
+                self.figures["kills"] += 1
+            finally:
+                kill_pids([worker.pid])
+                worker.wait()
+                worker.stdout.close()
+                if upcoming is None and self.figures["kills"] < kills:
+                    upcoming = self.spawn()
+                if sandbox.status(self.directory) is None:
+                    self.restart_daemon()
+        if upcoming is not None:
+            kill_pids([upcoming.pid])
+            upcoming.wait()
+            upcoming.stdout.close()
 
     def kill_daemon(self) -> None:
         info = sandbox.status(self.directory)
@@ -157,13 +184,12 @@ class Chaos:
             journal.close()
         return rows
 
-    def run(self, kills: int, provider_kills: float) -> str:
-        self.provider_kills = provider_kills
+    def run(self, kills: int) -> str:
+        """The whole bench; its line of figures."""
         started = time.monotonic()
         since = self.read(lambda chain: session_count(chain, self.consumer))
         before: Ledger = self.read(lambda chain: ledger(chain, self.consumer, since))
-        for _ in range(kills):
-            self.one_kill(self.rng.randrange(2**31))
+        self.kill_workers(kills)
         self.recover()
         after: Ledger = self.read(lambda chain: ledger(chain, self.consumer, since))
         rows = self.unsettled()
@@ -199,8 +225,8 @@ def main() -> None:
         home.mkdir()
         os.environ[HOME_ENV] = str(home)  # this process's recovery reads the workers' journal
         try:
-            chaos = Chaos(directory, home, random.Random(seed))
-            print(f"chaos (seed {seed}): {chaos.run(args.kills, args.provider_kills)}")
+            chaos = Chaos(directory, home, random.Random(seed), args.provider_kills)
+            print(f"chaos (seed {seed}): {chaos.run(args.kills)}")
         finally:
             sandbox.reset(directory)
             kill_pids(orphans(directory, None))
