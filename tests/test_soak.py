@@ -308,9 +308,11 @@ class Soak:
                 f"the daemon {how} and started again moved the chain from {url} to "
                 f"{started.rpc_url}"
             )
-        moved = {n: (e, endpoints[n]) for n, e in self.endpoints().items() if e != endpoints[n]}
+        moved = [
+            f"{n} {endpoints[n]} -> {e}" for n, e in self.endpoints().items() if e != endpoints[n]
+        ]
         if moved:
-            self.problem(f"the daemon {how} and started again moved providers: {moved}")
+            self.problem(f"the daemon {how} and started again moved providers: {', '.join(moved)}")
 
     def slots(self, cycles: int) -> None:
         """Open and close more sessions on one bid than its provider has slots (one open at a
