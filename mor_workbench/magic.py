@@ -237,7 +237,8 @@ def bundle(text: str, fmt: str, *, final: bool, waiting: str = "") -> dict[str, 
 
 
 def footer(model: str, info: dict[str, Any], usage: dict[str, int]) -> str:
-    """One line under an answer: model, provider, session, TTFT, tokens/s, tokens, MOR cost."""
+    """One line under an answer: model, provider, session, TTFT (streamed answers only),
+    tokens/s labelled with what it is measured over, tokens, MOR cost."""
     parts = [model]
     provider = info.get("provider") or ""
     if provider == "gateway":
@@ -249,7 +250,8 @@ def footer(model: str, info: dict[str, Any], usage: dict[str, int]) -> str:
     if info.get("ttft_s") is not None:
         parts.append(f"TTFT {info['ttft_s']:.2f} s")
     if info.get("tokens_per_s") is not None:
-        parts.append(f"{info['tokens_per_s']:.1f} tokens/s")
+        over = "generation" if info.get("tokens_per_s_basis") == "generation" else "end to end"
+        parts.append(f"{info['tokens_per_s']:.1f} tokens/s ({over})")
     completion = usage.get("completion_tokens", info.get("completion_tokens", 0))
     prompt = usage.get("prompt_tokens", 0)
     tokens = f"{prompt} + {completion} tokens" if prompt else f"{completion} tokens"
