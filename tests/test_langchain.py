@@ -170,6 +170,22 @@ def test_metadata_names_the_session_bid_and_cost(workbench) -> None:
     )
 
 
+def test_metadata_reports_only_what_was_measured(workbench) -> None:
+    """invoke gets one completion: no TTFT, tokens/s over the whole call; a stream has a
+    TTFT and tokens/s over the generation. Each says which it is."""
+    llm = ChatMorpheus(model=MODEL, workbench=workbench, max_tokens=12)
+    whole = llm.invoke("Tell me about rivers.").response_metadata["morpheus"]
+    assert whole["streamed"] is False and whole["ttft_s"] is None
+    assert whole["tokens_per_s_basis"] == "end_to_end"
+    assert whole["tokens_per_s"] == pytest.approx(whole["completion_tokens"] / whole["e2e_s"])
+    last = list(llm.stream("Tell me about rivers."))[-1]
+    streamed = last.response_metadata["morpheus"]
+    assert streamed["streamed"] is True and 0 < streamed["ttft_s"] < streamed["e2e_s"]
+    assert streamed["tokens_per_s_basis"] == "generation"
+    generation_s = streamed["e2e_s"] - streamed["ttft_s"]
+    assert streamed["tokens_per_s"] == pytest.approx(streamed["completion_tokens"] / generation_s)
+
+
 def test_streaming_fires_one_callback_per_chunk_and_ends_with_usage(workbench) -> None:
     recorder = Recorder()
     llm = ChatMorpheus(model=MODEL, workbench=workbench, max_tokens=12)

@@ -236,6 +236,15 @@ def test_rendering_units() -> None:
     assert footer("m", info, {"completion_tokens": 3}) == "m | via the gateway | 3 tokens"
 
 
+def test_the_footer_says_what_tokens_per_second_is_measured_over() -> None:
+    streamed = {"streamed": True, "ttft_s": 0.25, "tokens_per_s": 40.0}
+    line = footer("m", {**streamed, "tokens_per_s_basis": "generation"}, {})
+    assert "TTFT 0.25 s" in line and "40.0 tokens/s (generation)" in line
+    whole = {"streamed": False, "ttft_s": None, "tokens_per_s": 12.5}
+    line = footer("m", {**whole, "tokens_per_s_basis": "end_to_end"}, {})
+    assert "TTFT" not in line and "12.5 tokens/s (end to end)" in line
+
+
 # ----- errors -----
 
 
