@@ -303,6 +303,48 @@ def test_open_ask_and_close_a_session(shell, mags) -> None:
     assert not row["is_active"]
 
 
+def test_a_cell_asks_through_the_session_opened_for_its_model(shell, mags) -> None:
+    """%mor open MODEL then %%mor MODEL: one session (one stake), not a second automatic one."""
+    known = set(mags.workbench.sessions()["id"])
+    session = cell_ok(shell, "%mor open deepseek-r1 --duration 6m").result
+    cell_ok(shell, "%%mor deepseek-r1 --max-tokens 3\nHi")
+    assert shell.user_ns["_mor"].info["session_id"] == session.id
+    assert set(mags.workbench.sessions()["id"]) - known == {session.id}
+    cell_ok(shell, f"%mor close {session.id}")
+    cell_ok(shell, "%%mor deepseek-r1 --max-tokens 3\nAgain")  # closed: an automatic one
+    assert shell.user_ns["_mor"].info["session_id"] != session.id
+
+
+def test_the_notebooks_own_workbench_is_used_instead_of_connecting(
+    shell, sandbox_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    """With `wb = mor.connect(...)` in the notebook, %%mor and %mor open use it (and its
+    sessions) rather than connecting a workbench of their own."""
+
+    def no_second_workbench(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the magics connected a workbench of their own")
+
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    mine = mor.connect("sandbox", sandbox_dir=sandbox_dir)
+    monkeypatch.setattr(magic, "connect", no_second_workbench)
+    fresh = MorMagics(shell)  # a notebook where the magics have not connected yet
+    fresh.live_display = False
+    shell.user_ns["wb"] = mine
+    try:
+        fresh.mor("mistral-small --max-tokens 3", "Hi")
+        assert fresh.workbench is mine
+        assert "the notebook's workbench wb" in capsys.readouterr().out
+        assert shell.user_ns["_mor"].info["session_id"] == mine.aio._sessions["mistral-small"].id
+        session = fresh.mor("open llama-3.2 --duration 6m")
+        assert session.aio.opened.session_id in mine.aio.router.opened  # opened through wb
+        fresh.mor("llama-3.2 --max-tokens 3", "Hi")
+        assert shell.user_ns["_mor"].info["session_id"] == session.id
+    finally:
+        del shell.user_ns["wb"]
+        mine.close()
+    assert session.closed  # wb.close() closed it: the notebook's workbench owned it
+
+
 # ----- through Jupyter -----
 
 
