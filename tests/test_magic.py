@@ -94,7 +94,7 @@ def test_first_use_connects_to_the_sandbox(shell, mags, monkeypatch) -> None:
 def test_help_lists_every_command(shell, mags, capsys) -> None:
     cell_ok(shell, "%mor help")
     out = capsys.readouterr().out
-    for command in ("connect", "models", "bids", "providers", "sessions", "open", "close"):
+    for command in ("connect", "use", "models", "bids", "providers", "sessions", "open", "close"):
         assert f"%mor {command}" in out
     for option in ("--format", "--session", "--no-stream", "--chat", "--output", "--system"):
         assert option in out
@@ -343,6 +343,28 @@ def test_the_notebooks_own_workbench_is_used_instead_of_connecting(
         del shell.user_ns["wb"]
         mine.close()
     assert session.closed  # wb.close() closed it: the notebook's workbench owned it
+
+
+def test_several_notebook_workbenches_are_picked_with_use(
+    shell, sandbox_dir, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    first, second = (mor.connect("sandbox", sandbox_dir=sandbox_dir) for _ in range(2))
+    fresh = MorMagics(shell)
+    shell.user_ns.update(first_wb=first, second_wb=second)
+    try:
+        with pytest.raises(UsageError, match=r"several workbenches \(first_wb, second_wb\)"):
+            fresh.mor("workbench")
+        with pytest.raises(UsageError, match="not an open Workbench"):
+            fresh.mor("use nothing_here")
+        fresh.mor("use second_wb")
+        assert fresh.mor("workbench") is second
+        second.close()  # closed by its owner: the magics look again, and find the other
+        assert fresh.mor("workbench") is first
+    finally:
+        del shell.user_ns["first_wb"], shell.user_ns["second_wb"]
+        first.close()
+        second.close()
 
 
 # ----- through Jupyter -----
