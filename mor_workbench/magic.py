@@ -290,7 +290,7 @@ class MorMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.workbench: Workbench | None = None  # the one in use (see `wb`)
-        self.chosen = False  # picked by %mor connect or %mor use, not found or connected
+        self._chosen = False  # picked by %mor connect or %mor use, not found or connected
         self._connected_here: Workbench | None = None  # connected by the magics: theirs to close
         self.sessions: dict[str, Session] = {}  # opened by %mor open, by id
         self.aliases: dict[str, Alias] = {}
@@ -319,9 +319,9 @@ class MorMagics(Magics):
         so the notebook and the magics share sessions and stake; else one connected to the
         sandbox on first use."""
         if self.workbench is not None and self.workbench.aio._closed:
-            self.chosen = False  # closed by its owner: look again
+            self._chosen = False  # closed by its owner: look again
             self._switch(None)
-        if not self.chosen:
+        if not self._chosen:
             found = self._notebook_workbench()
             if found is not None and found[1] is not self.workbench:
                 self._switch(found[1])
@@ -396,7 +396,7 @@ class MorMagics(Magics):
     def _cmd_connect(self, rest: list[str]) -> None:
         args = _CONNECT.parse_args(rest)
         self._connect(args.network, args.rpc, args.dir)
-        self.chosen = True
+        self._chosen = True
 
     def _cmd_use(self, rest: list[str]) -> None:
         if len(rest) != 1:
@@ -407,7 +407,7 @@ class MorMagics(Magics):
                 f"%mor use: {rest[0]!r} is not an open Workbench (make one with mor.connect)"
             )
         self._switch(workbench)
-        self.chosen = True
+        self._chosen = True
 
     def _cmd_workbench(self, rest: list[str]) -> Workbench:
         _no_arguments("workbench", rest)
