@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import pandas as pd
 
@@ -163,9 +166,35 @@ def _serve(args: argparse.Namespace) -> int:
         workbench = await aconnect(args.network, **options)
         await serve(workbench, args.host, args.port, api_key=api_key, ready=ready)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    _run_service(run())
     return 0
+
+
+def _run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived service until Ctrl-C or SIGTERM (what systemd, docker and process
+    managers send to stop it): both cancel it the same way, so its clean-up (closing the
+    sessions it opened) runs before the process exits."""
+
+    async def until_stopped() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        terminated = False
+
+        def terminate() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+        try:
+            await main
+        except asyncio.CancelledError:
+            if not terminated:
+                raise
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(until_stopped())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,13 +9,19 @@ how the call went (provider, session, bid, cost) in `response_metadata["morpheus
 
     llm = ChatMorpheus(model="llama-3.2")                 # connects to the sandbox on first use
     llm = ChatMorpheus(model="llama-3.2", workbench=wb)   # or reuses a workbench of yours
+
+Models that connect themselves share one workbench per connection settings in the process
+(and so one session per marketplace model), however many are built.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
@@ -56,7 +62,7 @@ from mor_workbench.router.gateway import API_KEY_ENV
 from mor_workbench.session import chat_body
 from mor_workbench.workbench import AsyncWorkbench, Workbench, connect
 
-__all__ = ["ChatMorpheus"]
+__all__ = ["ChatMorpheus", "close_shared_workbenches"]
 
 # Settings that only matter when ChatMorpheus connects itself; with `workbench=` they belong
 # on the mor.connect(...) call that made it, so passing them too is refused, not ignored.
@@ -74,13 +80,21 @@ _CONNECTION_FIELDS = frozenset(
 )
 
 
+class _Hold:
+    """What marks one ChatMorpheus (and its copies) as holding a shared workbench: models are
+    not hashable, and a model that is garbage-collected stops holding without closing."""
+
+
 class ChatMorpheus(BaseChatModel):
     """A LangChain chat model answered by providers of the Morpheus marketplace.
 
     Give it a `workbench` (a `Workbench` from `mor.connect`, usable sync and async, or an
     `AsyncWorkbench` from `mor.aconnect`, async only), or connection settings (`network`,
     `rpc_url`, `sandbox_dir`, `api_key`, `base_url`, `connect_options`) and it connects on
-    first use. `timeout` and `max_retries` are the connection's provider timeout and failovers.
+    first use, sharing the workbench (and its sessions) of every other model in the process
+    with the same settings; `close()` or `close_shared_workbenches()` settle them, and so
+    does interpreter exit. `timeout` and `max_retries` are the connection's provider timeout
+    and failovers.
     Tools, structured output (function calling, JSON schema, JSON mode), streaming with usage
     and per-token callbacks all pass through to the provider as OpenAI parameters.
     """
@@ -119,7 +133,7 @@ class ChatMorpheus(BaseChatModel):
     default 2)."""
 
     _owned: Workbench | None = PrivateAttr(default=None)
-    _connecting: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _hold: _Hold = PrivateAttr(default_factory=_Hold)
 
     @model_validator(mode="before")
     @classmethod
@@ -187,13 +201,12 @@ class ChatMorpheus(BaseChatModel):
     # ----- the connection -----
 
     def _connected(self) -> Workbench | AsyncWorkbench:
-        """The workbench given, or the one this model connects on first use (once)."""
+        """The workbench given, or the shared one for this model's connection settings
+        (connected on first use by whichever model needs it first)."""
         if self.workbench is not None:
             return self.workbench
-        with self._connecting:
-            if self._owned is None:
-                self._owned = connect(self.network, **self._connect_arguments())
-            return self._owned
+        self._owned = _SHARED.acquire(self._hold, self.network, self._connect_arguments())
+        return self._owned
 
     def _connect_arguments(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -210,12 +223,11 @@ class ChatMorpheus(BaseChatModel):
         return {k: v for k, v in arguments.items() if v is not None}
 
     def close(self) -> None:
-        """Close the workbench this model connected itself (its sessions settle on chain); a
-        workbench passed in is left open for its owner."""
-        with self._connecting:
-            owned, self._owned = self._owned, None
-        if owned is not None:
-            owned.close()
+        """Let go of the shared workbench this model connected with; once no model holding it
+        is left, it closes (its sessions settle on chain). A workbench passed in is left open
+        for its owner."""
+        self._owned = None
+        _SHARED.release(self._hold)
 
     def _payloads(self, body: dict[str, Any], record: CallRecord) -> Iterator[dict[str, Any]]:
         """The answer's payloads, for the sync API (on the workbench's portal loop)."""
@@ -232,8 +244,8 @@ class ChatMorpheus(BaseChatModel):
     ) -> AsyncIterator[dict[str, Any]]:
         """The answer's payloads, for the async API: an AsyncWorkbench runs on the caller's
         loop, a Workbench on its portal loop, reached from the caller's."""
-        workbench = self.workbench if self.workbench is not None else self._owned
-        if workbench is None:
+        workbench = self.workbench
+        if workbench is None:  # connecting may block for seconds: not on the caller's loop
             workbench = await asyncio.to_thread(self._connected)
         if isinstance(workbench, AsyncWorkbench):
             payloads = workbench.payloads(body, record)
@@ -405,6 +417,76 @@ class ChatMorpheus(BaseChatModel):
         )
         failed = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
+
+class _SharedWorkbenches:
+    """The workbenches ChatMorpheus models connect themselves: one per distinct connection
+    settings in this process, so models built per call share one workbench and hence one
+    session per model (issue 9: each connected on its own and opened its own session).
+
+    Settings are keyed by a SHA-256 of them, so secrets (the key, connect options) are never
+    kept as plain dict keys. A workbench closes when the last model holding it is closed,
+    by `close_shared_workbenches()`, or at interpreter exit (as every `connect()` does).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._workbenches: dict[str, Workbench] = {}
+        self._holders: dict[str, weakref.WeakSet[_Hold]] = {}
+
+    def acquire(self, holder: _Hold, network: str, arguments: dict[str, Any]) -> Workbench:
+        """The shared workbench for these settings, connected now if there is none (or it
+        was closed); `holder` holds it from now on."""
+        key = _settings_key(network, arguments)
+        with self._lock:
+            workbench = self._workbenches.get(key)
+            if workbench is None or workbench.aio._closed:
+                workbench = connect(network, **arguments)
+                self._workbenches[key] = workbench
+                self._holders[key] = weakref.WeakSet()
+            self._holders[key].add(holder)
+            return workbench
+
+    def release(self, holder: _Hold) -> None:
+        """`holder` lets go; a workbench nobody else holds is closed."""
+        with self._lock:
+            emptied = []
+            for key, holders in self._holders.items():
+                if holder in holders:
+                    holders.discard(holder)
+                    if not holders:
+                        emptied.append(key)
+            closing = [self._workbenches.pop(key) for key in emptied]
+            for key in emptied:
+                del self._holders[key]
+        for workbench in closing:
+            workbench.close()
+
+    def close(self) -> None:
+        """Close every shared workbench (their sessions settle on chain)."""
+        with self._lock:
+            closing = list(self._workbenches.values())
+            self._workbenches.clear()
+            self._holders.clear()
+        for workbench in closing:
+            workbench.close()
+
+
+def _settings_key(network: str, arguments: dict[str, Any]) -> str:
+    """A SHA-256 of connection settings: equal settings, equal key; the secrets in them
+    cannot be read back from it."""
+    settings = json.dumps([network, arguments], sort_keys=True, default=repr)
+    return hashlib.sha256(settings.encode()).hexdigest()
+
+
+_SHARED = _SharedWorkbenches()
+
+
+def close_shared_workbenches() -> None:
+    """Close the workbenches `ChatMorpheus` models connected themselves (without
+    `workbench=`), settling their sessions on chain; a model used afterwards connects
+    again. Interpreter exit does this too."""
+    _SHARED.close()
 
 
 def _tool_choice(

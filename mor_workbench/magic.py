@@ -60,13 +60,17 @@ HELP = """\
                               %mor alias fast llama-3.2 --max-tokens 200; alone: list them
   %mor unalias NAME           forget an alias
   %mor reset [MODEL]          forget the --chat conversation with MODEL (or all of them)
-  %mor workbench              the Workbench these magics use, for Python code
+  %mor workbench              the Workbench these magics use, for Python code: the one
+                              %mor connect or %mor use picked, else the notebook's own
+                              (e.g. wb = mor.connect("sandbox")), else their own
+  %mor use NAME               use the notebook's Workbench in variable NAME
   %mor help                   this text
 
 %%mor MODEL|ALIAS [options]  — the cell is the prompt
   -f, --format FORMAT         markdown (default), code, html, text or json; code also puts
                               the code in a new cell, json is validated and pretty-printed
-  --session ID                ask through a session opened with %mor open (MODEL optional)
+  --session ID                ask through a session opened with %mor open (MODEL optional;
+                              without it, the latest one %mor open holds for MODEL is used)
   --stream / --no-stream      show the answer as it arrives (default) or once done
   --system TEXT               a system message
   --max-tokens N, --temperature T
@@ -237,7 +241,8 @@ def bundle(text: str, fmt: str, *, final: bool, waiting: str = "") -> dict[str, 
 
 
 def footer(model: str, info: dict[str, Any], usage: dict[str, int]) -> str:
-    """One line under an answer: model, provider, session, TTFT, tokens/s, tokens, MOR cost."""
+    """One line under an answer: model, provider, session, TTFT (streamed answers only),
+    tokens/s labelled with what it is measured over, tokens, MOR cost."""
     parts = [model]
     provider = info.get("provider") or ""
     if provider == "gateway":
@@ -249,7 +254,8 @@ def footer(model: str, info: dict[str, Any], usage: dict[str, int]) -> str:
     if info.get("ttft_s") is not None:
         parts.append(f"TTFT {info['ttft_s']:.2f} s")
     if info.get("tokens_per_s") is not None:
-        parts.append(f"{info['tokens_per_s']:.1f} tokens/s")
+        over = "generation" if info.get("tokens_per_s_basis") == "generation" else "end to end"
+        parts.append(f"{info['tokens_per_s']:.1f} tokens/s ({over})")
     completion = usage.get("completion_tokens", info.get("completion_tokens", 0))
     prompt = usage.get("prompt_tokens", 0)
     tokens = f"{prompt} + {completion} tokens" if prompt else f"{completion} tokens"
@@ -283,7 +289,9 @@ class MorMagics(Magics):
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
-        self.workbench: Workbench | None = None
+        self.workbench: Workbench | None = None  # the one in use (see `wb`)
+        self._chosen = False  # picked by %mor connect or %mor use, not found or connected
+        self._connected_here: Workbench | None = None  # connected by the magics: theirs to close
         self.sessions: dict[str, Session] = {}  # opened by %mor open, by id
         self.aliases: dict[str, Alias] = {}
         self.conversations: dict[str, list[dict[str, Any]]] = {}  # --chat history, by model
@@ -306,11 +314,50 @@ class MorMagics(Magics):
 
     @property
     def wb(self) -> Workbench:
-        """The workbench, connecting to the sandbox on first use."""
+        """The workbench the magics use: the one `%mor connect` or `%mor use` picked; else the
+        notebook's own (a `Workbench` in its namespace, e.g. `wb = mor.connect("sandbox")`),
+        so the notebook and the magics share sessions and stake; else one connected to the
+        sandbox on first use."""
+        if self.workbench is not None and self.workbench.aio._closed:
+            self._chosen = False  # closed by its owner: look again
+            self._switch(None)
+        if not self._chosen:
+            found = self._notebook_workbench()
+            if found is not None and found[1] is not self.workbench:
+                self._switch(found[1])
+                print(f"%mor uses the notebook's workbench {found[0]} ({found[1]!r})")
         if self.workbench is None:
             self._connect("sandbox", None, None)
         assert self.workbench is not None
         return self.workbench
+
+    def _notebook_workbench(self) -> tuple[str, Workbench] | None:
+        """The notebook's open `Workbench` and its name: the one named `wb` first, else the
+        only one; several others are a UsageError asking which."""
+        found: dict[int, tuple[str, Workbench]] = {}
+        for name, value in self.shell.user_ns.items():
+            if name.startswith("_") or not isinstance(value, Workbench) or value.aio._closed:
+                continue
+            if name == "wb":
+                return name, value
+            found.setdefault(id(value), (name, value))
+        if len(found) > 1:
+            names = ", ".join(name for name, _ in found.values())
+            raise UsageError(
+                f"%mor: the notebook has several workbenches ({names}): pick one with %mor use NAME"
+            )
+        return next(iter(found.values()), None)
+
+    def _switch(self, workbench: Workbench | None) -> None:
+        """Use `workbench` from now on; sessions opened with %mor open are forgotten, and a
+        workbench the magics connected themselves is closed (its sessions settle)."""
+        previous, self.workbench = self.workbench, workbench
+        if previous is workbench:
+            return
+        self.sessions.clear()
+        if previous is not None and previous is self._connected_here:
+            self._connected_here = None
+            previous.close()
 
     def _connect(self, network: str, rpc: list[str] | None, directory: str | None) -> None:
         options: dict[str, Any] = {}
@@ -323,10 +370,8 @@ class MorMagics(Magics):
                 raise UsageError("%mor connect: --rpc is for base, base-sepolia or gateway")
             options["rpc_url"] = rpc[0] if len(rpc) == 1 else rpc
         workbench = connect(network, **options)
-        previous, self.workbench = self.workbench, workbench
-        self.sessions.clear()
-        if previous is not None:
-            previous.close()  # closes the sessions it opened
+        self._switch(workbench)
+        self._connected_here = workbench
         who = workbench.address or "read-only"
         print(f"connected to {network} as {who}")
 
@@ -351,6 +396,18 @@ class MorMagics(Magics):
     def _cmd_connect(self, rest: list[str]) -> None:
         args = _CONNECT.parse_args(rest)
         self._connect(args.network, args.rpc, args.dir)
+        self._chosen = True
+
+    def _cmd_use(self, rest: list[str]) -> None:
+        if len(rest) != 1:
+            raise UsageError("%mor use: name one workbench variable, e.g. %mor use wb")
+        workbench = self.shell.user_ns.get(rest[0])
+        if not isinstance(workbench, Workbench) or workbench.aio._closed:
+            raise UsageError(
+                f"%mor use: {rest[0]!r} is not an open Workbench (make one with mor.connect)"
+            )
+        self._switch(workbench)
+        self._chosen = True
 
     def _cmd_workbench(self, rest: list[str]) -> Workbench:
         _no_arguments("workbench", rest)
@@ -459,6 +516,11 @@ class MorMagics(Magics):
             "%mor open MODEL opens one"
         )
 
+    def _opened_for(self, model: str) -> Session | None:
+        """The latest session opened with %mor open for `model` that is still open."""
+        open_ = [s for s in self.sessions.values() if s.aio.model == model and not s.closed]
+        return open_[-1] if open_ else None
+
     # --- %%mor ---
     def _ask(self, line: str, cell: str) -> None:
         tokens = _split(line)
@@ -481,6 +543,9 @@ class MorMagics(Magics):
         prompt = expand(cell, self.shell.user_ns).strip()
         if not prompt:
             raise UsageError(f"%%mor: the cell is empty: write the prompt under %%mor {model}")
+        workbench = self.wb
+        if session is None:  # the session %mor open holds for this model, not a second one
+            session = self._opened_for(model)
         params = _params(args)
         history = self.conversations.get(model, []) if args.chat else []
         user = {"role": "user", "content": prompt}
@@ -490,7 +555,7 @@ class MorMagics(Magics):
         if session is not None:
             stream = session.stream(messages, system=args.system, **params)
         else:
-            stream = self.wb.stream(messages, model=model, system=args.system, **params)
+            stream = workbench.stream(messages, model=model, system=args.system, **params)
         text = self._show(stream, model, args)
         if args.chat:
             self.conversations[model] = [*messages, {"role": "assistant", "content": text}]

@@ -7,6 +7,8 @@ import time
 import pytest
 
 import mor_workbench as mor
+from mor_workbench.sandbox.market import PROVIDERS
+from mor_workbench.sandbox.model_server.profiles import PROFILES
 from mor_workbench.session import parse_duration
 
 
@@ -145,6 +147,25 @@ def test_a_stream_reports_usage_and_how_it_went(wb) -> None:
     assert stream.usage["total_tokens"] == stream.usage["prompt_tokens"] + 6
     info = stream.info
     assert info["ttft_s"] > 0 and info["tokens_per_s"] > 0 and info["e2e_s"] >= info["ttft_s"]
+    # a stream's speed is over the generation: first token to last
+    assert info["streamed"] is True and info["tokens_per_s_basis"] == "generation"
+    generation_s = info["e2e_s"] - info["ttft_s"]
+    assert info["tokens_per_s"] == pytest.approx(info["completion_tokens"] / generation_s)
+
+
+def test_a_completion_reports_its_speed_end_to_end_and_no_ttft(wb) -> None:
+    """A non-streamed answer arrives all at once: there is no first token to time, and its
+    speed is over the whole call (it used to be 45,000-195,000 tokens/s, with a TTFT equal
+    to the whole call)."""
+    messages = [{"role": "user", "content": "Describe a harbor."}]
+    info = wb.complete(messages, model="llama-3.2", max_tokens=20).morpheus
+    assert info["streamed"] is False and info["ttft_s"] is None
+    assert info["tokens_per_s_basis"] == "end_to_end"
+    assert info["completion_tokens"] == 20
+    assert info["tokens_per_s"] == pytest.approx(info["completion_tokens"] / info["e2e_s"])
+    # no faster than the sandbox's fastest simulated model can generate
+    fastest = max((PROFILES[p.profile] for p in PROVIDERS), key=lambda p: p.tokens_per_second)
+    assert info["tokens_per_s"] <= fastest.tokens_per_second / (1 - fastest.jitter)
 
 
 def test_twenty_concurrent_chats_on_three_providers(wb) -> None:
@@ -230,3 +251,14 @@ def test_a_second_workbench_on_the_same_account_leaves_the_first_ones_sessions_o
         assert row["is_active"]  # not settled as if its owner had crashed
     assert wb.chat("Still there?", model="llama-3.2")
     assert wb.aio._sessions["llama-3.2"] is session
+
+
+def test_the_chat_widgets_footer_says_what_tokens_per_second_is_measured_over() -> None:
+    from mor_workbench.widgets.chat import footer_text
+
+    streamed = {"provider": "0x" + "ab" * 20, "ttft_s": 0.25, "tokens_per_s": 40.0}
+    line = footer_text({**streamed, "tokens_per_s_basis": "generation"})
+    assert "TTFT 0.25 s" in line and "40.0 tok/s (generation)" in line
+    whole = {"provider": "0x" + "ab" * 20, "ttft_s": None, "tokens_per_s": 12.5}
+    line = footer_text({**whole, "tokens_per_s_basis": "end_to_end"})
+    assert "TTFT" not in line and "12.5 tok/s (end to end)" in line

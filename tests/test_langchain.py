@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,8 +25,9 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel, Field, SecretStr
 
 import mor_workbench as mor
+from mor_workbench import langchain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.langchain import ChatMorpheus
+from mor_workbench.langchain import ChatMorpheus, close_shared_workbenches
 from mor_workbench.sandbox.paths import SandboxPaths
 from mor_workbench.serve import make_app
 
@@ -170,6 +174,22 @@ def test_metadata_names_the_session_bid_and_cost(workbench) -> None:
     )
 
 
+def test_metadata_reports_only_what_was_measured(workbench) -> None:
+    """invoke gets one completion: no TTFT, tokens/s over the whole call; a stream has a
+    TTFT and tokens/s over the generation. Each says which it is."""
+    llm = ChatMorpheus(model=MODEL, workbench=workbench, max_tokens=12)
+    whole = llm.invoke("Tell me about rivers.").response_metadata["morpheus"]
+    assert whole["streamed"] is False and whole["ttft_s"] is None
+    assert whole["tokens_per_s_basis"] == "end_to_end"
+    assert whole["tokens_per_s"] == pytest.approx(whole["completion_tokens"] / whole["e2e_s"])
+    last = list(llm.stream("Tell me about rivers."))[-1]
+    streamed = last.response_metadata["morpheus"]
+    assert streamed["streamed"] is True and 0 < streamed["ttft_s"] < streamed["e2e_s"]
+    assert streamed["tokens_per_s_basis"] == "generation"
+    generation_s = streamed["e2e_s"] - streamed["ttft_s"]
+    assert streamed["tokens_per_s"] == pytest.approx(streamed["completion_tokens"] / generation_s)
+
+
 def test_streaming_fires_one_callback_per_chunk_and_ends_with_usage(workbench) -> None:
     recorder = Recorder()
     llm = ChatMorpheus(model=MODEL, workbench=workbench, max_tokens=12)
@@ -248,13 +268,88 @@ def test_a_model_that_connects_itself_pays_with_its_key_and_never_shows_it(
     assert owned is not None and owned.address == Signer(owner).address  # the key pays
     assert owned.aio.timeout == 30 and owned.aio.max_failovers == 1
     secret = owner.removeprefix("0x").lower()
+    shared_keys = list(langchain._SHARED._workbenches)  # settings are keyed by a hash
     for shown in [*recorder.seen, repr(llm), repr(answer), str(answer.response_metadata)]:
         assert secret not in shown.lower()
+    assert shared_keys and all(secret not in key.lower() for key in shared_keys)
     session_id = answer.response_metadata["morpheus"]["session_id"]
     llm.close()  # settles the sessions it opened
     with mor.connect("sandbox", sandbox_dir=sandbox_dir) as wb:
         row = wb.sessions(owned.address).set_index("id").loc[session_id]
         assert not row["is_active"]
+
+
+def _sessions_on_chain(sandbox_dir: Path, home: Path) -> Any:
+    """The consumer's sessions on chain, read through a workbench with its own journal (so
+    reading cannot settle what the models under test left open)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOR_WORKBENCH_HOME", str(home))
+        with mor.connect("sandbox", sandbox_dir=sandbox_dir) as checker:
+            return checker.sessions().set_index("id")
+
+
+def test_models_built_per_call_share_one_workbench_and_one_session(
+    sandbox_dir: Path, tmp_path, monkeypatch
+) -> None:
+    """An agent that builds a ChatMorpheus per call: ten models with the same connection
+    settings open one session between them (each used to connect and open its own), and
+    closing the shared workbenches leaves none open."""
+    known = set(_sessions_on_chain(sandbox_dir, tmp_path / "checker").index)
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "models"))
+    try:
+        models = [ChatMorpheus(model=MODEL, sandbox_dir=sandbox_dir) for _ in range(10)]
+        answers = [llm.invoke("Hello", max_tokens=3) for llm in models]
+        assert len({id(llm._owned) for llm in models}) == 1
+        sessions = _sessions_on_chain(sandbox_dir, tmp_path / "checker")
+        opened = set(sessions.index) - known
+        assert len(opened) == 1 and sessions.loc[list(opened), "is_active"].all()
+        assert {a.response_metadata["morpheus"]["session_id"] for a in answers} == opened
+        other = ChatMorpheus(model=MODEL, sandbox_dir=sandbox_dir, timeout=30)
+        assert other._connected() is not models[0]._owned  # other settings, another workbench
+    finally:
+        close_shared_workbenches()
+    sessions = _sessions_on_chain(sandbox_dir, tmp_path / "checker")
+    assert not sessions.loc[list(opened), "is_active"].any()
+
+
+def test_a_shared_workbench_closes_with_the_last_model_holding_it(
+    sandbox_dir: Path, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    first, second = (ChatMorpheus(model=MODEL, sandbox_dir=sandbox_dir) for _ in range(2))
+    try:
+        session_id = first.invoke("Hi", max_tokens=2).response_metadata["morpheus"]["session_id"]
+        shared = first._owned
+        assert second.invoke("Hi", max_tokens=2).response_metadata["morpheus"]["session_id"] == (
+            session_id
+        )
+        first.close()  # the second still holds it: still open, same session
+        assert not shared.aio._closed
+        again = second.invoke("Hi", max_tokens=2).response_metadata["morpheus"]["session_id"]
+        assert again == session_id
+        second.close()  # the last holder: closed, its session settled
+        assert shared.aio._closed
+    finally:
+        close_shared_workbenches()
+    sessions = _sessions_on_chain(sandbox_dir, tmp_path / "checker")
+    assert not sessions.loc[session_id, "is_active"]
+
+
+def test_shared_sessions_are_closed_at_interpreter_exit(sandbox_dir: Path, tmp_path) -> None:
+    script = (
+        "from mor_workbench.langchain import ChatMorpheus\n"
+        "for _ in range(3):\n"
+        f"    llm = ChatMorpheus(model={MODEL!r}, sandbox_dir={str(sandbox_dir)!r})\n"
+        "    answer = llm.invoke('Hi', max_tokens=2)\n"
+        "print(answer.response_metadata['morpheus']['session_id'])\n"  # exit without close
+    )
+    env = {**os.environ, "MOR_WORKBENCH_HOME": str(tmp_path / "child")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    sessions = _sessions_on_chain(sandbox_dir, tmp_path / "checker")
+    assert not sessions.loc[done.stdout.strip(), "is_active"]
 
 
 async def test_gateway_mode_sends_the_api_key_as_bearer(

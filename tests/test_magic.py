@@ -94,7 +94,7 @@ def test_first_use_connects_to_the_sandbox(shell, mags, monkeypatch) -> None:
 def test_help_lists_every_command(shell, mags, capsys) -> None:
     cell_ok(shell, "%mor help")
     out = capsys.readouterr().out
-    for command in ("connect", "models", "bids", "providers", "sessions", "open", "close"):
+    for command in ("connect", "use", "models", "bids", "providers", "sessions", "open", "close"):
         assert f"%mor {command}" in out
     for option in ("--format", "--session", "--no-stream", "--chat", "--output", "--system"):
         assert option in out
@@ -236,6 +236,15 @@ def test_rendering_units() -> None:
     assert footer("m", info, {"completion_tokens": 3}) == "m | via the gateway | 3 tokens"
 
 
+def test_the_footer_says_what_tokens_per_second_is_measured_over() -> None:
+    streamed = {"streamed": True, "ttft_s": 0.25, "tokens_per_s": 40.0}
+    line = footer("m", {**streamed, "tokens_per_s_basis": "generation"}, {})
+    assert "TTFT 0.25 s" in line and "40.0 tokens/s (generation)" in line
+    whole = {"streamed": False, "ttft_s": None, "tokens_per_s": 12.5}
+    line = footer("m", {**whole, "tokens_per_s_basis": "end_to_end"}, {})
+    assert "TTFT" not in line and "12.5 tokens/s (end to end)" in line
+
+
 # ----- errors -----
 
 
@@ -292,6 +301,70 @@ def test_open_ask_and_close_a_session(shell, mags) -> None:
     assert session.closed and session.id not in mags.sessions
     row = mags.workbench.sessions().set_index("id").loc[session.id]
     assert not row["is_active"]
+
+
+def test_a_cell_asks_through_the_session_opened_for_its_model(shell, mags) -> None:
+    """%mor open MODEL then %%mor MODEL: one session (one stake), not a second automatic one."""
+    known = set(mags.workbench.sessions()["id"])
+    session = cell_ok(shell, "%mor open deepseek-r1 --duration 6m").result
+    cell_ok(shell, "%%mor deepseek-r1 --max-tokens 3\nHi")
+    assert shell.user_ns["_mor"].info["session_id"] == session.id
+    assert set(mags.workbench.sessions()["id"]) - known == {session.id}
+    cell_ok(shell, f"%mor close {session.id}")
+    cell_ok(shell, "%%mor deepseek-r1 --max-tokens 3\nAgain")  # closed: an automatic one
+    assert shell.user_ns["_mor"].info["session_id"] != session.id
+
+
+def test_the_notebooks_own_workbench_is_used_instead_of_connecting(
+    shell, sandbox_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    """With `wb = mor.connect(...)` in the notebook, %%mor and %mor open use it (and its
+    sessions) rather than connecting a workbench of their own."""
+
+    def no_second_workbench(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the magics connected a workbench of their own")
+
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    mine = mor.connect("sandbox", sandbox_dir=sandbox_dir)
+    monkeypatch.setattr(magic, "connect", no_second_workbench)
+    fresh = MorMagics(shell)  # a notebook where the magics have not connected yet
+    fresh.live_display = False
+    shell.user_ns["wb"] = mine
+    try:
+        fresh.mor("mistral-small --max-tokens 3", "Hi")
+        assert fresh.workbench is mine
+        assert "the notebook's workbench wb" in capsys.readouterr().out
+        assert shell.user_ns["_mor"].info["session_id"] == mine.aio._sessions["mistral-small"].id
+        session = fresh.mor("open llama-3.2 --duration 6m")
+        assert session.aio.opened.session_id in mine.aio.router.opened  # opened through wb
+        fresh.mor("llama-3.2 --max-tokens 3", "Hi")
+        assert shell.user_ns["_mor"].info["session_id"] == session.id
+    finally:
+        del shell.user_ns["wb"]
+        mine.close()
+    assert session.closed  # wb.close() closed it: the notebook's workbench owned it
+
+
+def test_several_notebook_workbenches_are_picked_with_use(
+    shell, sandbox_dir, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    first, second = (mor.connect("sandbox", sandbox_dir=sandbox_dir) for _ in range(2))
+    fresh = MorMagics(shell)
+    shell.user_ns.update(first_wb=first, second_wb=second)
+    try:
+        with pytest.raises(UsageError, match=r"several workbenches \(first_wb, second_wb\)"):
+            fresh.mor("workbench")
+        with pytest.raises(UsageError, match="not an open Workbench"):
+            fresh.mor("use nothing_here")
+        fresh.mor("use second_wb")
+        assert fresh.mor("workbench") is second
+        second.close()  # closed by its owner: the magics look again, and find the other
+        assert fresh.mor("workbench") is first
+    finally:
+        del shell.user_ns["first_wb"], shell.user_ns["second_wb"]
+        first.close()
+        second.close()
 
 
 # ----- through Jupyter -----

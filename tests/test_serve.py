@@ -185,7 +185,12 @@ async def test_router_failures_map_to_http_statuses(
     assert workbench._closed
 
 
-def test_the_cli_serves_until_interrupted(sandbox_dir, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_cli_serves_until_stopped_then_closes_its_sessions(
+    sandbox_dir, tmp_path, monkeypatch, stop: signal.Signals
+) -> None:
+    """Ctrl-C and SIGTERM (what systemd, docker and process managers send) both stop it
+    cleanly: its sessions are closed on chain (SIGTERM used to leave them open)."""
     monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "checker"))
     with mor.connect("sandbox", sandbox_dir=sandbox_dir) as wb:
         sessions = wb.sessions()
@@ -203,7 +208,7 @@ def test_the_cli_serves_until_interrupted(sandbox_dir, tmp_path, monkeypatch) ->
         api = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
         answer = api.chat.completions.create(model="llama-3.2", messages=MESSAGES)
         assert answer.choices[0].message.content
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=60) == 0
         output = line + proc.stdout.read().decode() + proc.stderr.read().decode()
         assert KEY not in output
@@ -211,7 +216,7 @@ def test_the_cli_serves_until_interrupted(sandbox_dir, tmp_path, monkeypatch) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    with mor.connect("sandbox", sandbox_dir=sandbox_dir) as wb:  # Ctrl-C closed its session
+    with mor.connect("sandbox", sandbox_dir=sandbox_dir) as wb:  # the server closed its session
         sessions = wb.sessions()
         opened = set(sessions["id"]) - known
         assert opened and not sessions.set_index("id").loc[list(opened), "is_active"].any()

@@ -8,19 +8,29 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mor_workbench.errors import ProviderError, SessionExpired
 from mor_workbench.protocol import ProtocolError
 from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import NoProviderAvailable, OpenSession, Router
 
-__all__ = ["CallRecord", "Lease", "resume_body", "run_call"]
+__all__ = ["CallRecord", "Lease", "TokensPerSecondBasis", "resume_body", "run_call"]
+
+
+TokensPerSecondBasis = Literal["generation", "end_to_end"]
 
 
 @dataclass
 class CallRecord:
-    """How one call went and what it cost: for answer footers, comparisons and metadata."""
+    """How one call went and what it cost: for answer footers, comparisons and metadata.
+
+    Only what was measured is reported. A streamed answer has a time to first token and a
+    generation speed (tokens over the time from the first token to the last); a non-streamed
+    answer arrives all at once, so it has no TTFT (None) and its tokens/s is over the whole
+    call (`tokens_per_s_basis` "end_to_end", as it is for a stream of a single chunk, whose
+    generation time cannot be measured). Times are in seconds, costs in MOR.
+    """
 
     model: str
     provider: str = ""
@@ -34,6 +44,8 @@ class CallRecord:
     usage: dict[str, int] | None = None
     failovers: list[tuple[str, str]] = field(default_factory=list)
     resumed: bool = False
+    streamed: bool | None = None
+    """True once a streamed chunk arrived, False for a whole completion, None before either."""
 
     def bind(self, session: OpenSession) -> None:
         self.provider = session.provider
@@ -47,6 +59,8 @@ class CallRecord:
             self.usage = {k: int(v) for k, v in payload["usage"].items() if isinstance(v, int)}
         text = ""
         for choice in payload.get("choices") or ():
+            if "delta" in choice or "message" in choice:
+                self.streamed = "delta" in choice
             part = choice.get("delta") or choice.get("message") or {}
             if part.get("content") or part.get("tool_calls"):
                 if self.first_token is None:
@@ -57,11 +71,15 @@ class CallRecord:
 
     @property
     def ttft_s(self) -> float | None:
-        """Seconds to the first token (including opening a session when one was opened)."""
-        return None if self.first_token is None else self.first_token - self.started
+        """Seconds to the first streamed token (including opening a session when one was
+        opened); None for a non-streamed call, whose first token comes with the last."""
+        if not self.streamed or self.first_token is None:
+            return None
+        return self.first_token - self.started
 
     @property
     def e2e_s(self) -> float:
+        """Seconds from the call's start to its end (to now while it runs)."""
         return (self.finished or time.monotonic()) - self.started
 
     @property
@@ -72,10 +90,19 @@ class CallRecord:
         return self.deltas
 
     @property
+    def tokens_per_s_basis(self) -> TokensPerSecondBasis:
+        """What `tokens_per_s` is measured over: "generation" (first token to last, for a
+        stream of several chunks) or "end_to_end" (the whole call)."""
+        return "generation" if self.streamed and self.deltas > 1 else "end_to_end"
+
+    @property
     def tokens_per_s(self) -> float | None:
+        """Completion tokens per second over `tokens_per_s_basis`; None until the call ends
+        with an answer."""
         if self.first_token is None or self.finished is None:
             return None
-        return self.completion_tokens / max(self.finished - self.first_token, 1e-6)
+        since = self.first_token if self.tokens_per_s_basis == "generation" else self.started
+        return self.completion_tokens / max(self.finished - since, 1e-6)
 
     @property
     def cost_mor(self) -> float:
@@ -88,10 +115,12 @@ class CallRecord:
             "provider": self.provider,
             "session_id": self.session_id,
             "bid_id": self.bid_id,
+            "streamed": self.streamed,
             "ttft_s": self.ttft_s,
             "e2e_s": self.e2e_s,
             "completion_tokens": self.completion_tokens,
             "tokens_per_s": self.tokens_per_s,
+            "tokens_per_s_basis": self.tokens_per_s_basis,
             "cost_mor": self.cost_mor,
             "failovers": [{"provider": p, "reason": r} for p, r in self.failovers],
             "resumed": self.resumed,

@@ -22,12 +22,14 @@ RENEW_BEFORE_S = 20  # a session this close to its end is replaced before the ne
 
 
 def footer_text(info: dict[str, Any]) -> str:
-    """One line under an answer: provider, session, TTFT, tokens/s, tokens, MOR cost."""
+    """One line under an answer: provider, session, TTFT, tokens/s (labelled with what it is
+    measured over: generation or end to end), tokens, MOR cost."""
     parts = [short(info.get("provider") or "?"), f"session {short(info.get('session_id') or '?')}"]
     if info.get("ttft_s") is not None:
         parts.append(f"TTFT {info['ttft_s']:.2f} s")
     if info.get("tokens_per_s") is not None:
-        parts.append(f"{info['tokens_per_s']:.1f} tok/s")
+        over = "generation" if info.get("tokens_per_s_basis") == "generation" else "end to end"
+        parts.append(f"{info['tokens_per_s']:.1f} tok/s ({over})")
     parts.append(f"{info.get('completion_tokens', 0)} tokens")
     parts.append(f"{info.get('cost_mor') or 0:.6f} MOR")
     if info.get("failovers"):
