@@ -253,3 +253,17 @@ async def test_a_nonce_taken_by_another_process_is_replaced_by_the_next(anvil: A
     assert [int(r["status"], 16) for r in receipts] == [1, 1]
     assert int(await rpc.request("eth_getBalance", [RECIPIENT, "latest"]), 16) == 3
     await rpc.aclose()
+
+
+async def test_after_a_chain_rollback_the_next_send_takes_the_chains_nonce(anvil: Anvil) -> None:
+    """A reorg or a sandbox restored from older state undoes mined transactions: the nonce
+    we last used is ahead of the chain, and a send must not wait forever behind a gap."""
+    chain, rpc = make_chain(anvil)
+    signer = Signer(DEV_KEY)
+    snapshot = await rpc.request("evm_snapshot", [])
+    for _ in range(2):
+        await chain.send(signer, {"to": RECIPIENT, "value": 1}, label="transfer")
+    assert await rpc.request("evm_revert", [snapshot])
+    receipt = await chain.send(signer, {"to": RECIPIENT, "value": 1}, label="transfer", timeout=5)
+    assert int(receipt["status"], 16) == 1 and rpc.sent[-1].nonce == 0
+    await rpc.aclose()

@@ -80,6 +80,7 @@ class Chain:
         self.rpc = rpc
         self.deployment = deployment
         self._nonces: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # our sent, not yet settled transactions, by sender
         self._nonce_locks: dict[str, asyncio.Lock] = {}
 
     def __repr__(self) -> str:
@@ -220,16 +221,20 @@ class Chain:
                         continue  # another process sent with this account: take the next nonce
                     raise self._revert(label, exc.revert_data(), exc.rpc_message) from None
                 self._nonces[sender] = fields["nonce"] + 1
+                self._in_flight[sender] = self._in_flight.get(sender, 0) + 1
                 break
         # The nonce is ours now: wait (and bump) without holding the lock.
-        receipt = await self._mine_with_bumps(
-            signer,
-            fields,
-            tx_hash,
-            label=label,
-            timeout=self.receipt_timeout if timeout is None else timeout,
-            on_hash=on_hash,
-        )
+        try:
+            receipt = await self._mine_with_bumps(
+                signer,
+                fields,
+                tx_hash,
+                label=label,
+                timeout=self.receipt_timeout if timeout is None else timeout,
+                on_hash=on_hash,
+            )
+        finally:
+            self._in_flight[sender] -= 1
         if int(receipt["status"], 16) != 1:
             raise ContractReverted(
                 f"{label} reverted on chain (transaction {receipt['transactionHash']})"
@@ -270,13 +275,21 @@ class Chain:
         base_fee = int(block.get("baseFeePerGas", "0x0"), 16)
         return {
             "chainId": self.deployment.chain_id,
-            "nonce": max(self._nonces.get(sender, 0), int(pending, 16)),
+            "nonce": self._next_nonce(sender, int(pending, 16)),
             "gas": int(estimate, 16) * 5 // 4 + GAS_HEADROOM,
             "maxPriorityFeePerGas": priority,
             "maxFeePerGas": base_fee * 2 + priority,
             "type": 2,
             **{k: v for k, v in tx.items() if k in ("to", "data", "value")},
         }
+
+    def _next_nonce(self, sender: str, pending: int) -> int:
+        """The nonce for `sender`'s next transaction: past ours still in flight (a node's
+        pending count may lag them), else the chain's own count, which after a rollback (a
+        reorg, a sandbox restored from older state) is below what we last used."""
+        if self._in_flight.get(sender, 0):
+            return max(self._nonces.get(sender, 0), pending)
+        return pending
 
     async def _mine_with_bumps(
         self,
