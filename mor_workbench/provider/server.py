@@ -5,6 +5,13 @@ ECIES-encrypted chunks), and stricter than the live provider: a requester's key 
 the address it claims, requests must be fresh and unreplayed on our clock, and a prompt must
 come from the user of an open, unexpired session on one of our own bids (checked on chain).
 Prompts may arrive ECIES-encrypted (advertised in the pong's version).
+
+The chain is the source of truth for sessions: each prompt re-reads its session, capacity counts
+the sessions open on chain (plus approvals not yet used), and what the provider remembers per
+session is released once the session is closed and paid, so a provider running for days keeps
+bounded memory. What the contract checks against block.timestamp (approval and receipt
+timestamps) is stamped on the chain's clock; the MOR-RPC envelopes keep the wall clock the live
+protocol's freshness checks expect.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from typing import Any
 import httpx
 
 from mor_workbench import __version__
-from mor_workbench.chain.client import Chain
+from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import ChainError
+from mor_workbench.errors import ChainError, MorError
 from mor_workbench.protocol import (
     ENCRYPTED_PROMPTS,
     Approval,
@@ -61,7 +68,11 @@ from mor_workbench.provider.config import ModelConfig
 __all__ = ["ProviderServer"]
 
 log = logging.getLogger("mor_workbench.provider")
-APPROVAL_TTL_S = 600
+APPROVAL_TTL_S = 600  # the contract's SIGNATURE_TTL (LibMarket): an approval's and a receipt's life
+STATS_KEPT_AFTER_END_S = 86_400  # how long an ended, unclosed session's measurements are kept
+CLAIM_BACKOFF_MAX_S = 600.0
+_SESSIONS_PAGE = 100
+_NO_USER = "0x" + "0" * 40
 
 
 def _now_ms() -> int:
@@ -80,9 +91,21 @@ class _SessionStats:
 
 @dataclass(frozen=True)
 class _OpenSession:
+    """One of our sessions as last read on chain, open then."""
+
     user: str
+    bid_id: bytes
     model_id: bytes
-    ends_at: int
+    ends_at: int  # chain time, s
+
+
+@dataclass(frozen=True)
+class _Reservation:
+    """A slot held for an approval until its session opens or the approval expires."""
+
+    user: str
+    bid_id: bytes
+    at: float  # time.monotonic() of the approval
 
 
 class ProviderServer:
@@ -101,7 +124,11 @@ class ProviderServer:
         max_message: int = 1024 * 1024,
         freshness_window_ms: int = 120_000,
         claim_interval: float | None = 30.0,
+        claim_backoff_max: float = CLAIM_BACKOFF_MAX_S,
     ) -> None:
+        """`claim_interval` (s) is the pause between claim rounds (None: no claimer; then call
+        `claim_owed()`, which also releases what is kept about settled sessions); after a failed
+        round the pause doubles, up to `claim_backoff_max` (s)."""
         self.signer = signer
         self.chain = chain
         self.models = {m.model_id: m for m in models}
@@ -115,18 +142,24 @@ class ProviderServer:
         self._model_slots = {
             m.model_id: asyncio.Semaphore(m.concurrent_slots) for m in models if m.concurrent_slots
         }
-        self._reservations: dict[bytes, list[float]] = {}
+        # Per model id: approvals whose session has not been seen on chain yet.
+        self._reservations: dict[bytes, list[_Reservation]] = {}
+        self._capacity_lock = asyncio.Lock()
         self._last_approval_ms = 0
-        self._replay = ReplayGuard(freshness_window_ms)
-        self._stats: dict[bytes, _SessionStats] = {}
-        self._sessions: dict[bytes, _OpenSession] = {}
+        self._replay = ReplayGuard(freshness_window_ms)  # bounded by its window and size
+        self._stats: dict[bytes, _SessionStats] = {}  # until the session is closed (or long over)
+        self._sessions: dict[bytes, _OpenSession] = {}  # ours, open when last read on chain
+        self._bid_models: dict[bytes, bytes] = {}  # our bids' models (a bid never changes them)
+        self._sessions_read = 0  # how many of our sessions (getProviderSessions) were read
+        self._sync_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(240.0, connect=5.0))
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self.claim_interval = claim_interval
+        self.claim_backoff_max = claim_backoff_max
         self._claimer: asyncio.Task[None] | None = None
-        self._owed: dict[bytes, int] = {}  # session id -> chain time from which to try a claim
-        self._next_block = 0
+        # Our sessions not yet paid and settled -> chain time (s) from which to look again.
+        self._owed: dict[bytes, int] = {}
 
     @property
     def endpoint(self) -> str:
@@ -252,13 +285,17 @@ class ProviderServer:
         bid = await self.chain.call("getBid", req.bid_id)
         if bid["provider"] != self.signer.address or bid["deletedAt"] or not bid["createdAt"]:
             raise RemoteProtocolError("this bid is not an active bid of this provider")
+        self._bid_models[req.bid_id] = bid["modelId"]
         model = self.models.get(bid["modelId"])
         if model is None:
             raise RemoteProtocolError("this provider does not serve the bid's model")
-        self._reserve(model)
+        await self._reserve(model, req.user, req.bid_id)
         # Milliseconds, as live providers sign (our contract reads them as such for the TTL),
-        # strictly increasing so two approvals never share bytes (one approval, one session).
-        self._last_approval_ms = max(_now_ms(), self._last_approval_ms + 1)
+        # on the chain's clock (the contract checks it against block.timestamp), strictly
+        # increasing so two approvals never share bytes (one approval, one session).
+        self._last_approval_ms = max(
+            await self._contract_time() * 1000, _now_ms(), self._last_approval_ms + 1
+        )
         approval = encode_approval(
             Approval(req.bid_id, self.chain.deployment.chain_id, req.user, self._last_approval_ms)
         )
@@ -267,44 +304,140 @@ class ProviderServer:
             self._key,
         )
 
-    def _reserve(self, model: ModelConfig) -> None:
-        """Hold a slot for an approved session until it opens or its approval expires."""
+    async def _reserve(self, model: ModelConfig, user: str, bid_id: bytes) -> None:
+        """Hold a slot for an approved session until it opens or its approval expires.
+
+        Capacity counts the model's sessions open on chain plus approvals not yet used: new
+        sessions of ours are read from the chain first, and when that count is full the open
+        ones are re-read, so a session closed early frees its slot at once.
+        Raises RemoteProtocolError "Provider at capacity" when every slot is taken.
+        """
         if not model.concurrent_slots:
             return
+        async with self._capacity_lock:
+            await self._sync_sessions()
+            if self._slots_taken(model.model_id) >= model.concurrent_slots:
+                await self._reread_open_sessions(model.model_id)
+                if self._slots_taken(model.model_id) >= model.concurrent_slots:
+                    raise RemoteProtocolError("Provider at capacity")
+            self._reservations.setdefault(model.model_id, []).append(
+                _Reservation(user, bid_id, time.monotonic())
+            )
+
+    def _slots_taken(self, model_id: bytes) -> int:
         now = time.monotonic()
-        held = [t for t in self._reservations.get(model.model_id, []) if now - t < APPROVAL_TTL_S]
-        open_now = sum(
-            1
-            for s in self._sessions.values()
-            if s.model_id == model.model_id and s.ends_at > time.time()
-        )
-        if len(held) + open_now >= model.concurrent_slots:
-            raise RemoteProtocolError("Provider at capacity")
-        self._reservations[model.model_id] = [*held, now]
+        live = [r for r in self._reservations.get(model_id, []) if now - r.at < APPROVAL_TTL_S]
+        self._reservations[model_id] = live
+        return len(live) + sum(1 for s in self._sessions.values() if s.model_id == model_id)
 
     # ----- sessions on chain -----
-    async def _session(self, session_id: bytes, sender_pubkey: bytes) -> _OpenSession:
-        """The session, if it is open, unexpired, ours, and `sender_pubkey` is its user's."""
-        cached = self._sessions.get(session_id)
-        if cached is None or cached.ends_at <= time.time():
-            raw = await self.chain.call("getSession", session_id)
-            if raw["user"] == "0x" + "0" * 40:
-                raise RemoteProtocolError("unknown session")
-            bid = await self.chain.call("getBid", raw["bidId"])
+    async def _contract_time(self) -> int:
+        """The time (s) to sign into what the contract checks: the later of the latest block's
+        timestamp and the wall clock. The contract refuses an approval or receipt stamped more
+        than SIGNATURE_TTL before block.timestamp (SessionFacet: _checkApproval, closeSession)
+        and never one from later, so this is accepted by a chain ahead of the wall clock (anvil
+        after evm_increaseTime) and by one whose latest block is old (an idle anvil)."""
+        return max(await self.chain.block_timestamp(), int(time.time()))
+
+    async def _bid_model(self, bid_id: bytes) -> bytes | None:
+        """The model of `bid_id` if the bid is ours, else None (our bids are cached)."""
+        if bid_id not in self._bid_models:
+            bid = await self.chain.call("getBid", bid_id)
             if bid["provider"] != self.signer.address:
-                raise RemoteProtocolError("this session belongs to another provider")
-            if not raw["isActive"] or raw["closedAt"]:
-                raise RemoteProtocolError("Session is closed")
-            cached = _OpenSession(raw["user"], bid["modelId"], raw["endsAt"])
-            self._sessions[session_id] = cached
-            held = self._reservations.get(bid["modelId"])
-            if held:
-                held.pop(0)
-        if cached.ends_at <= time.time():
+                return None
+            self._bid_models[bid_id] = bid["modelId"]
+        return self._bid_models[bid_id]
+
+    def _note(self, session_id: bytes, raw: dict[str, Any], model_id: bytes, now: int) -> None:
+        """Keep what getSession said about one of our sessions: an open one takes a slot; a
+        closed one is forgotten; an ended one frees its slot but keeps its measurements for
+        a late close."""
+        if raw["closedAt"] or not raw["isActive"]:
+            self._forget(session_id)
+        elif raw["endsAt"] <= now:
+            self._sessions.pop(session_id, None)
+        else:
+            self._sessions[session_id] = _OpenSession(
+                raw["user"], raw["bidId"], model_id, raw["endsAt"]
+            )
+
+    def _forget(self, session_id: bytes) -> None:
+        self._sessions.pop(session_id, None)
+        self._stats.pop(session_id, None)
+
+    async def _sync_sessions(self) -> None:
+        """Read the sessions opened on our bids since the last read (the provider's session
+        list on chain, oldest first): each is followed until paid, an open one takes its
+        model's slot, and each frees the reservation its approval held."""
+        async with self._sync_lock:
+            while True:
+                ids, total = await self.chain.call(
+                    "getProviderSessions", self.signer.address, self._sessions_read, _SESSIONS_PAGE
+                )
+                if not ids:
+                    return
+                raws, now = await asyncio.gather(
+                    self.chain.read_many([Call("getSession", (i,)) for i in ids]),
+                    self.chain.block_timestamp(),
+                )
+                for session_id, raw in zip(ids, raws, strict=True):
+                    if isinstance(raw, Exception):
+                        raise raw
+                    model_id = await self._bid_model(raw["bidId"])
+                    if model_id is None:  # not ours after all (cannot happen on our contracts)
+                        continue
+                    self._owed.setdefault(session_id, 0)
+                    self._note(session_id, raw, model_id, now)
+                    self._release_reservation(model_id, raw["user"], raw["bidId"])
+                self._sessions_read += len(ids)
+                if self._sessions_read >= total:
+                    return
+
+    def _release_reservation(self, model_id: bytes, user: str, bid_id: bytes) -> None:
+        held = self._reservations.get(model_id, [])
+        for index, reservation in enumerate(held):
+            if (reservation.user.lower(), reservation.bid_id) == (user.lower(), bid_id):
+                del held[index]
+                return
+
+    async def _reread_open_sessions(self, model_id: bytes) -> None:
+        """Re-read the model's sessions we hold open (Multicall3: one round trip)."""
+        ids = [i for i, s in self._sessions.items() if s.model_id == model_id]
+        if not ids:
+            return
+        raws, now = await asyncio.gather(
+            self.chain.read_many([Call("getSession", (i,)) for i in ids]),
+            self.chain.block_timestamp(),
+        )
+        for session_id, raw in zip(ids, raws, strict=True):
+            if isinstance(raw, Exception):
+                raise raw
+            self._note(session_id, raw, model_id, now)
+
+    async def _session(self, session_id: bytes, sender_pubkey: bytes) -> _OpenSession:
+        """The session, if it is open, unexpired, ours, and `sender_pubkey` is its user's.
+
+        Read on chain for every prompt (getSession and the latest block: one eth_call and one
+        block read, small beside an inference): a session the user closed is refused at once
+        ("Session is closed"), where a cache would serve it free until its booked end, and
+        expiry is judged on the chain's clock, as the contract judges it.
+        """
+        raw, now = await asyncio.gather(
+            self.chain.call("getSession", session_id), self.chain.block_timestamp()
+        )
+        if raw["user"] == _NO_USER:
+            raise RemoteProtocolError("unknown session")
+        model_id = await self._bid_model(raw["bidId"])
+        if model_id is None:
+            raise RemoteProtocolError("this session belongs to another provider")
+        self._note(session_id, raw, model_id, now)
+        if raw["closedAt"] or not raw["isActive"]:
+            raise RemoteProtocolError("Session is closed")
+        if raw["endsAt"] <= now:
             raise RemoteProtocolError("session expired")
-        if address_of(sender_pubkey) != cached.user:
+        if address_of(sender_pubkey) != raw["user"]:
             raise RemoteProtocolError("the request is not signed by the session's user")
-        return cached
+        return self._sessions[session_id]
 
     # ----- session.prompt -----
     async def _prompt(
@@ -383,15 +516,14 @@ class ProviderServer:
         raw = await self.chain.call("getSession", session_id)
         if address_of(user_key) != raw["user"]:
             raise RemoteProtocolError("the request is not signed by the session's user")
-        bid = await self.chain.call("getBid", raw["bidId"])
-        if bid["provider"] != self.signer.address:
+        if await self._bid_model(raw["bidId"]) is None:
             raise RemoteProtocolError("this session belongs to another provider")
         record = self._stats.get(session_id, _SessionStats())
         receipt = encode_receipt(
             Receipt(
                 session_id,
                 self.chain.deployment.chain_id,
-                int(time.time()),
+                await self._contract_time(),  # closeSession checks it against block.timestamp
                 sum(record.tps) // len(record.tps) if record.tps else 0,
                 sum(record.ttft) // len(record.ttft) if record.ttft else 0,
                 record.input_tokens,
@@ -402,40 +534,46 @@ class ProviderServer:
 
     # ----- payments -----
     async def _claim_forever(self, interval: float) -> None:
+        """Claim rounds every `interval` s; after a failed round, one log line with the reason
+        and a pause that doubles per failure, up to `claim_backoff_max` s."""
+        failures = 0
         while True:
             try:
                 await self.claim_owed()
+                failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the chain may be briefly unreachable; try again next round
-                log.warning("claiming provider payments failed; will retry", exc_info=True)
-            await asyncio.sleep(interval)
+            except MorError as exc:  # the chain unreachable or refusing: a reason, no traceback
+                failures += 1
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                log.warning(
+                    "claiming provider payments failed (%s); retrying in %g s",
+                    reason,
+                    self._claim_pause(interval, failures),
+                )
+            except Exception:  # a bug: keep the traceback, but back off all the same
+                failures += 1
+                log.exception(
+                    "claiming provider payments failed; retrying in %g s",
+                    self._claim_pause(interval, failures),
+                )
+            await asyncio.sleep(self._claim_pause(interval, failures))
+
+    def _claim_pause(self, interval: float, failures: int) -> float:
+        if not failures:
+            return interval
+        return min(interval * 2**failures, max(interval, self.claim_backoff_max))
 
     async def claim_owed(self) -> int:
         """Find our sessions on chain and claim what has become payable; how many claims paid.
 
         Payment normally arrives in the user's closeSession; a claim collects sessions the user
         never closed (after their end), the day's part held back by a disputed close (the next
-        day), and what the payout cap left unpaid (when the cap's period resets).
+        day), and what the payout cap left unpaid (when the cap's period resets). A session
+        paid in full is let go, with what was kept about it, once it is closed (or a day after
+        its end, as a user may still close an ended session with a receipt).
         """
-        me = "0x" + "00" * 12 + self.signer.address[2:].lower()
-        latest = int(await self.chain.rpc.request("eth_blockNumber"), 16)
-        for event in ("SessionOpened", "SessionClosed"):
-            topic = "0x" + self.chain.diamond_abi.event_topic(event).hex()
-            logs = await self.chain.rpc.request(
-                "eth_getLogs",
-                [
-                    {
-                        "address": self.chain.deployment.diamond,
-                        "fromBlock": hex(self._next_block),
-                        "toBlock": hex(latest),
-                        "topics": [topic, None, None, me],
-                    }
-                ],
-            )
-            for entry in logs:
-                self._owed.setdefault(bytes.fromhex(entry["topics"][2][2:]), 0)
-        self._next_block = latest + 1
+        await self._sync_sessions()
         now = await self.chain.block_timestamp()
         paid = 0
         for session_id, not_before in list(self._owed.items()):
@@ -443,11 +581,16 @@ class ProviderServer:
                 continue
             session = await self.chain.call("getSession", session_id)
             bid = await self.chain.call("getBid", session["bidId"])
+            self._note(session_id, session, bid["modelId"], now)
             closed, ends = session["closedAt"], session["endsAt"]
             end = closed if closed and closed < ends else ends
             earned = (end - session["openedAt"]) * bid["pricePerSecond"]
-            if session["providerWithdrawnAmount"] >= earned:
-                del self._owed[session_id]  # fully paid
+            if session["providerWithdrawnAmount"] >= earned:  # fully paid
+                if closed or now >= end + STATS_KEPT_AFTER_END_S:
+                    del self._owed[session_id]
+                    self._forget(session_id)
+                else:
+                    self._owed[session_id] = end + STATS_KEPT_AFTER_END_S
                 continue
             if now < end:
                 self._owed[session_id] = end
