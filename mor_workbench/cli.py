@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import pandas as pd
 
@@ -123,18 +126,21 @@ def _provider(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         chain = Chain(rpc, deployment)
-        async with ProviderServer(
-            signer=signer, chain=chain, models=models, host=args.host, port=args.port
-        ) as server:
-            print(
-                f"provider {signer.address} serving {len(models)} model(s) on "
-                f"{server.endpoint}; Ctrl-C stops",
-                flush=True,
-            )
-            await asyncio.Event().wait()
+        try:
+            async with ProviderServer(
+                signer=signer, chain=chain, models=models, host=args.host, port=args.port
+            ) as server:
+                print(
+                    f"provider {signer.address} serving {len(models)} model(s) on "
+                    f"{server.endpoint}; Ctrl-C or SIGTERM stops",
+                    flush=True,
+                )
+                await asyncio.Event().wait()
+        finally:
+            await rpc.aclose()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    _run_service(serve())
+    print(f"provider {signer.address} stopped", flush=True)
     return 0
 
 
@@ -166,6 +172,33 @@ def _serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
     return 0
+
+
+def _run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived service until Ctrl-C or SIGTERM (what systemd, docker and process
+    managers send to stop it): both cancel it the same way, so its clean-up (closing the
+    sessions it opened) runs before the process exits."""
+
+    async def until_stopped() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        terminated = False
+
+        def terminate() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+        try:
+            await main
+        except asyncio.CancelledError:
+            if not terminated:
+                raise
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(until_stopped())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,12 +183,14 @@ class ProviderServer:
                 await self._claimer
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-            self._server = None
         if self._connections:
             await asyncio.wait(self._connections, timeout=5)
             for task in self._connections:
                 task.cancel()
+        if self._server is not None:
+            # Last: from Python 3.12 this waits for every connection to be closed.
+            await self._server.wait_closed()
+            self._server = None
         await self._http.aclose()
 
     async def __aenter__(self) -> ProviderServer:
