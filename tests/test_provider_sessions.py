@@ -20,6 +20,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.errors import ProviderError, SessionExpired
 from mor_workbench.market import tables
+from mor_workbench.protocol import Receipt, decode_receipt
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router import peer
@@ -97,13 +98,14 @@ async def ask(m, session_id: bytes, provider_key: bytes) -> list:
     ]
 
 
-async def close(m, session_id: bytes) -> None:
-    """Close with the provider's receipt, as the router does."""
+async def close(m, session_id: bytes) -> Receipt:
+    """Close with the provider's receipt, as the router does; the receipt."""
     provider_key = m["server"]._pubkey
     receipt, signature = await peer.report(
         m["server"].endpoint, m["consumer"], session_id, provider_key, m["provider"].address
     )
     await m["chain"].transact(m["consumer"], "closeSession", receipt, signature)
+    return decode_receipt(receipt)
 
 
 async def test_sessions_closed_early_free_their_slot(market) -> None:
@@ -141,7 +143,8 @@ async def test_what_a_provider_keeps_per_session_is_released_once_settled(market
     for _ in range(3):
         session_id, provider_key = await open_session(market)
         assert await ask(market, session_id, provider_key)
-        await close(market, session_id)
+        receipt = await close(market, session_id)
+        assert receipt.output_tokens > 0 and receipt.tps_scaled1000 > 0  # kept while open
     await server.claim_owed()  # a claim round settles what it follows
     assert not server._sessions and not server._stats and not server._owed
     assert not any(server._reservations.values())

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -83,8 +83,9 @@ def _now_ms() -> int:
 class _SessionStats:
     """What the provider measured for one session, signed into its close receipt."""
 
-    tps: list[int] = field(default_factory=list)
-    ttft: list[int] = field(default_factory=list)
+    answers: int = 0
+    tps_total: int = 0  # output tokens per second x 1000, summed over answers
+    ttft_total_ms: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
 
@@ -499,9 +500,12 @@ class ProviderServer:
             raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None
         if body.get("stream"):
             await send_chunk("[DONE]")
+        if session_id not in self._sessions and session_id not in self._owed:
+            return  # settled while this answer ran: nothing left to sign for it
         record = self._stats.setdefault(session_id, _SessionStats())
-        record.tps.append(stats.tps_scaled1000)
-        record.ttft.append(stats.ttft_ms)
+        record.answers += 1
+        record.tps_total += stats.tps_scaled1000
+        record.ttft_total_ms += stats.ttft_ms
         record.input_tokens += stats.prompt_tokens
         record.output_tokens += stats.completion_tokens
 
@@ -526,8 +530,8 @@ class ProviderServer:
                 session_id,
                 self.chain.deployment.chain_id,
                 await self._contract_time(),  # closeSession checks it against block.timestamp
-                sum(record.tps) // len(record.tps) if record.tps else 0,
-                sum(record.ttft) // len(record.ttft) if record.ttft else 0,
+                record.tps_total // max(record.answers, 1),
+                record.ttft_total_ms // max(record.answers, 1),
                 record.input_tokens,
                 record.output_tokens,
             )
