@@ -75,9 +75,8 @@ async def open_sessions(m) -> list[bytes]:
     return [i for i, s in sessions if s["isActive"] and s["user"] == m["consumer"].address]
 
 
-async def open_session(m) -> tuple[bytes, bytes]:
-    """Approval from our provider, then openSession on chain: (session id, provider key)."""
-    approved = await peer.request_approval(
+async def approve(m) -> peer.Approved:
+    return await peer.request_approval(
         m["server"].endpoint,
         m["consumer"],
         m["provider"].address,
@@ -85,6 +84,11 @@ async def open_session(m) -> tuple[bytes, bytes]:
         10**18,
         m["chain"].deployment.chain_id,
     )
+
+
+async def open_session(m) -> tuple[bytes, bytes]:
+    """Approval from our provider, then openSession on chain: (session id, provider key)."""
+    approved = await approve(m)
     amount = await peer.deposit_for(m["chain"], int(m["bid"]["price_per_second_wei"]), 600)
     return await peer.open_session(m["chain"], m["consumer"], approved, amount), approved.pubkey
 
@@ -128,6 +132,14 @@ async def test_capacity_counts_sessions_really_open(market) -> None:
         await close(market, session_id)
 
 
+async def test_unused_approvals_hold_their_slot(market) -> None:
+    """An approval holds a slot until its session opens or the approval expires (10 min)."""
+    for _ in range(SLOTS):
+        await approve(market)
+    with pytest.raises(ProviderError, match="Provider at capacity"):
+        await approve(market)
+
+
 async def test_a_session_closed_on_chain_is_no_longer_served(market) -> None:
     session_id, provider_key = await open_session(market)
     assert await ask(market, session_id, provider_key)
@@ -146,7 +158,7 @@ async def test_what_a_provider_keeps_per_session_is_released_once_settled(market
         receipt = await close(market, session_id)
         assert receipt.output_tokens > 0 and receipt.tps_scaled1000 > 0  # kept while open
     await server.claim_owed()  # a claim round settles what it follows
-    assert not server._sessions and not server._stats and not server._owed
+    assert not server._open and not server._stats and not server._owed
     assert not any(server._reservations.values())
 
 

@@ -91,16 +91,6 @@ class _SessionStats:
 
 
 @dataclass(frozen=True)
-class _OpenSession:
-    """One of our sessions as last read on chain, open then."""
-
-    user: str
-    bid_id: bytes
-    model_id: bytes
-    ends_at: int  # chain time, s
-
-
-@dataclass(frozen=True)
 class _Reservation:
     """A slot held for an approval until its session opens or the approval expires."""
 
@@ -149,7 +139,7 @@ class ProviderServer:
         self._last_approval_ms = 0
         self._replay = ReplayGuard(freshness_window_ms)  # bounded by its window and size
         self._stats: dict[bytes, _SessionStats] = {}  # until the session is closed (or long over)
-        self._sessions: dict[bytes, _OpenSession] = {}  # ours, open when last read on chain
+        self._open: dict[bytes, bytes] = {}  # our sessions open when last read -> model id
         self._bid_models: dict[bytes, bytes] = {}  # our bids' models (a bid never changes them)
         self._sessions_read = 0  # how many of our sessions (getProviderSessions) were read
         self._sync_lock = asyncio.Lock()
@@ -331,7 +321,7 @@ class ProviderServer:
         now = time.monotonic()
         live = [r for r in self._reservations.get(model_id, []) if now - r.at < APPROVAL_TTL_S]
         self._reservations[model_id] = live
-        return len(live) + sum(1 for s in self._sessions.values() if s.model_id == model_id)
+        return len(live) + sum(1 for m in self._open.values() if m == model_id)
 
     # ----- sessions on chain -----
     async def _contract_time(self) -> int:
@@ -358,14 +348,12 @@ class ProviderServer:
         if raw["closedAt"] or not raw["isActive"]:
             self._forget(session_id)
         elif raw["endsAt"] <= now:
-            self._sessions.pop(session_id, None)
+            self._open.pop(session_id, None)
         else:
-            self._sessions[session_id] = _OpenSession(
-                raw["user"], raw["bidId"], model_id, raw["endsAt"]
-            )
+            self._open[session_id] = model_id
 
     def _forget(self, session_id: bytes) -> None:
-        self._sessions.pop(session_id, None)
+        self._open.pop(session_id, None)
         self._stats.pop(session_id, None)
 
     async def _sync_sessions(self) -> None:
@@ -405,7 +393,7 @@ class ProviderServer:
 
     async def _reread_open_sessions(self, model_id: bytes) -> None:
         """Re-read the model's sessions we hold open (Multicall3: one round trip)."""
-        ids = [i for i, s in self._sessions.items() if s.model_id == model_id]
+        ids = [i for i, m in self._open.items() if m == model_id]
         if not ids:
             return
         raws, now = await asyncio.gather(
@@ -417,8 +405,9 @@ class ProviderServer:
                 raise raw
             self._note(session_id, raw, model_id, now)
 
-    async def _session(self, session_id: bytes, sender_pubkey: bytes) -> _OpenSession:
-        """The session, if it is open, unexpired, ours, and `sender_pubkey` is its user's.
+    async def _session_model(self, session_id: bytes, sender_pubkey: bytes) -> bytes:
+        """The session's model id, if it is open, unexpired, ours, and `sender_pubkey` is its
+        user's; else RemoteProtocolError ("unknown session", "Session is closed", ...).
 
         Read on chain for every prompt (getSession and the latest block: one eth_call and one
         block read, small beside an inference): a session the user closed is refused at once
@@ -440,7 +429,7 @@ class ProviderServer:
             raise RemoteProtocolError("session expired")
         if address_of(sender_pubkey) != raw["user"]:
             raise RemoteProtocolError("the request is not signed by the session's user")
-        return self._sessions[session_id]
+        return model_id
 
     # ----- session.prompt -----
     async def _prompt(
@@ -448,8 +437,7 @@ class ProviderServer:
     ) -> None:
         user_key = recover_public_key(req)
         self._replay.check(req.signature, req.timestamp, _now_ms())
-        session = await self._session(req.session_id, user_key)
-        model = self.models.get(session.model_id)
+        model = self.models.get(await self._session_model(req.session_id, user_key))
         if model is None:
             raise RemoteProtocolError("this provider no longer serves the session's model")
         text = req.message
@@ -500,7 +488,7 @@ class ProviderServer:
             raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None
         if body.get("stream"):
             await send_chunk("[DONE]")
-        if session_id not in self._sessions and session_id not in self._owed:
+        if session_id not in self._open and session_id not in self._owed:
             return  # settled while this answer ran: nothing left to sign for it
         record = self._stats.setdefault(session_id, _SessionStats())
         record.answers += 1
