@@ -174,3 +174,16 @@ async def test_receipts_and_approvals_are_stamped_on_the_chain_clock(market) -> 
     await close(market, session_id)
     closed = await chain.call("getSession", session_id)
     assert closed["closedAt"] and closed["closeoutType"] == 0
+
+
+async def test_a_claim_round_lets_go_of_a_session_closed_early(market) -> None:
+    """A session the claimer already follows (paid at its booked end) and then closed early
+    is let go within one round, not kept until the end it booked."""
+    server = market["server"]
+    session_id, provider_key = await open_session(market)
+    assert await ask(market, session_id, provider_key)
+    await server.claim_owed()  # follows the open session
+    assert session_id in server._stats
+    await close(market, session_id)
+    await server.claim_owed()
+    assert session_id not in server._stats and session_id not in server._open

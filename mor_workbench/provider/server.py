@@ -137,6 +137,7 @@ class ProviderServer:
         self._reservations: dict[bytes, list[_Reservation]] = {}
         self._capacity_lock = asyncio.Lock()
         self._last_approval_ms = 0
+        self._chain_lead_ms = 0  # the most the chain's clock was seen ahead of ours
         self._replay = ReplayGuard(freshness_window_ms)  # bounded by its window and size
         self._stats: dict[bytes, _SessionStats] = {}  # until the session is closed (or long over)
         self._open: dict[bytes, bytes] = {}  # our sessions open when last read -> model id
@@ -286,9 +287,7 @@ class ProviderServer:
         # Milliseconds, as live providers sign (our contract reads them as such for the TTL),
         # on the chain's clock (the contract checks it against block.timestamp), strictly
         # increasing so two approvals never share bytes (one approval, one session).
-        self._last_approval_ms = max(
-            await self._contract_time() * 1000, _now_ms(), self._last_approval_ms + 1
-        )
+        self._last_approval_ms = max(await self._contract_time_ms(), self._last_approval_ms + 1)
         approval = encode_approval(
             Approval(req.bid_id, self.chain.deployment.chain_id, req.user, self._last_approval_ms)
         )
@@ -324,13 +323,23 @@ class ProviderServer:
         return len(live) + sum(1 for m in self._open.values() if m == model_id)
 
     # ----- sessions on chain -----
-    async def _contract_time(self) -> int:
-        """The time (s) to sign into what the contract checks: the later of the latest block's
-        timestamp and the wall clock. The contract refuses an approval or receipt stamped more
-        than SIGNATURE_TTL before block.timestamp (SessionFacet: _checkApproval, closeSession)
-        and never one from later, so this is accepted by a chain ahead of the wall clock (anvil
-        after evm_increaseTime) and by one whose latest block is old (an idle anvil)."""
-        return max(await self.chain.block_timestamp(), int(time.time()))
+    async def _contract_time_ms(self) -> int:
+        """The time (ms) to sign into what the contract checks: the wall clock moved forward by
+        the most the chain's clock was seen ahead of it (the pending block's timestamp, which
+        anvil sets to its current time, a warp included; else the latest block's).
+
+        The contract refuses an approval or receipt stamped more than SIGNATURE_TTL before
+        block.timestamp (SessionFacet: _checkApproval, closeSession) and never one from later,
+        so this is accepted by a chain ahead of the wall clock (anvil after evm_increaseTime)
+        and by one whose latest block is old (an idle anvil, a lagging node); and it moves on
+        in milliseconds with the wall clock, so approvals made while no block is mined do not
+        share a timestamp (which would give two approvals one session id).
+        """
+        block = await self.chain.rpc.request("eth_getBlockByNumber", ["pending", False])
+        chain_s = int(block["timestamp"], 16) if block else await self.chain.block_timestamp()
+        now_ms = _now_ms()
+        self._chain_lead_ms = max(self._chain_lead_ms, chain_s * 1000 - now_ms)
+        return now_ms + self._chain_lead_ms
 
     async def _bid_model(self, bid_id: bytes) -> bytes | None:
         """The model of `bid_id` if the bid is ours, else None (our bids are cached)."""
@@ -391,19 +400,21 @@ class ProviderServer:
                 del held[index]
                 return
 
-    async def _reread_open_sessions(self, model_id: bytes) -> None:
-        """Re-read the model's sessions we hold open (Multicall3: one round trip)."""
-        ids = [i for i, m in self._open.items() if m == model_id]
-        if not ids:
+    async def _reread_open_sessions(self, model_id: bytes | None = None) -> None:
+        """Re-read the sessions we hold open, of one model or all (Multicall3: one round
+        trip), so those closed or ended since let go of their slot (and, closed, of their
+        measurements)."""
+        held = {i: m for i, m in self._open.items() if model_id in (None, m)}
+        if not held:
             return
         raws, now = await asyncio.gather(
-            self.chain.read_many([Call("getSession", (i,)) for i in ids]),
+            self.chain.read_many([Call("getSession", (i,)) for i in held]),
             self.chain.block_timestamp(),
         )
-        for session_id, raw in zip(ids, raws, strict=True):
+        for (session_id, session_model), raw in zip(held.items(), raws, strict=True):
             if isinstance(raw, Exception):
                 raise raw
-            self._note(session_id, raw, model_id, now)
+            self._note(session_id, raw, session_model, now)
 
     async def _session_model(self, session_id: bytes, sender_pubkey: bytes) -> bytes:
         """The session's model id, if it is open, unexpired, ours, and `sender_pubkey` is its
@@ -517,7 +528,7 @@ class ProviderServer:
             Receipt(
                 session_id,
                 self.chain.deployment.chain_id,
-                await self._contract_time(),  # closeSession checks it against block.timestamp
+                await self._contract_time_ms() // 1000,  # closeSession checks it (s)
                 record.tps_total // max(record.answers, 1),
                 record.ttft_total_ms // max(record.answers, 1),
                 record.input_tokens,
@@ -565,9 +576,11 @@ class ProviderServer:
         never closed (after their end), the day's part held back by a disputed close (the next
         day), and what the payout cap left unpaid (when the cap's period resets). A session
         paid in full is let go, with what was kept about it, once it is closed (or a day after
-        its end, as a user may still close an ended session with a receipt).
+        its end, as a user may still close an ended session with a receipt); the sessions
+        held open are re-read each round, so one closed early is let go within a round.
         """
         await self._sync_sessions()
+        await self._reread_open_sessions()
         now = await self.chain.block_timestamp()
         paid = 0
         for session_id, not_before in list(self._owed.items()):
