@@ -338,7 +338,8 @@ class ProviderServer:
         block = await self.chain.rpc.request("eth_getBlockByNumber", ["pending", False])
         chain_s = int(block["timestamp"], 16) if block else await self.chain.block_timestamp()
         now_ms = _now_ms()
-        self._chain_lead_ms = max(self._chain_lead_ms, chain_s * 1000 - now_ms)
+        # In whole seconds, as block timestamps (and anvil's warps) are.
+        self._chain_lead_ms = max(self._chain_lead_ms, (chain_s - now_ms // 1000) * 1000)
         return now_ms + self._chain_lead_ms
 
     async def _bid_model(self, bid_id: bytes) -> bytes | None:
