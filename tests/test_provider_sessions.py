@@ -122,6 +122,25 @@ async def test_sessions_closed_early_free_their_slot(market) -> None:
         await close(market, session_id)
 
 
+async def test_the_sandbox_provider_takes_33_open_close_cycles_on_32_slots(
+    market, isolated_sandbox
+) -> None:
+    """The issue's example as it was seen: the sandbox daemon's own provider (32 slots per
+    model) answered "Provider at capacity" after 32 open/close cycles on one bid."""
+    endpoint = (await market["chain"].call("getProvider", market["provider"].address))["endpoint"]
+    daemon = {**market, "server": _Endpoint(endpoint, market["server"]._pubkey)}
+    for _ in range(33):
+        session_id, _ = await open_session(daemon)
+        await close(daemon, session_id)
+
+
+class _Endpoint:
+    """The parts of a provider these helpers use, for a provider running elsewhere."""
+
+    def __init__(self, endpoint: str, pubkey: bytes) -> None:
+        self.endpoint, self._pubkey = endpoint, pubkey
+
+
 async def test_capacity_counts_sessions_really_open(market) -> None:
     held = [await open_session(market) for _ in range(SLOTS)]
     with pytest.raises(ProviderError, match="Provider at capacity"):
