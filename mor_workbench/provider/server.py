@@ -79,6 +79,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _line(exc: BaseException) -> str:
+    """An error as one log line: its message on one line, or its type."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @dataclass
 class _SessionStats:
     """What the provider measured for one session, signed into its close receipt."""
@@ -159,6 +164,16 @@ class ProviderServer:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> ProviderServer:
+        """Read our sessions from the chain, then listen (and claim, with a claim interval).
+
+        The read comes first so that no approval waits for a long history (a provider key
+        with thousands of sessions); if the chain cannot be read, one line says why and the
+        first approval or claim round reads it instead.
+        """
+        try:
+            await self._sync_sessions()
+        except MorError as exc:
+            log.warning("reading this provider's sessions from the chain failed (%s)", _line(exc))
         self._server = await asyncio.start_server(
             self._on_connection, self.host, self.port, limit=self.max_message
         )
@@ -551,10 +566,9 @@ class ProviderServer:
                 raise
             except MorError as exc:  # the chain unreachable or refusing: a reason, no traceback
                 failures += 1
-                reason = " ".join(str(exc).split()) or type(exc).__name__
                 log.warning(
                     "claiming provider payments failed (%s); retrying in %g s",
-                    reason,
+                    _line(exc),
                     self._claim_pause(interval, failures),
                 )
             except Exception:  # a bug: keep the traceback, but back off all the same
