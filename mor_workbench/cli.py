@@ -126,18 +126,21 @@ def _provider(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         chain = Chain(rpc, deployment)
-        async with ProviderServer(
-            signer=signer, chain=chain, models=models, host=args.host, port=args.port
-        ) as server:
-            print(
-                f"provider {signer.address} serving {len(models)} model(s) on "
-                f"{server.endpoint}; Ctrl-C stops",
-                flush=True,
-            )
-            await asyncio.Event().wait()
+        try:
+            async with ProviderServer(
+                signer=signer, chain=chain, models=models, host=args.host, port=args.port
+            ) as server:
+                print(
+                    f"provider {signer.address} serving {len(models)} model(s) on "
+                    f"{server.endpoint}; Ctrl-C or SIGTERM stops",
+                    flush=True,
+                )
+                await asyncio.Event().wait()
+        finally:
+            await rpc.aclose()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    _run_service(serve())
+    print(f"provider {signer.address} stopped", flush=True)
     return 0
 
 

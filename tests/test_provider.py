@@ -57,9 +57,9 @@ async def market(sandbox_info):
     provider = sandbox_info.signer("provider:balanced")
     model_id, _ = await listings.resolve_model(chain, MODEL)
     async with ModelServer([MODEL], profile="fast") as backend:
-        config = ModelConfig(
-            model_id, MODEL, backend.base_url + "/chat/completions", concurrent_slots=8
-        )
+        # Unlimited slots: capacity counts every session open on chain for this provider, and
+        # other tests leave some open on this shared sandbox (test_provider_sessions tests it).
+        config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
         async with ProviderServer(
             signer=provider, chain=chain, models=[config], claim_interval=None
         ) as server:

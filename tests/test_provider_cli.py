@@ -1,11 +1,17 @@
-"""`mor-workbench provider --config models-config.json` runs a provider a consumer can reach."""
+"""`mor-workbench provider --config models-config.json` runs a provider a consumer can reach,
+and stops cleanly on Ctrl-C (SIGINT) and on SIGTERM (what systemd and docker send)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from mor_workbench.chain import listings
 from mor_workbench.chain.client import Chain
@@ -13,7 +19,8 @@ from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.router import peer
 
 
-def test_provider_command_serves_a_live_format_config(sandbox_info, tmp_path) -> None:
+@pytest.fixture
+def models_config(sandbox_info, tmp_path) -> Path:
     async def model_id() -> str:
         chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
         found, _ = await listings.resolve_model(chain, "llama-3.2")
@@ -36,6 +43,12 @@ def test_provider_command_serves_a_live_format_config(sandbox_info, tmp_path) ->
             }
         )
     )
+    return config
+
+
+@pytest.fixture
+def provider_process(sandbox_info, models_config) -> Iterator[tuple[subprocess.Popen, str]]:
+    """The command as a real process: (process, the endpoint its first line names)."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -43,7 +56,7 @@ def test_provider_command_serves_a_live_format_config(sandbox_info, tmp_path) ->
             "mor_workbench.cli",
             "provider",
             "--config",
-            str(config),
+            str(models_config),
             "--network",
             "sandbox",
             "--dir",
@@ -54,15 +67,37 @@ def test_provider_command_serves_a_live_format_config(sandbox_info, tmp_path) ->
             "0",
         ],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
         line = process.stdout.readline()
-        endpoint = line.split(" on ")[1].split(";")[0]
-        provider = sandbox_info.signer("provider:budget").address
-        assert provider in line
-        pong = asyncio.run(peer.ping(endpoint, sandbox_info.signer("consumer"), provider))
-        assert peer.supports_encrypted_prompts(pong)
+        assert sandbox_info.signer("provider:budget").address in line, process.stderr.read()
+        yield process, line.split(" on ")[1].split(";")[0]
     finally:
-        process.terminate()
-        process.wait(10)
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_provider_command_serves_a_live_format_config(sandbox_info, provider_process) -> None:
+    _, endpoint = provider_process
+    provider = sandbox_info.signer("provider:budget").address
+    pong = asyncio.run(peer.ping(endpoint, sandbox_info.signer("consumer"), provider))
+    assert peer.supports_encrypted_prompts(pong)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_provider_command_stops_cleanly_on_sigterm_and_ctrl_c(
+    sandbox_info, provider_process, stop
+) -> None:
+    """Issue 9: SIGTERM killed the provider with no clean-up (exit -15); it must stop as
+    Ctrl-C does: server closed, exit code 0, one 'stopped' line, no traceback."""
+    process, endpoint = provider_process
+    provider = sandbox_info.signer("provider:budget").address
+    asyncio.run(peer.ping(endpoint, sandbox_info.signer("consumer"), provider))
+    process.send_signal(stop)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.strip().splitlines() == [f"provider {provider} stopped"]
+    assert "Traceback" not in err

@@ -5,6 +5,13 @@ ECIES-encrypted chunks), and stricter than the live provider: a requester's key 
 the address it claims, requests must be fresh and unreplayed on our clock, and a prompt must
 come from the user of an open, unexpired session on one of our own bids (checked on chain).
 Prompts may arrive ECIES-encrypted (advertised in the pong's version).
+
+The chain is the source of truth for sessions: each prompt re-reads its session, capacity counts
+the sessions open on chain (plus approvals not yet used), and what the provider remembers per
+session is released once the session is closed and paid, so a provider running for days keeps
+bounded memory. What the contract checks against block.timestamp (approval and receipt
+timestamps) is stamped on the chain's clock; the MOR-RPC envelopes keep the wall clock the live
+protocol's freshness checks expect.
 """
 
 from __future__ import annotations
@@ -15,15 +22,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from mor_workbench import __version__
-from mor_workbench.chain.client import Chain
+from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import ChainError
+from mor_workbench.errors import ChainError, MorError
 from mor_workbench.protocol import (
     ENCRYPTED_PROMPTS,
     Approval,
@@ -61,28 +68,40 @@ from mor_workbench.provider.config import ModelConfig
 __all__ = ["ProviderServer"]
 
 log = logging.getLogger("mor_workbench.provider")
-APPROVAL_TTL_S = 600
+APPROVAL_TTL_S = 600  # the contract's SIGNATURE_TTL (LibMarket): an approval's and a receipt's life
+STATS_KEPT_AFTER_END_S = 86_400  # how long an ended, unclosed session's measurements are kept
+CLAIM_BACKOFF_MAX_S = 600.0
+_SESSIONS_PAGE = 100
+_NO_USER = "0x" + "0" * 40
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _line(exc: BaseException) -> str:
+    """An error as one log line: its message on one line, or its type."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @dataclass
 class _SessionStats:
     """What the provider measured for one session, signed into its close receipt."""
 
-    tps: list[int] = field(default_factory=list)
-    ttft: list[int] = field(default_factory=list)
+    answers: int = 0
+    tps_total: int = 0  # output tokens per second x 1000, summed over answers
+    ttft_total_ms: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
 
 
 @dataclass(frozen=True)
-class _OpenSession:
+class _Reservation:
+    """A slot held for an approval until its session opens or the approval expires."""
+
     user: str
-    model_id: bytes
-    ends_at: int
+    bid_id: bytes
+    at: float  # time.monotonic() of the approval
 
 
 class ProviderServer:
@@ -101,7 +120,11 @@ class ProviderServer:
         max_message: int = 1024 * 1024,
         freshness_window_ms: int = 120_000,
         claim_interval: float | None = 30.0,
+        claim_backoff_max: float = CLAIM_BACKOFF_MAX_S,
     ) -> None:
+        """`claim_interval` (s) is the pause between claim rounds (None: no claimer; then call
+        `claim_owed()`, which also releases what is kept about settled sessions); after a failed
+        round the pause doubles, up to `claim_backoff_max` (s)."""
         self.signer = signer
         self.chain = chain
         self.models = {m.model_id: m for m in models}
@@ -115,18 +138,25 @@ class ProviderServer:
         self._model_slots = {
             m.model_id: asyncio.Semaphore(m.concurrent_slots) for m in models if m.concurrent_slots
         }
-        self._reservations: dict[bytes, list[float]] = {}
+        # Per model id: approvals whose session has not been seen on chain yet.
+        self._reservations: dict[bytes, list[_Reservation]] = {}
+        self._capacity_lock = asyncio.Lock()
         self._last_approval_ms = 0
-        self._replay = ReplayGuard(freshness_window_ms)
-        self._stats: dict[bytes, _SessionStats] = {}
-        self._sessions: dict[bytes, _OpenSession] = {}
+        self._chain_lead_ms = 0  # the most the chain's clock was seen ahead of ours
+        self._replay = ReplayGuard(freshness_window_ms)  # bounded by its window and size
+        self._stats: dict[bytes, _SessionStats] = {}  # until the session is closed (or long over)
+        self._open: dict[bytes, bytes] = {}  # our sessions open when last read -> model id
+        self._bid_models: dict[bytes, bytes] = {}  # our bids' models (a bid never changes them)
+        self._sessions_read = 0  # how many of our sessions (getProviderSessions) were read
+        self._sync_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(240.0, connect=5.0))
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self.claim_interval = claim_interval
+        self.claim_backoff_max = claim_backoff_max
         self._claimer: asyncio.Task[None] | None = None
-        self._owed: dict[bytes, int] = {}  # session id -> chain time from which to try a claim
-        self._next_block = 0
+        # Our sessions not yet paid and settled -> chain time (s) from which to look again.
+        self._owed: dict[bytes, int] = {}
 
     @property
     def endpoint(self) -> str:
@@ -134,6 +164,16 @@ class ProviderServer:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> ProviderServer:
+        """Read our sessions from the chain, then listen (and claim, with a claim interval).
+
+        The read comes first so that no approval waits for a long history (a provider key
+        with thousands of sessions); if the chain cannot be read, one line says why and the
+        first approval or claim round reads it instead.
+        """
+        try:
+            await self._sync_sessions()
+        except MorError as exc:
+            log.warning("reading this provider's sessions from the chain failed (%s)", _line(exc))
         self._server = await asyncio.start_server(
             self._on_connection, self.host, self.port, limit=self.max_message
         )
@@ -150,12 +190,14 @@ class ProviderServer:
                 await self._claimer
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-            self._server = None
         if self._connections:
             await asyncio.wait(self._connections, timeout=5)
             for task in self._connections:
                 task.cancel()
+        if self._server is not None:
+            # Last: from Python 3.12 this waits for every connection to be closed.
+            await self._server.wait_closed()
+            self._server = None
         await self._http.aclose()
 
     async def __aenter__(self) -> ProviderServer:
@@ -252,13 +294,15 @@ class ProviderServer:
         bid = await self.chain.call("getBid", req.bid_id)
         if bid["provider"] != self.signer.address or bid["deletedAt"] or not bid["createdAt"]:
             raise RemoteProtocolError("this bid is not an active bid of this provider")
+        self._bid_models[req.bid_id] = bid["modelId"]
         model = self.models.get(bid["modelId"])
         if model is None:
             raise RemoteProtocolError("this provider does not serve the bid's model")
-        self._reserve(model)
+        await self._reserve(model, req.user, req.bid_id)
         # Milliseconds, as live providers sign (our contract reads them as such for the TTL),
-        # strictly increasing so two approvals never share bytes (one approval, one session).
-        self._last_approval_ms = max(_now_ms(), self._last_approval_ms + 1)
+        # on the chain's clock (the contract checks it against block.timestamp), strictly
+        # increasing so two approvals never share bytes (one approval, one session).
+        self._last_approval_ms = max(await self._contract_time_ms(), self._last_approval_ms + 1)
         approval = encode_approval(
             Approval(req.bid_id, self.chain.deployment.chain_id, req.user, self._last_approval_ms)
         )
@@ -267,44 +311,152 @@ class ProviderServer:
             self._key,
         )
 
-    def _reserve(self, model: ModelConfig) -> None:
-        """Hold a slot for an approved session until it opens or its approval expires."""
+    async def _reserve(self, model: ModelConfig, user: str, bid_id: bytes) -> None:
+        """Hold a slot for an approved session until it opens or its approval expires.
+
+        Capacity counts the model's sessions open on chain plus approvals not yet used: new
+        sessions of ours are read from the chain first, and when that count is full the open
+        ones are re-read, so a session closed early frees its slot at once.
+        Raises RemoteProtocolError "Provider at capacity" when every slot is taken.
+        """
         if not model.concurrent_slots:
             return
+        async with self._capacity_lock:
+            await self._sync_sessions()
+            if self._slots_taken(model.model_id) >= model.concurrent_slots:
+                await self._reread_open_sessions(model.model_id)
+                if self._slots_taken(model.model_id) >= model.concurrent_slots:
+                    raise RemoteProtocolError("Provider at capacity")
+            self._reservations.setdefault(model.model_id, []).append(
+                _Reservation(user, bid_id, time.monotonic())
+            )
+
+    def _slots_taken(self, model_id: bytes) -> int:
         now = time.monotonic()
-        held = [t for t in self._reservations.get(model.model_id, []) if now - t < APPROVAL_TTL_S]
-        open_now = sum(
-            1
-            for s in self._sessions.values()
-            if s.model_id == model.model_id and s.ends_at > time.time()
-        )
-        if len(held) + open_now >= model.concurrent_slots:
-            raise RemoteProtocolError("Provider at capacity")
-        self._reservations[model.model_id] = [*held, now]
+        live = [r for r in self._reservations.get(model_id, []) if now - r.at < APPROVAL_TTL_S]
+        self._reservations[model_id] = live
+        return len(live) + sum(1 for m in self._open.values() if m == model_id)
 
     # ----- sessions on chain -----
-    async def _session(self, session_id: bytes, sender_pubkey: bytes) -> _OpenSession:
-        """The session, if it is open, unexpired, ours, and `sender_pubkey` is its user's."""
-        cached = self._sessions.get(session_id)
-        if cached is None or cached.ends_at <= time.time():
-            raw = await self.chain.call("getSession", session_id)
-            if raw["user"] == "0x" + "0" * 40:
-                raise RemoteProtocolError("unknown session")
-            bid = await self.chain.call("getBid", raw["bidId"])
+    async def _contract_time_ms(self) -> int:
+        """The time (ms) to sign into what the contract checks: the wall clock moved forward by
+        the most the chain's clock was seen ahead of it (the pending block's timestamp, which
+        anvil sets to its current time, a warp included; else the latest block's).
+
+        The contract refuses an approval or receipt stamped more than SIGNATURE_TTL before
+        block.timestamp (SessionFacet: _checkApproval, closeSession) and never one from later,
+        so this is accepted by a chain ahead of the wall clock (anvil after evm_increaseTime)
+        and by one whose latest block is old (an idle anvil, a lagging node); and it moves on
+        in milliseconds with the wall clock, so approvals made while no block is mined do not
+        share a timestamp (which would give two approvals one session id).
+        """
+        block = await self.chain.rpc.request("eth_getBlockByNumber", ["pending", False])
+        chain_s = int(block["timestamp"], 16) if block else await self.chain.block_timestamp()
+        now_ms = _now_ms()
+        # In whole seconds, as block timestamps (and anvil's warps) are.
+        self._chain_lead_ms = max(self._chain_lead_ms, (chain_s - now_ms // 1000) * 1000)
+        return now_ms + self._chain_lead_ms
+
+    async def _bid_model(self, bid_id: bytes) -> bytes | None:
+        """The model of `bid_id` if the bid is ours, else None (our bids are cached)."""
+        if bid_id not in self._bid_models:
+            bid = await self.chain.call("getBid", bid_id)
             if bid["provider"] != self.signer.address:
-                raise RemoteProtocolError("this session belongs to another provider")
-            if not raw["isActive"] or raw["closedAt"]:
-                raise RemoteProtocolError("Session is closed")
-            cached = _OpenSession(raw["user"], bid["modelId"], raw["endsAt"])
-            self._sessions[session_id] = cached
-            held = self._reservations.get(bid["modelId"])
-            if held:
-                held.pop(0)
-        if cached.ends_at <= time.time():
+                return None
+            self._bid_models[bid_id] = bid["modelId"]
+        return self._bid_models[bid_id]
+
+    def _note(self, session_id: bytes, raw: dict[str, Any], model_id: bytes, now: int) -> None:
+        """Keep what getSession said about one of our sessions: an open one takes a slot; a
+        closed one is forgotten; an ended one frees its slot but keeps its measurements for
+        a late close."""
+        if raw["closedAt"] or not raw["isActive"]:
+            self._forget(session_id)
+        elif raw["endsAt"] <= now:
+            self._open.pop(session_id, None)
+        else:
+            self._open[session_id] = model_id
+
+    def _forget(self, session_id: bytes) -> None:
+        self._open.pop(session_id, None)
+        self._stats.pop(session_id, None)
+
+    async def _sync_sessions(self) -> None:
+        """Read the sessions opened on our bids since the last read (the provider's session
+        list on chain, oldest first): each is followed until paid, an open one takes its
+        model's slot, and each frees the reservation its approval held."""
+        async with self._sync_lock:
+            while True:
+                ids, total = await self.chain.call(
+                    "getProviderSessions", self.signer.address, self._sessions_read, _SESSIONS_PAGE
+                )
+                if not ids:
+                    return
+                raws, now = await asyncio.gather(
+                    self.chain.read_many([Call("getSession", (i,)) for i in ids]),
+                    self.chain.block_timestamp(),
+                )
+                for session_id, raw in zip(ids, raws, strict=True):
+                    if isinstance(raw, Exception):
+                        raise raw
+                    model_id = await self._bid_model(raw["bidId"])
+                    if model_id is None:  # not ours after all (cannot happen on our contracts)
+                        continue
+                    self._owed.setdefault(session_id, 0)
+                    self._note(session_id, raw, model_id, now)
+                    self._release_reservation(model_id, raw["user"], raw["bidId"])
+                self._sessions_read += len(ids)
+                if self._sessions_read >= total:
+                    return
+
+    def _release_reservation(self, model_id: bytes, user: str, bid_id: bytes) -> None:
+        held = self._reservations.get(model_id, [])
+        for index, reservation in enumerate(held):
+            if (reservation.user.lower(), reservation.bid_id) == (user.lower(), bid_id):
+                del held[index]
+                return
+
+    async def _reread_open_sessions(self, model_id: bytes | None = None) -> None:
+        """Re-read the sessions we hold open, of one model or all (Multicall3: one round
+        trip), so those closed or ended since let go of their slot (and, closed, of their
+        measurements)."""
+        held = {i: m for i, m in self._open.items() if model_id in (None, m)}
+        if not held:
+            return
+        raws, now = await asyncio.gather(
+            self.chain.read_many([Call("getSession", (i,)) for i in held]),
+            self.chain.block_timestamp(),
+        )
+        for (session_id, session_model), raw in zip(held.items(), raws, strict=True):
+            if isinstance(raw, Exception):
+                raise raw
+            self._note(session_id, raw, session_model, now)
+
+    async def _session_model(self, session_id: bytes, sender_pubkey: bytes) -> bytes:
+        """The session's model id, if it is open, unexpired, ours, and `sender_pubkey` is its
+        user's; else RemoteProtocolError ("unknown session", "Session is closed", ...).
+
+        Read on chain for every prompt (getSession and the latest block: one eth_call and one
+        block read, small beside an inference): a session the user closed is refused at once
+        ("Session is closed"), where a cache would serve it free until its booked end, and
+        expiry is judged on the chain's clock, as the contract judges it.
+        """
+        raw, now = await asyncio.gather(
+            self.chain.call("getSession", session_id), self.chain.block_timestamp()
+        )
+        if raw["user"] == _NO_USER:
+            raise RemoteProtocolError("unknown session")
+        model_id = await self._bid_model(raw["bidId"])
+        if model_id is None:
+            raise RemoteProtocolError("this session belongs to another provider")
+        self._note(session_id, raw, model_id, now)
+        if raw["closedAt"] or not raw["isActive"]:
+            raise RemoteProtocolError("Session is closed")
+        if raw["endsAt"] <= now:
             raise RemoteProtocolError("session expired")
-        if address_of(sender_pubkey) != cached.user:
+        if address_of(sender_pubkey) != raw["user"]:
             raise RemoteProtocolError("the request is not signed by the session's user")
-        return cached
+        return model_id
 
     # ----- session.prompt -----
     async def _prompt(
@@ -312,8 +464,7 @@ class ProviderServer:
     ) -> None:
         user_key = recover_public_key(req)
         self._replay.check(req.signature, req.timestamp, _now_ms())
-        session = await self._session(req.session_id, user_key)
-        model = self.models.get(session.model_id)
+        model = self.models.get(await self._session_model(req.session_id, user_key))
         if model is None:
             raise RemoteProtocolError("this provider no longer serves the session's model")
         text = req.message
@@ -364,9 +515,12 @@ class ProviderServer:
             raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None
         if body.get("stream"):
             await send_chunk("[DONE]")
+        if session_id not in self._open and session_id not in self._owed:
+            return  # settled while this answer ran: nothing left to sign for it
         record = self._stats.setdefault(session_id, _SessionStats())
-        record.tps.append(stats.tps_scaled1000)
-        record.ttft.append(stats.ttft_ms)
+        record.answers += 1
+        record.tps_total += stats.tps_scaled1000
+        record.ttft_total_ms += stats.ttft_ms
         record.input_tokens += stats.prompt_tokens
         record.output_tokens += stats.completion_tokens
 
@@ -383,17 +537,16 @@ class ProviderServer:
         raw = await self.chain.call("getSession", session_id)
         if address_of(user_key) != raw["user"]:
             raise RemoteProtocolError("the request is not signed by the session's user")
-        bid = await self.chain.call("getBid", raw["bidId"])
-        if bid["provider"] != self.signer.address:
+        if await self._bid_model(raw["bidId"]) is None:
             raise RemoteProtocolError("this session belongs to another provider")
         record = self._stats.get(session_id, _SessionStats())
         receipt = encode_receipt(
             Receipt(
                 session_id,
                 self.chain.deployment.chain_id,
-                int(time.time()),
-                sum(record.tps) // len(record.tps) if record.tps else 0,
-                sum(record.ttft) // len(record.ttft) if record.ttft else 0,
+                await self._contract_time_ms() // 1000,  # closeSession checks it (s)
+                record.tps_total // max(record.answers, 1),
+                record.ttft_total_ms // max(record.answers, 1),
                 record.input_tokens,
                 record.output_tokens,
             )
@@ -402,40 +555,47 @@ class ProviderServer:
 
     # ----- payments -----
     async def _claim_forever(self, interval: float) -> None:
+        """Claim rounds every `interval` s; after a failed round, one log line with the reason
+        and a pause that doubles per failure, up to `claim_backoff_max` s."""
+        failures = 0
         while True:
             try:
                 await self.claim_owed()
+                failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the chain may be briefly unreachable; try again next round
-                log.warning("claiming provider payments failed; will retry", exc_info=True)
-            await asyncio.sleep(interval)
+            except MorError as exc:  # the chain unreachable or refusing: a reason, no traceback
+                failures += 1
+                log.warning(
+                    "claiming provider payments failed (%s); retrying in %g s",
+                    _line(exc),
+                    self._claim_pause(interval, failures),
+                )
+            except Exception:  # a bug: keep the traceback, but back off all the same
+                failures += 1
+                log.exception(
+                    "claiming provider payments failed; retrying in %g s",
+                    self._claim_pause(interval, failures),
+                )
+            await asyncio.sleep(self._claim_pause(interval, failures))
+
+    def _claim_pause(self, interval: float, failures: int) -> float:
+        if not failures:
+            return interval
+        return min(interval * 2**failures, max(interval, self.claim_backoff_max))
 
     async def claim_owed(self) -> int:
         """Find our sessions on chain and claim what has become payable; how many claims paid.
 
         Payment normally arrives in the user's closeSession; a claim collects sessions the user
         never closed (after their end), the day's part held back by a disputed close (the next
-        day), and what the payout cap left unpaid (when the cap's period resets).
+        day), and what the payout cap left unpaid (when the cap's period resets). A session
+        paid in full is let go, with what was kept about it, once it is closed (or a day after
+        its end, as a user may still close an ended session with a receipt); the sessions
+        held open are re-read each round, so one closed early is let go within a round.
         """
-        me = "0x" + "00" * 12 + self.signer.address[2:].lower()
-        latest = int(await self.chain.rpc.request("eth_blockNumber"), 16)
-        for event in ("SessionOpened", "SessionClosed"):
-            topic = "0x" + self.chain.diamond_abi.event_topic(event).hex()
-            logs = await self.chain.rpc.request(
-                "eth_getLogs",
-                [
-                    {
-                        "address": self.chain.deployment.diamond,
-                        "fromBlock": hex(self._next_block),
-                        "toBlock": hex(latest),
-                        "topics": [topic, None, None, me],
-                    }
-                ],
-            )
-            for entry in logs:
-                self._owed.setdefault(bytes.fromhex(entry["topics"][2][2:]), 0)
-        self._next_block = latest + 1
+        await self._sync_sessions()
+        await self._reread_open_sessions()
         now = await self.chain.block_timestamp()
         paid = 0
         for session_id, not_before in list(self._owed.items()):
@@ -443,11 +603,16 @@ class ProviderServer:
                 continue
             session = await self.chain.call("getSession", session_id)
             bid = await self.chain.call("getBid", session["bidId"])
+            self._note(session_id, session, bid["modelId"], now)
             closed, ends = session["closedAt"], session["endsAt"]
             end = closed if closed and closed < ends else ends
             earned = (end - session["openedAt"]) * bid["pricePerSecond"]
-            if session["providerWithdrawnAmount"] >= earned:
-                del self._owed[session_id]  # fully paid
+            if session["providerWithdrawnAmount"] >= earned:  # fully paid
+                if closed or now >= end + STATS_KEPT_AFTER_END_S:
+                    del self._owed[session_id]
+                    self._forget(session_id)
+                else:
+                    self._owed[session_id] = end + STATS_KEPT_AFTER_END_S
                 continue
             if now < end:
                 self._owed[session_id] = end
