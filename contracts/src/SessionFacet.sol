@@ -339,10 +339,13 @@ contract SessionFacet {
         if (!c.noDispute) session.closeoutType = 1;
 
         // The user: the stake back, less the provider's pay when it came from the stake, less
-        // today's used stipend (as stake) held until tomorrow when closing before the end.
+        // the stipend used today (as stake), held until the next UTC midnight whenever the
+        // session stopped today: an early close, or a natural close on the day of endsAt. The
+        // live day-lock rule since Morpheus-Lumerin-Node #833/#835 (anchored to
+        // min(closedAt, endsAt)); a close on a later day than endsAt holds nothing.
         uint256 userStake = session.stake - (session.isDirect ? earned : 0);
         uint256 lock;
-        if (c.early) {
+        if (c.end >= today) {
             (uint256 compute, uint256 other) = _emissionsCached(today);
             lock = _toStake((c.end - c.usedSince) * c.price, compute, other);
             if (lock > userStake) lock = userStake;

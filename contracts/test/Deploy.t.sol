@@ -79,7 +79,9 @@ contract DeployTest is Base {
         uint256 before = token.balanceOf(provider);
         close(id, providerKey);
         assertTrue(token.balanceOf(provider) > before, "provider paid by the funding account");
-        assertEq(token.balanceOf(user), 1_000 * MOR, "user's stake back");
+        (, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertTrue(hold > 0, "used stake held until the next UTC day");
+        assertEq(token.balanceOf(user) + hold, 1_000 * MOR, "user's stake back or on hold");
 
         // the router's batched read through the Multicall3 at its canonical address
         Multicall3.Call3[] memory calls = new Multicall3.Call3[](2);

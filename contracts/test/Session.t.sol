@@ -90,18 +90,26 @@ contract SessionTest is Base {
         return open(amount, false);
     }
 
-    function test_naturalCloseReturnsEverythingAndPaysTheProvider() public {
+    function test_naturalCloseHoldsTheUsedStakeUntilTheNextUtcDay() public {
         uint256 amount = depositFor(HOUR, PRICE);
         bytes32 id = open(amount, false);
         uint256 endsAt = market.getSession(id).endsAt;
-        vm.warp(endsAt + 30);
+        vm.warp(endsAt + 30); // same UTC day as endsAt (opened at 12:00 for about an hour)
         uint256 userBefore = token.balanceOf(user);
         uint256 providerBefore = token.balanceOf(provider);
+        uint256 used = market.stipendToStake((endsAt - NOW) * PRICE, uint128(today()));
         close(id, providerKey);
-        assertEq(token.balanceOf(user) - userBefore, amount, "whole stake back");
-        assertEq(token.balanceOf(provider) - providerBefore, (endsAt - NOW) * PRICE, "provider paid");
         (uint256 available, uint256 hold) = market.getUserStakesOnHold(user, 10);
-        assertEq(available + hold, 0, "nothing on hold");
+        assertEq(available, 0, "nothing released yet");
+        assertEq(hold, used, "the used stipend, as stake, held");
+        assertTrue(hold > 0 && hold <= amount, "a real hold within the stake");
+        assertEq(token.balanceOf(user) - userBefore, amount - used, "only the unused part back now");
+        assertEq(token.balanceOf(provider) - providerBefore, (endsAt - NOW) * PRICE, "provider paid");
+        vm.expectRevert(SessionFacet.SessionUserAmountToWithdrawIsZero.selector);
+        this.withdrawAs();
+        vm.warp(today() + 1 days);
+        this.withdrawAs();
+        assertEq(token.balanceOf(user) - userBefore, amount, "all back from the next UTC midnight");
         LibMarket.ProviderModelStats memory st = market.getProviderModelStats(modelId, provider);
         assertEq(st.successCount, 1, "success");
         assertEq(uint256(int256(st.tpsScaled1000.mean)), 15_000, "tps recorded");
@@ -109,6 +117,82 @@ contract SessionTest is Base {
         assertTrue(!market.getSession(id).isActive, "closed");
         vm.expectRevert(SessionFacet.SessionAlreadyClosed.selector);
         this.closeAs(id);
+    }
+
+    function today() internal view returns (uint256) {
+        return block.timestamp - (block.timestamp % 1 days);
+    }
+
+    function test_naturalCloseOnALaterDayThanTheEndHoldsNothing() public {
+        uint256 amount = depositFor(HOUR, PRICE);
+        bytes32 id = open(amount, false);
+        uint256 endsAt = market.getSession(id).endsAt;
+        vm.warp(endsAt - (endsAt % 1 days) + 1 days + 5); // just past the midnight after endsAt
+        uint256 userBefore = token.balanceOf(user);
+        close(id, providerKey);
+        (uint256 available, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertEq(available + hold, 0, "the day the stipend was drawn against is over: no entry");
+        assertEq(token.balanceOf(user) - userBefore, amount, "whole stake back");
+    }
+
+    function test_naturalCloseAfterMidnightHoldsOnlyTheEndDaysUse() public {
+        // opened at 23:00, about two hours long: it ends at about 01:00 the next day
+        uint256 midnight = NOW - (NOW % 1 days) + 1 days;
+        vm.warp(midnight - HOUR);
+        uint256 amount = depositFor(2 * HOUR, PRICE);
+        bytes32 id = open(amount, false);
+        uint256 endsAt = market.getSession(id).endsAt;
+        assertTrue(endsAt > midnight && endsAt < midnight + 1 days, "ends the next day");
+        vm.warp(endsAt + 60);
+        uint256 userBefore = token.balanceOf(user);
+        uint256 used = market.stipendToStake((endsAt - midnight) * PRICE, uint128(midnight));
+        close(id, providerKey);
+        (, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertEq(hold, used, "only the stipend used since midnight held");
+        assertEq(token.balanceOf(user) - userBefore, amount - used, "yesterday's part back now");
+    }
+
+    function test_disputedNaturalClosePaysTheProviderInFull() public {
+        // the provider side is unchanged: only an early dispute delays the provider's pay
+        uint256 amount = depositFor(HOUR, PRICE);
+        bytes32 id = open(amount, false);
+        uint256 endsAt = market.getSession(id).endsAt;
+        vm.warp(endsAt + 30);
+        uint256 providerBefore = token.balanceOf(provider);
+        uint256 used = market.stipendToStake((endsAt - NOW) * PRICE, uint128(today()));
+        close(id, userKey);
+        assertEq(token.balanceOf(provider) - providerBefore, (endsAt - NOW) * PRICE, "paid in full");
+        (, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertEq(hold, used, "the user's used stake still held");
+    }
+
+    function testFuzz_closeHoldsTheUsedStakeOfTheDayTheSessionStopped(uint32 start, uint32 after_, bool direct, bool dispute)
+        public
+    {
+        vm.warp(NOW + (uint256(start) % 1 days)); // open at any time of the day
+        uint256 openedAt = block.timestamp;
+        uint256 amount = depositFor(HOUR, PRICE);
+        bytes32 id = open(amount, direct);
+        uint256 endsAt = market.getSession(id).endsAt;
+        vm.warp(openedAt + (uint256(after_) % (3 days)) + 1);
+        uint256 stopped = block.timestamp < endsAt ? block.timestamp : endsAt;
+        uint256 stopDay = stopped - (stopped % 1 days);
+        uint256 refund = amount - (direct ? (stopped - openedAt) * PRICE : 0);
+        uint256 expected;
+        if (block.timestamp < stopDay + 1 days) {
+            uint256 since = openedAt > stopDay ? openedAt : stopDay;
+            expected = market.stipendToStake((stopped - since) * PRICE, uint128(stopDay));
+            if (expected > refund) expected = refund;
+        }
+        uint256 userBefore = token.balanceOf(user);
+        close(id, dispute ? userKey : providerKey);
+        (uint256 available, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertEq(available, 0, "nothing released at close");
+        assertEq(hold, expected, "held: the used stake of the day the session stopped, while it lasts");
+        assertEq(token.balanceOf(user) - userBefore, refund - expected, "the rest back now");
+        vm.warp(stopDay + 1 days);
+        if (expected != 0) this.withdrawAs();
+        assertEq(token.balanceOf(user) - userBefore, refund, "everything back from the next UTC day");
     }
 
     function closeAs(bytes32 id) external {
@@ -184,7 +268,9 @@ contract SessionTest is Base {
         assertEq(token.balanceOf(provider) - before, (endsAt - NOW) * PRICE, "claimed");
         uint256 userBefore = token.balanceOf(user);
         close(id, providerKey);
-        assertEq(token.balanceOf(user) - userBefore, market.getSession(id).stake, "user gets stake");
+        (, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertTrue(hold > 0, "used stake held (closed on its end day)");
+        assertEq(token.balanceOf(user) - userBefore + hold, market.getSession(id).stake, "user gets stake");
         assertEq(token.balanceOf(provider) - before, (endsAt - NOW) * PRICE, "not paid twice");
     }
 
@@ -195,10 +281,19 @@ contract SessionTest is Base {
         vm.warp(endsAt + 5);
         uint256 userBefore = token.balanceOf(user);
         uint256 fundingBefore = token.balanceOf(admin);
-        close(id, providerKey);
+        uint256 providerBefore = token.balanceOf(provider);
         uint256 earned = (endsAt - NOW) * PRICE;
-        assertEq(token.balanceOf(user) - userBefore, amount - earned, "stake less the pay");
+        uint256 used = market.stipendToStake(earned, uint128(today()));
+        uint256 expectedHold = used < amount - earned ? used : amount - earned;
+        close(id, providerKey);
+        (, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertEq(hold, expectedHold, "direct payment: the used stake held too, within what is left");
+        assertEq(token.balanceOf(user) - userBefore, amount - earned - hold, "stake less the pay and the hold");
+        assertEq(token.balanceOf(provider) - providerBefore, earned, "paid from the stake");
         assertEq(token.balanceOf(admin), fundingBefore, "funding account untouched");
+        vm.warp(today() + 1 days);
+        this.withdrawAs();
+        assertEq(token.balanceOf(user) - userBefore, amount - earned, "stake less the pay, next day");
     }
 
     function test_providerPayIsCappedByItsStakePerPeriod() public {
@@ -447,7 +542,8 @@ contract SessionTest is Base {
         uint256 before = token.balanceOf(provider);
         close(id, providerKey);
         assertEq(token.balanceOf(provider), before, "no stake left, nothing paid");
-        assertEq(token.balanceOf(user) - userBefore, market.getSession(id).stake, "user made whole");
+        (, uint256 hold) = market.getUserStakesOnHold(user, 10);
+        assertEq(token.balanceOf(user) - userBefore + hold, market.getSession(id).stake, "user made whole");
     }
 
     // ----- on-hold stakes -----
