@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -94,13 +95,29 @@ def _demo(args: argparse.Namespace) -> int:
             during = wb.balance()
             print(f"\nStaked while open: {during['mor_staked']:.6f} MOR")
         after = wb.balance()
-        print(
-            f"Closed with the provider's receipt. Balance after: {after['mor']:.6f} MOR, and "
-            f"{after['mor_on_hold']:.6f} MOR on hold until midnight UTC (today's use, as the "
-            f"contract keeps it). In staking mode the provider is paid from the compute budget, "
-            f"so the whole stake comes back: {after['mor'] + after['mor_on_hold']:.6f} MOR."
-        )
+        _print_settlement(before, during["mor_staked"], after)
     return 0
+
+
+def _print_settlement(before: dict[str, float], staked: float, after: dict[str, float]) -> None:
+    """The demo's last lines: where the session's MOR went, each labelled (live day-lock rule:
+    the part of the stake used today is held until the next UTC midnight)."""
+    returned = after["mor"] - before["mor"] + staked
+    held = after["mor_on_hold"] - before["mor_on_hold"]
+    spent = (before["mor"] + before["mor_on_hold"]) - (after["mor"] + after["mor_on_hold"])
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    release = midnight + timedelta(days=1)
+    print("Closed with the provider's receipt.")
+    print(f"  staked    {staked:12.6f} MOR  locked in the session while it was open")
+    print(f"  returned  {returned:12.6f} MOR  the unused part, back in the close transaction")
+    print(
+        f"  on hold   {held:12.6f} MOR  the part used today, held by the contract until "
+        f"{release:%Y-%m-%d %H:%M} UTC (the next UTC day); connect() withdraws it then"
+    )
+    print(
+        f"  spent     {spent:12.6f} MOR  in staking mode the provider is paid from the "
+        "protocol's compute budget, not from your stake"
+    )
 
 
 def _provider(args: argparse.Namespace) -> int:

@@ -225,7 +225,8 @@ class AsyncSession:
         return to_completion(payloads[-1], record)
 
     async def close(self) -> None:
-        """Close on chain with the provider's receipt (the stake comes back)."""
+        """Close on chain with the provider's receipt: the unused stake comes back now, the part
+        used today is held until the next UTC midnight (the contract's day-lock)."""
         if not self.closed:
             await self._router.close(self.opened)
         self._closed = True
