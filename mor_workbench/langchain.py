@@ -167,12 +167,14 @@ class ChatMorpheus(BaseChatModel):
 
     def __getstate__(self) -> dict[str, Any]:
         """A pickle without the secrets (API key or private key, RPC URL, secret options)
-        nor the connection: an unpickled model refuses to connect until built again with
-        them, rather than connecting with another account or node."""
+        nor the connection (a workbench given or connected, which no pickle can carry): an
+        unpickled model refuses to connect until built again with them, rather than
+        connecting with another account or node."""
         state = super().__getstate__()
         fields = dict(state["__dict__"])
-        withheld = [name for name in ("api_key", "rpc_url") if fields.get(name) is not None]
-        fields.update(api_key=None, rpc_url=None)
+        dropped = ("workbench", "api_key", "rpc_url")
+        withheld = [name for name in dropped if fields.get(name) is not None]
+        fields.update(dict.fromkeys(dropped))
         options = fields.get("connect_options") or {}
         withheld += sorted(options.keys() & _SECRET_OPTIONS)
         fields["connect_options"] = {k: v for k, v in options.items() if k not in _SECRET_OPTIONS}
@@ -251,8 +253,8 @@ class ChatMorpheus(BaseChatModel):
             return self.workbench
         if self._withheld:
             raise ConfigurationError(
-                f"this ChatMorpheus was unpickled, and pickles leave out its secrets "
-                f"({', '.join(self._withheld)}): build a new ChatMorpheus with them"
+                f"this ChatMorpheus was unpickled, and pickles leave out its connection and "
+                f"secrets ({', '.join(self._withheld)}): build a new ChatMorpheus with them"
             )
         self._owned = _SHARED.acquire(self._hold, self.network, self._connect_arguments())
         return self._owned
