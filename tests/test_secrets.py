@@ -31,6 +31,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.load import dumpd, dumps
 
 import mor_workbench as mor
+from mor_workbench import sandbox
 from mor_workbench._portal import portal
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import load_signer
@@ -260,6 +261,7 @@ async def test_chat_revert_and_serve_show_no_secret(
     out, err = capfd.readouterr()
     captured |= {"stdout": out, "stderr": err, "logs": debug_logs.getvalue()}
     assert forwarder.forwarded > 0 and "HTTP Request: POST" in captured["logs"]
+    assert f"{base_url}/chat/completions" in captured["logs"]  # a URL without secrets: as is
     assert_nothing_leaked(captured)
 
 
@@ -360,6 +362,13 @@ def _mode(path: Path) -> int:
 def test_files_about_the_account_are_the_owners_only(sandbox_info: Any, tmp_path: Path) -> None:
     for path in [sandbox_info.directory, *sandbox_info.directory.iterdir()]:
         assert _mode(path) == (0o700 if path.is_dir() else 0o600), path
+    # a sandbox an older version left readable by all is tightened when next used
+    old_sandbox = tmp_path / "old-sandbox"
+    old_sandbox.mkdir(mode=0o755)
+    (old_sandbox / "accounts.json").write_text("{}")
+    (old_sandbox / "accounts.json").chmod(0o644)
+    assert sandbox.stop(old_sandbox) is False
+    assert _mode(old_sandbox) == 0o700 and _mode(old_sandbox / "accounts.json") == 0o600
     # a journal an older version left readable by all is tightened when opened
     folder = tmp_path / "journal"
     folder.mkdir(mode=0o755)
@@ -383,3 +392,20 @@ def test_files_about_the_account_are_the_owners_only(sandbox_info: Any, tmp_path
         assert _mode(tmp_path / "new" / "a.sqlite3") == 0o600
     finally:
         fresh.close()
+
+
+def test_a_secret_url_is_hidden_in_any_logger_message_and_traceback(
+    forwarder: Forwarder, debug_logs: io.StringIO
+) -> None:
+    RpcClient(forwarder.url)  # our code was given the URL: from now on it is hidden
+    late = logging.getLogger("a.library.created.later")
+    late.info("fetching %s (and http://example.org/v1/models)", forwarder.url)
+    try:
+        raise RuntimeError(f"request to {forwarder.url} failed")
+    except RuntimeError:
+        late.exception("failed", stack_info=True)
+    logs = debug_logs.getvalue()
+    assert f"fetching http://127.0.0.1:{forwarder.server_port}/…" in logs
+    assert "http://example.org/v1/models" in logs  # other URLs are left alone
+    assert "RuntimeError: request to" in logs  # the traceback is still there
+    assert_nothing_leaked({"logs": logs})
