@@ -53,9 +53,17 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_function, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_serializer,
+    model_validator,
+)
 
 from mor_workbench._portal import portal
+from mor_workbench._redact import redact_url
 from mor_workbench.errors import ConfigurationError
 from mor_workbench.router.calls import CallRecord
 from mor_workbench.router.gateway import API_KEY_ENV
@@ -78,6 +86,9 @@ _CONNECTION_FIELDS = frozenset(
         "max_retries",
     }
 )
+# `connect_options` that hold a secret: masked in every serialization, left out of pickles.
+_SECRET_OPTIONS = frozenset({"password", "key", "api_key", "rpc_url"})
+_MASK = "**********"  # what pydantic shows for a SecretStr
 
 
 class _Hold:
@@ -134,6 +145,41 @@ class ChatMorpheus(BaseChatModel):
 
     _owned: Workbench | None = PrivateAttr(default=None)
     _hold: _Hold = PrivateAttr(default_factory=_Hold)
+    _withheld: tuple[str, ...] = PrivateAttr(default=())
+    """The secrets a pickle of this model left out (it refuses to connect without them)."""
+
+    # ----- secrets: never in a serialization, a log or a pickle -----
+
+    @field_serializer("rpc_url")
+    def _rpc_url_redacted(self, rpc_url: str | list[str] | None) -> str | list[str] | None:
+        """`model_dump*` show the RPC URLs as `scheme://host[:port]/…`: their credentials,
+        path and query often are the API key."""
+        if rpc_url is None:
+            return None
+        if isinstance(rpc_url, str):
+            return redact_url(rpc_url)
+        return [redact_url(url) for url in rpc_url]
+
+    @field_serializer("connect_options")
+    def _connect_options_masked(self, options: dict[str, Any]) -> dict[str, Any]:
+        """`model_dump*` mask the secret options (keystore password, key, RPC URL)."""
+        return {k: _MASK if k in _SECRET_OPTIONS else v for k, v in options.items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickle without the secrets (API key or private key, RPC URL, secret options)
+        nor the connection (a workbench given or connected, which no pickle can carry): an
+        unpickled model refuses to connect until built again with them, rather than
+        connecting with another account or node."""
+        state = super().__getstate__()
+        fields = dict(state["__dict__"])
+        dropped = ("workbench", "api_key", "rpc_url")
+        withheld = [name for name in dropped if fields.get(name) is not None]
+        fields.update(dict.fromkeys(dropped))
+        options = fields.get("connect_options") or {}
+        withheld += sorted(options.keys() & _SECRET_OPTIONS)
+        fields["connect_options"] = {k: v for k, v in options.items() if k not in _SECRET_OPTIONS}
+        private = {"_owned": None, "_hold": _Hold(), "_withheld": (*self._withheld, *withheld)}
+        return {**state, "__dict__": fields, "__pydantic_private__": private}
 
     @model_validator(mode="before")
     @classmethod
@@ -205,6 +251,11 @@ class ChatMorpheus(BaseChatModel):
         (connected on first use by whichever model needs it first)."""
         if self.workbench is not None:
             return self.workbench
+        if self._withheld:
+            raise ConfigurationError(
+                f"this ChatMorpheus was unpickled, and pickles leave out its connection and "
+                f"secrets ({', '.join(self._withheld)}): build a new ChatMorpheus with them"
+            )
         self._owned = _SHARED.acquire(self._hold, self.network, self._connect_arguments())
         return self._owned
 

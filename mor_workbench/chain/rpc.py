@@ -1,6 +1,8 @@
 """Async JSON-RPC over HTTP: single and batched requests, failover across several URLs.
 
-RPC URLs often embed an API key (`.../v2/<key>`), so a URL is only ever shown redacted.
+RPC URLs often embed an API key (`.../v2/<key>`), so a URL is only ever shown redacted, and
+each URL a client is given is registered with `mor_workbench._redact` so that no log record —
+ours or httpx's, at any level — shows its secrets.
 """
 
 from __future__ import annotations
@@ -12,18 +14,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from mor_workbench._redact import hide_url, redact_url
 from mor_workbench.errors import ChainError, ConfigurationError, RpcUnavailable
 
 __all__ = ["RpcClient", "RpcError", "redact_url"]
-
-
-def redact_url(url: str) -> str:
-    """`scheme://host[:port]/…` with any path, query or credentials hidden."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    tail = "/…" if (parts.path.strip("/") or parts.query) else ""
-    return f"{parts.scheme}://{host}{port}{tail}"
 
 
 class RpcError(ChainError):
@@ -77,6 +71,7 @@ class RpcClient:
                 raise ConfigurationError(
                     f"RPC URL {redact_url(url)!r} is not http(s): pass e.g. rpc_url='https://…'"
                 )
+            hide_url(url)
         return urls
 
     def __repr__(self) -> str:

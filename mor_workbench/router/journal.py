@@ -8,6 +8,10 @@ Each row names the process that wrote it. A live process holds an exclusive lock
 its own beside the journal (the OS drops it when the process dies, however it dies), so the
 next start settles only what dead processes left, never the sessions of a notebook still
 running with the same account.
+
+The journal names the account's sessions, providers and stakes: its folder is 0700 and its
+files (the database and SQLite's -wal and -shm beside it) 0600, tightened on open when an
+older version left them wider.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+from mor_workbench._private_files import private_dir, private_file
 
 try:
     import fcntl
@@ -99,7 +105,7 @@ def _hold_owner_lock(directory: Path) -> None:
     remove the files of owners that have died (a process killed before its exit handler)."""
     if fcntl is None or directory in _held:
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     # locked under a temporary name, then renamed: a file under its final name is always held
     # (a sweep in another process can never take a file between its creation and its lock)
     pending = directory / f"{_PROCESS}.pending"
@@ -146,7 +152,8 @@ class SessionJournal:
     """A durable record of this account's sessions on one chain."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # tightens the -wal and -shm files an older version left
+        private_file(path)  # SQLite creates the -wal and -shm files with the database's mode
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

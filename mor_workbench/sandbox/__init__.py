@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from mor_workbench._private_files import private_dir, private_file
 from mor_workbench.chain.anvil import stop_leftover
 from mor_workbench.chain.client import Deployment
 from mor_workbench.chain.keys import Signer
@@ -98,8 +99,8 @@ def _read_info(paths: SandboxPaths) -> SandboxInfo | None:
 @contextlib.contextmanager
 def _locked(paths: SandboxPaths) -> Iterator[None]:
     """Serialise start/stop across processes (two kernels starting at once get one sandbox)."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.lock, "w") as handle:
+    private_dir(paths.root)  # keys, chain state and logs: the owner's only (0700, files 0600)
+    with open(private_file(paths.lock), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -127,7 +128,7 @@ def start(directory: str | os.PathLike[str] | None = None, *, timeout: float = 6
         if stale is not None and _alive(stale.pid):
             _terminate(stale.pid)
         paths.info.unlink(missing_ok=True)
-        with open(paths.root / "daemon.out", "ab") as out:
+        with open(private_file(paths.root / "daemon.out"), "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mor_workbench.sandbox.daemon", "--dir", str(paths.root)],
                 stdin=subprocess.DEVNULL,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from eth_account import Account
 
+from mor_workbench._private_files import private_dir, private_file
 from mor_workbench.chain.anvil import Anvil
 from mor_workbench.chain.client import Chain, Deployment
 from mor_workbench.chain.deploy import deploy_marketplace
@@ -38,9 +39,7 @@ log = logging.getLogger("mor_workbench.sandbox")
 
 
 def _write_private(path: Path, data: dict) -> None:
-    path.touch(mode=0o600, exist_ok=True)
-    os.chmod(path, 0o600)
-    path.write_text(json.dumps(data, indent=2))
+    private_file(path).write_text(json.dumps(data, indent=2))
 
 
 def _new_accounts() -> dict:
@@ -139,7 +138,11 @@ def main() -> None:
     parser.add_argument("--dir", required=True, help="the sandbox directory")
     args = parser.parse_args()
     paths = SandboxPaths(Path(args.dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
+    # Everything here is about the sandbox's accounts (keys, chain state, logs): whatever this
+    # process and its chain create is its owner's only, and what an older version left is
+    # tightened.
+    os.umask(0o077)
+    private_dir(paths.root)
     logging.basicConfig(
         filename=paths.daemon_log,
         level=logging.INFO,

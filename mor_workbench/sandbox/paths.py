@@ -1,4 +1,5 @@
-"""Where a sandbox keeps its files (one directory per sandbox)."""
+"""Where a sandbox keeps its files: one directory per sandbox, 0700, its files 0600 (they are
+its accounts' keys, chain state and logs; see `mor_workbench._private_files`)."""
 
 from __future__ import annotations
 
