@@ -34,7 +34,8 @@ SESSION_COLUMNS = [
 class Sessions(MorWidget):
     """This account's sessions: the open ones count down to their end and can be closed
     (the unused stake comes back at once; the part used today is held until the next UTC
-    midnight); on-hold stakes whose time has come can be withdrawn. `balance` holds ETH, MOR, staked and on-hold MOR.
+    midnight); on-hold stakes whose time has come can be withdrawn. `balance` holds ETH, MOR,
+    staked and on-hold MOR.
 
     `close_session(id)`, `withdraw()` and `refresh()` are what the buttons call.
     """
