@@ -8,7 +8,9 @@ from __future__ import annotations
 import openai
 import pytest
 
+import mor_workbench as mor
 from mor_workbench.sandbox.model_server import ModelServer
+from mor_workbench.session import StreamPart
 
 REASONER = "deepseek-r1"  # tagged "reasoning" in the sandbox market
 PLAIN = "llama-3.2"
@@ -82,3 +84,61 @@ async def test_reasoning_model_thinks_before_a_tool_call(model_server):
                 order.append(call.function.name or "arguments")
     assert order[0] == "reasoning" and "lookup" in order
     assert "reasoning" not in order[order.index("lookup") :]
+
+
+# ----- the workbench: complete() and stream() -----
+
+
+@pytest.fixture(scope="module")
+def wb(sandbox_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("reasoning-home")  # this module's own session journal
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOR_WORKBENCH_HOME", str(home))
+        workbench = mor.connect("sandbox", sandbox_dir=sandbox_dir)
+        yield workbench
+        workbench.close()
+
+
+def test_complete_keeps_the_reasoning_on_the_message(wb):
+    completion = wb.complete(QUESTION, model=REASONER)
+    message = completion.choices[0].message
+    assert message.reasoning_content.startswith("Let me think")
+    assert message.content and message.reasoning_content not in message.content
+    assert completion.morpheus["provider"]  # how the call went is still there
+    plain = wb.complete(QUESTION, model=PLAIN).choices[0].message
+    assert getattr(plain, "reasoning_content", None) is None
+
+
+def test_stream_yields_the_answer_and_keeps_the_reasoning_apart(wb):
+    whole = wb.complete(QUESTION, model=REASONER, seed=7).choices[0].message
+    stream = wb.stream(QUESTION, model=REASONER, seed=7)
+    deltas = list(stream)
+    assert "".join(deltas) == stream.text == whole.content  # only the answer is yielded
+    assert stream.reasoning == whole.reasoning_content
+    info = stream.info
+    # the thinking counts as output: TTFT is its first token, and its tokens are counted
+    assert info["completion_tokens"] == stream.usage["completion_tokens"]
+    assert info["completion_tokens"] > len(deltas)
+
+    events = wb.stream(QUESTION, model=REASONER, seed=7).events()
+    parts = list(events)
+    kinds = [p.kind for p in parts]
+    assert kinds[0] == "reasoning" and kinds.index("text") == kinds.count("reasoning")
+    assert "".join(p.text for p in parts if p.kind == "reasoning") == whole.reasoning_content
+    assert "".join(p.text for p in parts if p.kind == "text") == whole.content
+    assert all(isinstance(p, StreamPart) for p in parts)
+
+    plain = wb.stream(QUESTION, model=PLAIN)
+    assert "".join(plain) and plain.reasoning == ""
+
+
+async def test_async_stream_has_the_same_twins(sandbox_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    async with await mor.aconnect("sandbox", sandbox_dir=sandbox_dir) as awb:
+        stream = awb.stream(QUESTION, model=REASONER, seed=3)
+        parts = [p async for p in stream.events()]
+        assert stream.reasoning and stream.text
+        assert stream.reasoning == "".join(p.text for p in parts if p.kind == "reasoning")
+        again = awb.stream(QUESTION, model=REASONER, seed=3)
+        assert "".join([d async for d in again]) == stream.text
+        assert again.reasoning == stream.reasoning
