@@ -5,10 +5,14 @@ and `serve`, all on the sandbox's real chain and provider routers."""
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import openai
 import pytest
 
 import mor_workbench as mor
+from mor_workbench.langchain import ChatMorpheus
 from mor_workbench.sandbox.model_server import ModelServer
 from mor_workbench.session import StreamPart
 
@@ -142,3 +146,42 @@ async def test_async_stream_has_the_same_twins(sandbox_dir, tmp_path, monkeypatc
         again = awb.stream(QUESTION, model=REASONER, seed=3)
         assert "".join([d async for d in again]) == stream.text
         assert again.reasoning == stream.reasoning
+
+
+# ----- LangChain -----
+
+
+def test_chat_morpheus_puts_the_reasoning_where_langchain_expects_it(wb):
+    llm = ChatMorpheus(model=REASONER, workbench=wb, model_kwargs={"seed": 11})
+    whole = wb.complete(QUESTION, model=REASONER, seed=11).choices[0].message
+
+    message = llm.invoke("Why is the sky blue?")
+    assert message.content == whole.content  # the answer alone
+    assert message.additional_kwargs["reasoning_content"] == whole.reasoning_content
+    blocks = message.content_blocks
+    assert blocks[0] == {"type": "reasoning", "reasoning": whole.reasoning_content}
+    assert blocks[1]["type"] == "text" and blocks[1]["text"] == whole.content
+
+    chunks = list(llm.stream("Why is the sky blue?"))
+    thinking = [c for c in chunks if c.additional_kwargs.get("reasoning_content")]
+    assert thinking and all(c.content == "" for c in thinking)
+    assert thinking[0].content_blocks[0]["type"] == "reasoning"
+    total = functools.reduce(operator.add, chunks)
+    assert total.content == whole.content
+    assert total.additional_kwargs["reasoning_content"] == whole.reasoning_content
+    assert [b["type"] for b in total.content_blocks] == ["reasoning", "text"]
+
+    plain = ChatMorpheus(model=PLAIN, workbench=wb).invoke("Why is the sky blue?")
+    assert "reasoning_content" not in plain.additional_kwargs
+    assert [b["type"] for b in plain.content_blocks] == ["text"]
+
+
+async def test_chat_morpheus_async_carries_the_reasoning_too(wb):
+    llm = ChatMorpheus(model=REASONER, workbench=wb, model_kwargs={"seed": 12})
+    message = await llm.ainvoke("Why is the sky blue?")
+    total = None
+    async for chunk in llm.astream("Why is the sky blue?"):
+        total = chunk if total is None else total + chunk
+    assert message.additional_kwargs["reasoning_content"]
+    assert total.additional_kwargs == message.additional_kwargs
+    assert total.content == message.content
