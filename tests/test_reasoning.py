@@ -6,13 +6,19 @@ and `serve`, all on the sandbox's real chain and provider routers."""
 from __future__ import annotations
 
 import functools
+import html
 import operator
+import shlex
 
 import openai
 import pytest
+from IPython.core.displaypub import CapturingDisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
 
 import mor_workbench as mor
+from mor_workbench import magic
 from mor_workbench.langchain import ChatMorpheus
+from mor_workbench.magic import bundle
 from mor_workbench.sandbox.model_server import ModelServer
 from mor_workbench.session import StreamPart
 
@@ -185,3 +191,73 @@ async def test_chat_morpheus_async_carries_the_reasoning_too(wb):
     assert message.additional_kwargs["reasoning_content"]
     assert total.additional_kwargs == message.additional_kwargs
     assert total.content == message.content
+
+
+# ----- %%mor -----
+
+
+@pytest.fixture(scope="module")
+def shell(sandbox_dir, tmp_path_factory):
+    """A real IPython shell with the extension loaded, on the shared sandbox."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOR_WORKBENCH_HOME", str(tmp_path_factory.mktemp("magic-home")))
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "mor_workbench")
+        ip.run_line_magic("mor", f"connect sandbox --dir {shlex.quote(str(sandbox_dir))}")
+        mags = ip.magics_manager.registry["MorMagics"]
+        yield ip, mags
+        mags.live_display = None
+        if mags.workbench is not None:
+            mags.workbench.close()
+            mags.workbench = None
+
+
+def ask(ip, source):
+    result = ip.run_cell(source, store_history=True)
+    assert result.success, result.error_in_exec or result.error_before_exec
+    return ip.user_ns["_mor"]
+
+
+def test_magic_prints_the_reasoning_above_the_answer_in_a_terminal(shell, capsys):
+    ip, mags = shell
+    mags.live_display = False
+    answer = ask(ip, "%%mor deepseek-r1 -p seed=21\nWhy is the sky blue?")
+    whole = mags.workbench.complete(QUESTION, model=REASONER, seed=21).choices[0].message
+    assert str(answer) == whole.content and answer.reasoning == whole.reasoning_content
+    out = capsys.readouterr().out
+    assert f"Reasoning:\n{answer.reasoning}\n\n{answer}" in out
+
+    ask(ip, "%%mor deepseek-r1 --no-stream -p seed=21\nWhy is the sky blue?")
+    assert f"Reasoning:\n{answer.reasoning}\n\n{answer}" in capsys.readouterr().out
+
+    plain = ask(ip, "%%mor llama-3.2 --max-tokens 10\nWhy is the sky blue?")
+    assert plain.reasoning == "" and "Reasoning:" not in capsys.readouterr().out
+
+
+def test_magic_folds_the_reasoning_above_the_answer_in_a_notebook(shell, monkeypatch):
+    ip, mags = shell
+    mags.live_display = True
+    monkeypatch.setattr(magic, "UPDATE_EVERY_S", 0.0)  # redraw on every part
+    monkeypatch.setattr(ip, "display_pub", CapturingDisplayPublisher())
+    answer = ask(ip, "%%mor deepseek-r1\nWhy is the <b>sky</b> blue?")
+    assert answer.reasoning and answer
+    first, *updates, _footer = ip.display_pub.outputs
+    assert first["data"]["text/markdown"] == "*asking deepseek-r1…*"
+    final = updates[-1]["data"]["text/markdown"]
+    folded = f"<details><summary>Reasoning</summary>\n\n{html.escape(answer.reasoning)}"
+    assert final.startswith(folded)  # folded, escaped, above the answer
+    assert final.endswith(f"</details>\n\n{answer}")
+    thinking = [u["data"]["text/markdown"] for u in updates[:-1]]
+    assert any(t.startswith("<details open>") for t in thinking)  # unfolded while it thinks
+    assert "&lt;b&gt;sky&lt;/b&gt;" in final  # the question's markup is shown, not rendered
+
+    ask(ip, "%%mor deepseek-r1 -f html\nWhy is the sky blue?")
+    shown = ip.display_pub.outputs[-2]["data"]
+    assert shown["text/html"].startswith("<details><summary>Reasoning</summary>")
+    assert shown["text/html"].endswith(f"</details>{ip.user_ns['_mor']}")
+
+
+def test_plain_text_shows_the_reasoning_as_a_paragraph():
+    shown = bundle("The answer.", "text", final=True, reasoning="First, think.")
+    assert shown == {"text/plain": "Reasoning:\nFirst, think.\n\nThe answer."}
+    assert bundle("The answer.", "text", final=True) == {"text/plain": "The answer."}
