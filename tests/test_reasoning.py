@@ -21,6 +21,7 @@ from mor_workbench.langchain import ChatMorpheus
 from mor_workbench.magic import bundle
 from mor_workbench.sandbox.model_server import ModelServer
 from mor_workbench.session import StreamPart
+from mor_workbench.widgets import Chat
 
 REASONER = "deepseek-r1"  # tagged "reasoning" in the sandbox market
 PLAIN = "llama-3.2"
@@ -261,3 +262,44 @@ def test_plain_text_shows_the_reasoning_as_a_paragraph():
     shown = bundle("The answer.", "text", final=True, reasoning="First, think.")
     assert shown == {"text/plain": "Reasoning:\nFirst, think.\n\nThe answer."}
     assert bundle("The answer.", "text", final=True) == {"text/plain": "The answer."}
+
+
+# ----- the Chat widget -----
+
+
+def test_chat_widget_streams_the_reasoning_apart_from_the_answer(wb):
+    slowest = wb.bids(REASONER).sort_values("price_per_hour").iloc[0]["id"]  # 50 tok/s
+    chat = Chat(wb, model=REASONER, bid=slowest, seed=31)
+    try:
+        chat.wait(30)
+        seen = []
+        chat.observe(lambda change: seen.append(change["new"][-1]), names="messages")
+        chat.send("Why is the sky blue?")
+        chat.wait(60)
+        assert chat.error == ""
+        whole = wb.complete(QUESTION, model=REASONER, seed=31).choices[0].message
+        answer = chat.messages[-1]
+        assert answer["content"] == whole.content
+        assert answer["reasoning"] == whole.reasoning_content
+        thinking = [m for m in seen if m.get("streaming") and m["reasoning"] and not m["content"]]
+        assert thinking  # the thinking showed while it arrived, before any answer
+        assert all(whole.reasoning_content.startswith(m["reasoning"]) for m in thinking)
+
+        chat.send("And at sunset?")  # the thinking is not sent back with the history
+        chat.wait(60)
+        # answers are deterministic in the messages: the widget sent the answer alone
+        history = [
+            *QUESTION,
+            {"role": "assistant", "content": whole.content},
+            {"role": "user", "content": "And at sunset?"},
+        ]
+        sent = wb.complete(history, model=REASONER, seed=31).choices[0].message
+        assert chat.messages[-1]["content"] == sent.content
+    finally:
+        chat.close()
+
+
+def test_chat_widget_draws_the_reasoning_in_a_collapsible_block():
+    source = Chat._esm
+    assert 'h("details", { class: "mor-reasoning"' in source
+    assert "m.reasoning" in source and ".mor-reasoning" in Chat._css
