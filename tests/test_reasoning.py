@@ -12,6 +12,7 @@ import shlex
 
 import openai
 import pytest
+from aiohttp import web
 from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -20,6 +21,7 @@ from mor_workbench import magic
 from mor_workbench.langchain import ChatMorpheus
 from mor_workbench.magic import bundle
 from mor_workbench.sandbox.model_server import ModelServer
+from mor_workbench.serve import make_app
 from mor_workbench.session import StreamPart
 from mor_workbench.widgets import Chat
 
@@ -303,3 +305,33 @@ def test_chat_widget_draws_the_reasoning_in_a_collapsible_block():
     source = Chat._esm
     assert 'h("details", { class: "mor-reasoning"' in source
     assert "m.reasoning" in source and ".mor-reasoning" in Chat._css
+
+
+# ----- serve -----
+
+
+async def test_serve_passes_the_reasoning_through(sandbox_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    app = make_app(await mor.aconnect("sandbox", sandbox_dir=sandbox_dir), api_key="sk-test")
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        api = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
+        whole = await api.chat.completions.create(model=REASONER, messages=QUESTION, seed=41)
+        message = whole.choices[0].message
+        assert message.reasoning_content and message.content
+        assert whole.usage.completion_tokens_details.reasoning_tokens > 0
+
+        stream = await api.chat.completions.create(
+            model=REASONER, messages=QUESTION, seed=41, stream=True
+        )
+        reasoning, content = "", ""
+        async for chunk in stream:
+            for choice in chunk.choices:
+                reasoning += getattr(choice.delta, "reasoning_content", None) or ""
+                content += choice.delta.content or ""
+        assert (reasoning, content) == (message.reasoning_content, message.content)
+    finally:
+        await runner.cleanup()
