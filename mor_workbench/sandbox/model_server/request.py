@@ -298,7 +298,9 @@ def plan(body: dict[str, Any], *, reasoning: bool = False) -> Plan:
     A `reasoning` model first thinks (`Plan.reasoning`, sent as `reasoning_content` as
     DeepSeek's and vLLM's servers do), except when it continues a prefix: its thinking was
     done. As on those servers, max_tokens counts the thinking too, and usage reports it as
-    `completion_tokens_details.reasoning_tokens` within `completion_tokens`.
+    `completion_tokens_details.reasoning_tokens` within `completion_tokens`; unlike them, the
+    simulator keeps its thinking within half of max_tokens, so a small budget still gets an
+    answer (a live model may think through the whole budget and answer nothing).
     """
     messages: list[dict[str, Any]] = body["messages"]
     prefix = ""
@@ -320,8 +322,8 @@ def plan(body: dict[str, Any], *, reasoning: bool = False) -> Plan:
     thought: list[str] = []
     if reasoning and not prefix:
         thought = split_tokens(_reasoning(key, messages))
-        if limit is not None:
-            thought = thought[:limit]
+        if limit is not None:  # the thinking takes at most half the budget
+            thought = thought[: limit // 2]
             limit -= len(thought)
         thinking = "".join(thought)
     if tools and choice != "none" and not (after_tool and choice == "auto"):
