@@ -20,9 +20,10 @@ import mor_workbench as mor
 from mor_workbench import magic
 from mor_workbench.langchain import ChatMorpheus
 from mor_workbench.magic import bundle
+from mor_workbench.router.calls import CallRecord
 from mor_workbench.sandbox.model_server import ModelServer
 from mor_workbench.serve import make_app
-from mor_workbench.session import StreamPart
+from mor_workbench.session import AsyncChatStream, StreamPart
 from mor_workbench.widgets import Chat
 
 REASONER = "deepseek-r1"  # tagged "reasoning" in the sandbox market
@@ -337,3 +338,18 @@ async def test_serve_passes_the_reasoning_through(sandbox_dir, tmp_path, monkeyp
         assert (reasoning, content) == (message.reasoning_content, message.content)
     finally:
         await runner.cleanup()
+
+
+async def test_a_provider_that_fails_while_thinking_leaves_only_the_new_thinking():
+    record = CallRecord(REASONER)
+
+    async def payloads():
+        yield {"choices": [{"delta": {"reasoning_content": "half a tho"}}]}
+        record.failovers.append(("0xdead", "connection lost"))  # as run_call notes it
+        yield {"choices": [{"delta": {"reasoning_content": "A whole thought."}}]}
+        yield {"choices": [{"delta": {"content": "The answer."}}]}
+
+    stream = AsyncChatStream(payloads(), record)
+    parts = [p async for p in stream.events()]
+    assert [p.text for p in parts] == ["half a tho", "A whole thought.", "The answer."]
+    assert (stream.reasoning, stream.text) == ("A whole thought.", "The answer.")
