@@ -108,6 +108,9 @@ class ChatMorpheus(BaseChatModel):
     and failovers.
     Tools, structured output (function calling, JSON schema, JSON mode), streaming with usage
     and per-token callbacks all pass through to the provider as OpenAI parameters.
+    A reasoning model's thinking comes back in `additional_kwargs["reasoning_content"]` and
+    as the first of the message's `content_blocks` ({"type": "reasoning"}); `content` is the
+    answer alone.
     """
 
     model: str
@@ -587,6 +590,16 @@ def _metadata(
     }
 
 
+def _reasoning(message: dict[str, Any]) -> dict[str, Any]:
+    """A reasoning model's thinking where LangChain looks for it: `additional_kwargs`
+    ["reasoning_content"], as DeepSeek's, Ollama's and Groq's integrations put it, from which
+    `AIMessage.content_blocks` derives a standard {"type": "reasoning"} block ahead of the
+    text. Streamed pieces concatenate when chunks are added up. Empty for other models; the
+    thinking is never sent back with the history (DeepSeek refuses it there)."""
+    thought = message.get("reasoning_content")
+    return {"reasoning_content": thought} if isinstance(thought, str) and thought else {}
+
+
 def _result(payload: dict[str, Any], record: CallRecord) -> ChatResult:
     """A ChatResult from an OpenAI chat completion."""
     generations = []
@@ -604,6 +617,7 @@ def _result(payload: dict[str, Any], record: CallRecord) -> ChatResult:
                 tool_calls.append(ToolCall(**call))
         ai = AIMessage(
             content=message.get("content") or "",
+            additional_kwargs=_reasoning(message),
             tool_calls=tool_calls,
             invalid_tool_calls=invalid,
             usage_metadata=_usage(payload.get("usage")),
@@ -614,8 +628,8 @@ def _result(payload: dict[str, Any], record: CallRecord) -> ChatResult:
 
 
 class _Chunks:
-    """Streamed OpenAI chunks as LangChain chunks: text and tool-call fragments as they come,
-    then one last chunk with the usage and the response metadata."""
+    """Streamed OpenAI chunks as LangChain chunks: thinking, text and tool-call fragments as
+    they come, then one last chunk with the usage and the response metadata."""
 
     def __init__(self) -> None:
         self.head: dict[str, Any] = {}
@@ -637,9 +651,12 @@ class _Chunks:
                 )
                 for call in delta.get("tool_calls") or ()
             ]
-            if delta.get("content") or fragments:
+            thought = _reasoning(delta)
+            if delta.get("content") or fragments or thought:
                 message = AIMessageChunk(
-                    content=delta.get("content") or "", tool_call_chunks=fragments
+                    content=delta.get("content") or "",
+                    additional_kwargs=thought,
+                    tool_call_chunks=fragments,
                 )
                 yield ChatGenerationChunk(message=message)
 

@@ -5,7 +5,9 @@ The answer streams live into the cell (a display handle updated as text arrives;
 gets the text as it comes), ends rendered in the chosen format with a footer saying what the
 call cost, and is kept in `_mor` (or `-o NAME`). `{name}`, `{In[n]}`, `{Out[n]}` and `{Err[n]}`
 in the cell expand, but only when the name is defined: other braces (code, dicts, f-strings)
-reach the model untouched.
+reach the model untouched. A reasoning model's thinking shows folded above the answer (a
+<details> block in markdown and HTML, a "Reasoning:" paragraph in plain text) and is kept in
+the answer's `reasoning`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import html
 import json
 import os
 import re
@@ -39,6 +42,7 @@ __all__ = ["Answer", "MorMagics", "expand", "footer", "load_ipython_extension"]
 FORMATS = ("markdown", "code", "html", "text", "json")
 NETWORKS = ("sandbox", "base", "base-sepolia", "gateway")
 UPDATE_EVERY_S = 0.1  # the fastest a streaming display is redrawn
+REASONING_LABEL = "Reasoning:"  # heads a reasoning model's thinking in plain text
 
 HELP = """\
 %mor — the Morpheus inference marketplace in this notebook
@@ -132,10 +136,12 @@ _OPEN = _open_parser()
 
 class Answer(str):
     """A model's answer: the text itself, with how the call went (`info`: provider, session,
-    TTFT, tokens/s, cost…), its `usage`, the `model`, the request's `messages`, and for
-    `-f code` / `-f json` the extracted code or parsed value as `data`."""
+    TTFT, tokens/s, cost…), its `usage`, the `model`, the request's `messages`, a reasoning
+    model's thinking as `reasoning` ("" for other models), and for `-f code` / `-f json` the
+    extracted code or parsed value as `data`."""
 
     info: dict[str, Any]
+    reasoning: str
     usage: dict[str, int]
     model: str
     messages: list[dict[str, Any]]
@@ -220,8 +226,31 @@ def parse_json(text: str) -> Any:
         return json.loads(code)
 
 
-def bundle(text: str, fmt: str, *, final: bool, waiting: str = "") -> dict[str, str]:
-    """The MIME bundle that shows `text` in format `fmt` (while streaming, or `final`)."""
+def bundle(
+    text: str, fmt: str, *, final: bool, waiting: str = "", reasoning: str = ""
+) -> dict[str, str]:
+    """The MIME bundle that shows `text` in format `fmt` (while streaming, or `final`), with
+    a reasoning model's thinking folded above it (unfolded while it is all there is)."""
+    shown = _answer_bundle(text, fmt, final=final, waiting=waiting)
+    if not reasoning:
+        return shown
+    unfolded = " open" if not text and not final else ""
+    folded = {
+        "text/markdown": (
+            f"<details{unfolded}><summary>Reasoning</summary>\n\n"
+            f"{html.escape(reasoning.strip())}\n\n</details>\n\n"
+        ),
+        "text/html": (
+            f"<details{unfolded}><summary>Reasoning</summary>"
+            f'<div style="white-space: pre-wrap">{html.escape(reasoning.strip())}</div>'
+            "</details>"
+        ),
+        "text/plain": f"{REASONING_LABEL}\n{reasoning.strip()}\n\n",
+    }
+    return {mime: folded[mime] + value for mime, value in shown.items()}
+
+
+def _answer_bundle(text: str, fmt: str, *, final: bool, waiting: str) -> dict[str, str]:
     if not text and not final:
         return {"text/markdown": f"*{waiting}*", "text/plain": waiting}
     if fmt == "html":
@@ -570,6 +599,7 @@ class MorMagics(Magics):
                 print(f"the answer is not valid JSON: {error}", file=sys.stderr)
         answer = Answer(
             text,
+            reasoning=stream.reasoning,
             info=stream.info,
             usage=stream.usage,
             model=model,
@@ -582,35 +612,48 @@ class MorMagics(Magics):
             self.shell.user_ns[args.output] = answer
 
     def _show(self, stream: Any, model: str, args: argparse.Namespace) -> str:
-        """Show the answer as it arrives and once done, then the footer; the text."""
+        """Show the answer (a reasoning model's thinking above it) as it arrives and once
+        done, then the footer; the text."""
         live = self.live_display
         if live is None:
             live = getattr(self.shell, "kernel", None) is not None
         waiting = f"asking {model}…"
-        if not live:  # a terminal: the text as it comes, then the footer
-            for delta in stream:
-                if args.stream:
-                    sys.stdout.write(delta)
-                    sys.stdout.flush()
+        if not live:  # a terminal: the thinking and the text as they come, then the footer
+            previous = None
+            for part in stream.events():
+                if not args.stream:
+                    continue
+                if part.kind == "reasoning" and previous is None:
+                    sys.stdout.write(REASONING_LABEL + "\n")
+                elif part.kind == "text" and previous == "reasoning":
+                    sys.stdout.write("\n\n")
+                previous = part.kind
+                sys.stdout.write(part.text)
+                sys.stdout.flush()
             text = stream.text
             if not args.stream:
-                sys.stdout.write(bundle(text, args.format, final=True)["text/plain"])
+                final = bundle(text, args.format, final=True, reasoning=stream.reasoning)
+                sys.stdout.write(final["text/plain"])
             print()
             print(footer(model, stream.info, stream.usage))
             return text
-        handle = display(
-            bundle("", args.format, final=False, waiting=waiting), raw=True, display_id=True
-        )
-        shown = time.monotonic()
+
+        def shown(final: bool) -> dict[str, str]:
+            return bundle(
+                stream.text, args.format, final=final, waiting=waiting, reasoning=stream.reasoning
+            )
+
+        handle = display(shown(False), raw=True, display_id=True)
+        drawn = time.monotonic()
         try:
-            for _ in stream:
-                if args.stream and time.monotonic() - shown >= UPDATE_EVERY_S:
-                    handle.update(bundle(stream.text, args.format, final=False), raw=True)
-                    shown = time.monotonic()
+            for _ in stream.events():
+                if args.stream and time.monotonic() - drawn >= UPDATE_EVERY_S:
+                    handle.update(shown(False), raw=True)
+                    drawn = time.monotonic()
         except BaseException:  # keep what came (an interrupt, a failure) and say nothing more
-            handle.update(bundle(stream.text, args.format, final=True), raw=True)
+            handle.update(shown(True), raw=True)
             raise
-        handle.update(bundle(stream.text, args.format, final=True), raw=True)
+        handle.update(shown(True), raw=True)
         display(_footer_bundle(footer(model, stream.info, stream.usage)), raw=True)
         return stream.text
 

@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion
 
@@ -22,6 +24,7 @@ __all__ = [
     "AsyncSession",
     "ChatStream",
     "Session",
+    "StreamPart",
     "chat_body",
     "parse_duration",
     "to_completion",
@@ -63,30 +66,65 @@ def chat_body(
 
 
 def to_completion(payload: dict[str, Any], record: CallRecord) -> ChatCompletion:
-    """An OpenAI `ChatCompletion`, with how the call went under `.morpheus`."""
+    """An OpenAI `ChatCompletion`, with how the call went under `.morpheus`. Fields the
+    provider added are kept: a reasoning model's thinking is in
+    `.choices[0].message.reasoning_content` (as DeepSeek and vLLM send it)."""
     return ChatCompletion.model_validate({**payload, "morpheus": record.to_dict()})
 
 
+@dataclass(frozen=True)
+class StreamPart:
+    """One piece of a streamed answer, from `stream.events()`: `kind` "reasoning" for a
+    reasoning model's thinking (which comes first), "text" for the answer itself."""
+
+    kind: Literal["reasoning", "text"]
+    text: str
+
+
 class AsyncChatStream:
-    """The text deltas of one answer as they arrive; once done, `text`, `usage` (OpenAI
-    shape) and `info` (provider, session, TTFT, tokens/s, cost, failovers)."""
+    """The text deltas of one answer as they arrive; once done, `text`, `reasoning`, `usage`
+    (OpenAI shape) and `info` (provider, session, TTFT, tokens/s, cost, failovers).
+
+    Iterating yields the answer's text only. A reasoning model's thinking (the provider's
+    `reasoning_content`) is gathered in `reasoning`; `events()` iterates both instead, as
+    `StreamPart`s. A stream is iterated once, one way or the other."""
 
     def __init__(self, payloads: AsyncIterator[dict[str, Any]], record: CallRecord) -> None:
         self._payloads = payloads
         self.record = record
         self.text = ""
+        self.reasoning = ""
+        """The thinking of the answer given ("" from a model that does not reason). When a
+        provider fails before its answer began, the next one thinks afresh: this holds only
+        the latest thinking (`events()` has yielded every part as it came)."""
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._deltas()
 
     async def _deltas(self) -> AsyncIterator[str]:
+        async with contextlib.aclosing(self.events()) as parts:  # closed when we are
+            async for part in parts:
+                if part.kind == "text":
+                    yield part.text
+
+    async def events(self) -> AsyncIterator[StreamPart]:
+        """The thinking and the answer as they arrive, as `StreamPart`s in order."""
+        failovers = len(self.record.failovers)
         try:
             async for payload in self._payloads:
+                if len(self.record.failovers) > failovers and not self.text:
+                    self.reasoning = ""  # another provider starts the answer over
+                failovers = len(self.record.failovers)
                 for choice in payload.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
+                    delta = choice.get("delta") or {}
+                    thought = delta.get("reasoning_content")
+                    if thought:
+                        self.reasoning += thought
+                        yield StreamPart("reasoning", thought)
+                    text = delta.get("content")
                     if text:
                         self.text += text
-                        yield text
+                        yield StreamPart("text", text)
         finally:
             await self.aclose()
 
@@ -119,9 +157,18 @@ class ChatStream:
     def __iter__(self) -> Iterator[str]:
         return self._portal.iterate(aiter(self._inner))
 
+    def events(self) -> Iterator[StreamPart]:
+        """The thinking and the answer as they arrive, as `StreamPart`s in order."""
+        return self._portal.iterate(self._inner.events())
+
     @property
     def text(self) -> str:
         return self._inner.text
+
+    @property
+    def reasoning(self) -> str:
+        """A reasoning model's thinking ("" from a model that does not reason)."""
+        return self._inner.reasoning
 
     @property
     def usage(self) -> dict[str, int]:
@@ -203,7 +250,8 @@ class AsyncSession:
     def stream(
         self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any
     ) -> AsyncChatStream:
-        """Text deltas of the answer as they arrive (OpenAI parameters pass through)."""
+        """Text deltas of the answer as they arrive (OpenAI parameters pass through); a
+        reasoning model's thinking is in the stream's `reasoning` and `events()`."""
         body = {**chat_body(self.model, prompt, system, params), "stream": True}
         record = CallRecord(self.model)
         return AsyncChatStream(self.payloads(body, record), record)

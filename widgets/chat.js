@@ -83,14 +83,29 @@ export default {
       tick();
     };
     const timer = setInterval(tick, 1000);
+    // A reasoning model's thinking: folded above its answer, unfolded while it is all there
+    // is; a block the user opened or closed stays so through redraws (by message index).
+    const unfolded = new Map();
+    const reasoningBlock = (m, i) => {
+      if (!m.reasoning) return null;
+      const open = unfolded.has(i) ? unfolded.get(i) : Boolean(m.streaming && !m.content);
+      const block = h("details", { class: "mor-reasoning", open, "data-testid": "chat-reasoning" },
+        h("summary", { class: "mor-reasoning-title" }, m.streaming && !m.content ? "thinking…" : "reasoning"),
+        h("div", { class: "mor-reasoning-text" }, m.reasoning),
+      );
+      block.firstChild.addEventListener("click", () => unfolded.set(i, !block.open));
+      return block;
+    };
     const drawMessages = () => {
       const stick = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
       const messages = model.get("messages");
+      if (!messages.length) unfolded.clear();
       log.replaceChildren(
-        ...messages.map((m) =>
+        ...messages.map((m, i) =>
           h("div", { class: `mor-msg mor-${m.role}${m.streaming ? " mor-streaming" : ""}`, "data-role": m.role },
             h("div", { class: "mor-role" }, m.role === "user" ? "you" : m.role === "error" ? "error" : "assistant"),
-            h("div", { class: "mor-content", "data-testid": `chat-${m.role}` }, m.content || (m.streaming ? "…" : "")),
+            reasoningBlock(m, i),
+            h("div", { class: "mor-content", "data-testid": `chat-${m.role}` }, m.content || (m.streaming && !m.reasoning ? "…" : "")),
             m.footer ? h("div", { class: "mor-footer", "data-testid": "chat-footer" }, m.footer) : null,
           ),
         ),

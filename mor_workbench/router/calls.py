@@ -54,7 +54,13 @@ class CallRecord:
         self.price_per_second = session.price_per_second
 
     def observe(self, payload: dict[str, Any]) -> str:
-        """Note one chunk (or a whole completion); the text it adds."""
+        """Note one chunk (or a whole completion); the answer text it adds.
+
+        A reasoning model's thinking (`reasoning_content`) counts as output like the answer:
+        its first token is the first token (TTFT measures how soon the model responds, and
+        the provider's receipt counts it the same way), and each of its deltas is a token,
+        as the provider's `completion_tokens` include reasoning tokens. It is not part of the
+        returned text, which is what a failover resumes from."""
         if isinstance(payload.get("usage"), dict):
             self.usage = {k: int(v) for k, v in payload["usage"].items() if isinstance(v, int)}
         text = ""
@@ -62,7 +68,7 @@ class CallRecord:
             if "delta" in choice or "message" in choice:
                 self.streamed = "delta" in choice
             part = choice.get("delta") or choice.get("message") or {}
-            if part.get("content") or part.get("tool_calls"):
+            if part.get("content") or part.get("tool_calls") or part.get("reasoning_content"):
                 if self.first_token is None:
                     self.first_token = time.monotonic()
                 self.deltas += 1

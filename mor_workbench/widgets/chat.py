@@ -43,7 +43,9 @@ class Chat(MorWidget):
     session is opened on the first prompt, renewed when it ends, and shown with a countdown.
 
     `send(prompt)` and `stop()` are what the Send and Stop buttons call; `messages` is the
-    history ({"role", "content", "footer", "info", "streaming"} each).
+    history ({"role", "content", "footer", "info", "streaming"} each; an answer also has
+    "reasoning", a reasoning model's thinking, shown in a collapsible block above it and
+    never sent back to the model).
     """
 
     _esm = asset("common.js", "chat.js")
@@ -193,6 +195,7 @@ class Chat(MorWidget):
         reply: dict[str, Any] = {
             "role": "assistant",
             "content": "",
+            "reasoning": "",
             "footer": "",
             "info": {},
             "streaming": True,
@@ -206,19 +209,20 @@ class Chat(MorWidget):
                 system=self.system or None,
                 **self.params,
             )
-            async with contextlib.aclosing(aiter(stream)) as deltas:  # Stop ends it too
+            async with contextlib.aclosing(stream.events()) as parts:  # Stop ends it too
                 async with self._step(f"waiting for {short(session.provider)}"):
-                    await anext(deltas, None)  # the first token
+                    await anext(parts, None)  # the first token (of thinking or answer)
                 last = 0.0
-                async for _delta in deltas:
+                async for _part in parts:
                     if time.monotonic() - last >= UPDATE_EVERY_S:
                         last = time.monotonic()
-                        reply = {**reply, "content": stream.text}
+                        reply = {**reply, "content": stream.text, "reasoning": stream.reasoning}
                         self.messages = [*base, reply]
             info = jsonable(stream.info)
             reply = {
                 **reply,
                 "content": stream.text,
+                "reasoning": stream.reasoning,
                 "footer": footer_text(info),
                 "info": info,
                 "streaming": False,
@@ -226,15 +230,24 @@ class Chat(MorWidget):
             self._show_session(await self._aio.chain.block_timestamp())  # after a failover
         except asyncio.CancelledError:
             text = stream.text if stream is not None else reply["content"]
+            thought = stream.reasoning if stream is not None else reply["reasoning"]
             info = jsonable(stream.info) if stream is not None else {}
             note = footer_text(info) + " · stopped" if info.get("provider") else "stopped"
-            reply = {**reply, "content": text, "footer": note, "info": info, "streaming": False}
+            reply = {
+                **reply,
+                "content": text,
+                "reasoning": thought,
+                "footer": note,
+                "info": info,
+                "streaming": False,
+            }
             self.messages = [*base, reply]
             raise
         except Exception as exc:
             text = stream.text if stream is not None else ""
-            reply = {**reply, "content": text, "streaming": False, "footer": ""}
+            thought = stream.reasoning if stream is not None else ""
+            reply = {**reply, "content": text, "reasoning": thought, "streaming": False}
             error = {"role": "error", "content": one_line(exc), "footer": "", "info": {}}
-            self.messages = [*base, reply, error] if text else [*base, error]
+            self.messages = [*base, reply, error] if text or thought else [*base, error]
             raise
         self.messages = [*base, reply]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from mor_workbench.sandbox.model_server.schema import Literals, schema_value
 from mor_workbench.sandbox.model_server.text import Draws, count_tokens, paragraph, split_tokens
 
-__all__ = ["Invalid", "Plan", "error_body", "plan", "validate"]
+__all__ = ["Invalid", "Plan", "error_body", "is_reasoning_model", "plan", "validate"]
 
 
 def error_body(
@@ -208,6 +209,16 @@ def _validate_response_format(fmt: dict[str, Any] | None) -> None:
         )
 
 
+# Names of open reasoning models as providers list them: DeepSeek-R1 and its distills, QwQ,
+# and anything that says it reasons or thinks.
+_REASONING_NAME = re.compile(r"(?:^|[-_/.:])(?:r1|qwq)(?:$|[-_/.:])|reason|think", re.IGNORECASE)
+
+
+def is_reasoning_model(name: str) -> bool:
+    """Whether a model of this name thinks before it answers (deepseek-r1, qwq-32b, ...)."""
+    return bool(_REASONING_NAME.search(name))
+
+
 @dataclass
 class Plan:
     """The whole answer, decided before any of it is sent."""
@@ -216,7 +227,14 @@ class Plan:
     tool_call: dict[str, Any] | None  # {"id", "type", "function": {"name", "arguments"}}
     pieces: list[str]  # what is streamed, a token each: content, or the call's arguments
     finish_reason: str  # "stop", "length" or "tool_calls"
-    usage: dict[str, int]
+    usage: dict[str, Any]
+    reasoning: str | None = None  # a reasoning model's thinking (None for other models)
+    reasoning_pieces: list[str] = field(default_factory=list)  # streamed before `pieces`
+
+    @property
+    def tokens(self) -> int:
+        """Every generated token: the reasoning's and the answer's."""
+        return len(self.reasoning_pieces) + len(self.pieces)
 
 
 def text_of(content: Any) -> str:
@@ -257,7 +275,16 @@ def _tool_result_reply(messages: list[dict[str, Any]], draws: Draws) -> str:
     return f"{source} returned {result}. {paragraph(draws, 1 + draws.below(2))}"
 
 
-def plan(body: dict[str, Any]) -> Plan:
+def _reasoning(key: str, messages: list[dict[str, Any]]) -> str:
+    """What a reasoning model thinks before it answers: a nod to the question, then prose
+    drawn from its own key, so the answer itself is the same as a plain model's."""
+    draws = Draws((key + ":reasoning").encode())
+    asked = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    topic = " ".join(text_of(asked.get("content")).split()[:8]) or "this"
+    return f"Let me think about {topic!r}. {paragraph(draws, 2 + draws.below(2))}"
+
+
+def plan(body: dict[str, Any], *, reasoning: bool = False) -> Plan:
     """Decide a validated request's answer: deterministic in (model, messages, seed).
 
     A tool call when tools are offered and tool_choice allows one (after a tool result, "auto"
@@ -267,6 +294,13 @@ def plan(body: dict[str, Any]) -> Plan:
     trailing assistant message is a prefix to continue (as llama.cpp and Ollama treat it):
     the answer is the rest of what the model would have said. Then the earliest stop
     sequence cuts the text and max_tokens cuts the tokens (finish_reason "length").
+
+    A `reasoning` model first thinks (`Plan.reasoning`, sent as `reasoning_content` as
+    DeepSeek's and vLLM's servers do), except when it continues a prefix: its thinking was
+    done. As on those servers, max_tokens counts the thinking too, and usage reports it as
+    `completion_tokens_details.reasoning_tokens` within `completion_tokens`; unlike them, the
+    simulator keeps its thinking within half of max_tokens, so a small budget still gets an
+    answer (a live model may think through the whole budget and answer nothing).
     """
     messages: list[dict[str, Any]] = body["messages"]
     prefix = ""
@@ -284,6 +318,14 @@ def plan(body: dict[str, Any]) -> Plan:
     finish = "stop"
     content: str | None = None
     tool_call: dict[str, Any] | None = None
+    thinking: str | None = None
+    thought: list[str] = []
+    if reasoning and not prefix:
+        thought = split_tokens(_reasoning(key, messages))
+        if limit is not None:  # the thinking takes at most half the budget
+            thought = thought[: limit // 2]
+            limit -= len(thought)
+        thinking = "".join(thought)
     if tools and choice != "none" and not (after_tool and choice == "auto"):
         named = choice["function"]["name"] if isinstance(choice, dict) else None
         fn = next((t for t in tools if t["function"]["name"] == named), tools[0])["function"]
@@ -325,9 +367,12 @@ def plan(body: dict[str, Any]) -> Plan:
             pieces, finish = pieces[:limit], "length"
         content = "".join(pieces)
     prompt_tokens = count_tokens(prompt_text(body))
-    usage = {
+    completion_tokens = len(thought) + len(pieces)
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": len(pieces),
-        "total_tokens": prompt_tokens + len(pieces),
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
-    return Plan(content, tool_call, pieces, finish, usage)
+    if thinking is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": len(thought)}
+    return Plan(content, tool_call, pieces, finish, usage, thinking, thought)

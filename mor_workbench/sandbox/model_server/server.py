@@ -14,7 +14,14 @@ from typing import Any
 from aiohttp import web
 
 from mor_workbench.sandbox.model_server.profiles import PROFILES, LatencyProfile
-from mor_workbench.sandbox.model_server.request import Invalid, Plan, error_body, plan, validate
+from mor_workbench.sandbox.model_server.request import (
+    Invalid,
+    Plan,
+    error_body,
+    is_reasoning_model,
+    plan,
+    validate,
+)
 
 __all__ = ["ModelServer"]
 
@@ -63,6 +70,11 @@ class _Chunks:
     def content(self, text: str) -> bytes:
         return self._head + b'{"content":' + _dumps(text) + b"}" + self._tail
 
+    def reasoning(self, text: str) -> bytes:
+        """A thinking token as DeepSeek streams it: no content yet, the reasoning_content."""
+        delta = b'{"content":null,"reasoning_content":' + _dumps(text) + b"}"
+        return self._head + delta + self._tail
+
     def arguments(self, text: str) -> bytes:
         fragment = b'{"tool_calls":[{"index":0,"function":{"arguments":' + _dumps(text) + b"}}]}"
         return self._head + fragment + self._tail
@@ -77,6 +89,8 @@ class ModelServer:
     `models` are the ids it serves, `profile` a `LatencyProfile` or a name in `PROFILES`,
     `api_key` (when set) the Bearer token it requires, `seed` the seed of its fault and jitter
     RNG. Answers are deterministic in (model, messages, seed of the request).
+    `reasoning_models` are the ids that think before answering and send `reasoning_content`
+    (default: those whose names say so, e.g. deepseek-r1; see `is_reasoning_model`).
     """
 
     def __init__(
@@ -88,6 +102,7 @@ class ModelServer:
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int = 0,
+        reasoning_models: Sequence[str] | None = None,
     ) -> None:
         if isinstance(models, str):
             models = [models]
@@ -98,6 +113,9 @@ class ModelServer:
                 raise ValueError(f"unknown profile {profile!r}: use one of {sorted(PROFILES)}")
             profile = PROFILES[profile]
         self.models: list[str] = list(models)
+        if reasoning_models is None:
+            reasoning_models = [m for m in self.models if is_reasoning_model(m)]
+        self.reasoning_models: frozenset[str] = frozenset(reasoning_models)
         self.profile: LatencyProfile = profile
         self.api_key = api_key
         self.host = host
@@ -242,8 +260,8 @@ class ModelServer:
             return web.json_response(exc.body(), status=400)
         if body["model"] not in self.models:
             return self._unknown_model(body["model"])
-        answer = plan(body)
-        fate = self._fate(len(answer.pieces))
+        answer = plan(body, reasoning=body["model"] in self.reasoning_models)
+        fate = self._fate(answer.tokens)
         if fate.error:
             message = "The server had an error while processing your request. Sorry about that!"
             return web.json_response(error_body(message, "server_error"), status=500)
@@ -290,16 +308,18 @@ class ModelServer:
     ) -> web.StreamResponse:
         """A whole completion after TTFT + tokens / tps (+ a stall); a drop sends nothing."""
         p = self.profile
-        generation = len(answer.pieces) / p.tokens_per_second
+        generation = answer.tokens / p.tokens_per_second
         delay = fate.ttft_s + generation * (1 + p.jitter * (2 * fate.rng.random() - 1))
         if fate.stall_at >= 0:
             delay += p.stall_s
         if fate.drop_at >= 0:
-            await asyncio.sleep(delay * fate.drop_at / max(len(answer.pieces), 1))
+            await asyncio.sleep(delay * fate.drop_at / max(answer.tokens, 1))
             self._drop(request)
             return web.Response(status=500)  # never reaches the client
         await asyncio.sleep(delay)
         message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
+        if answer.reasoning is not None:
+            message["reasoning_content"] = answer.reasoning
         if answer.tool_call is not None:
             message["tool_calls"] = [answer.tool_call]
         completion = {
@@ -329,7 +349,8 @@ class ModelServer:
         completion_id: str,
     ) -> web.StreamResponse:
         """Server-sent events as OpenAI sends them: the role (with the tool call's id and name)
-        and first token at TTFT, one event per token due every 1/tps (jittered), the
+        and first token at TTFT (a reasoning model's thinking tokens first, as
+        `reasoning_content`), one event per token due every 1/tps (jittered), the
         finish_reason, the usage chunk when asked for, then [DONE]. Tokens already due are
         written together; stalls and drops happen as the fate says."""
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -342,13 +363,25 @@ class ModelServer:
                 "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""},
             }
-            opening = chunks.delta(
-                {"role": "assistant", "content": None, "tool_calls": [header], "refusal": None}
-            )
+            start: dict[str, Any] = {"content": None, "tool_calls": [header]}
             encode = chunks.arguments
         else:
-            opening = chunks.delta({"role": "assistant", "content": "", "refusal": None})
-            encode = chunks.content
+            start, encode = {"content": ""}, chunks.content
+        thought, pieces = answer.reasoning_pieces, answer.pieces
+        opening = chunks.delta({"role": "assistant", **start, "refusal": None})
+        answer_head = b""  # what comes before the answer's first token
+        if thought:  # the role first; a tool call's header once the thinking is done
+            opening = chunks.delta({"role": "assistant", "content": None, "refusal": None})
+            if answer.tool_call is not None:
+                answer_head = chunks.delta(start)
+
+        def token(i: int) -> bytes:
+            """The i-th generated token's event: thinking first, then the answer."""
+            if i < len(thought):
+                return chunks.reasoning(thought[i])
+            event = encode(pieces[i - len(thought)])
+            return answer_head + event if i == len(thought) else event
+
         closing = chunks.delta({}, answer.finish_reason)
         if include_usage:
             closing += chunks.usage(answer.usage)
@@ -364,11 +397,11 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         p, rng = self.profile, fate.rng
         per_token = 1.0 / p.tokens_per_second
-        pieces, count = answer.pieces, len(answer.pieces)
+        count = answer.tokens
         self._active += 1
         try:
             await response.prepare(request)
-            due = loop.time() + fate.ttft_s  # when pieces[i] is due
+            due = loop.time() + fate.ttft_s  # when token(i) is due
             await asyncio.sleep(fate.ttft_s)
             batch, i = [opening], 0
             while True:
@@ -378,7 +411,7 @@ class ModelServer:
                         await response.write(b"".join(batch))
                         self._drop(request)
                         return response
-                    batch.append(encode(pieces[i]))
+                    batch.append(token(i))
                     i += 1
                     due += (
                         per_token * (1 + p.jitter * (2 * rng.random() - 1))
