@@ -18,7 +18,7 @@ from mor_workbench.errors import (
 )
 from mor_workbench.router.router import NoProviderAvailable
 from mor_workbench.router.strategy import Strategy
-from mor_workbench.session import AsyncChatStream, AsyncSession, ChatStream, Session
+from mor_workbench.session import AsyncChatStream, AsyncSession, ChatStream, Session, StreamPart
 from mor_workbench.workbench import AsyncWorkbench, Workbench, aconnect, connect
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "Session",
     "SessionExpired",
     "Strategy",
+    "StreamPart",
     "Workbench",
     "aconnect",
     "connect",
