@@ -4,7 +4,7 @@ PY := .venv/bin/python
 BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup chromium demo test test-python test-contracts lint artifacts contracts-build bench
+.PHONY: setup chromium demo test test-python test-notebooks test-contracts lint artifacts contracts-build bench
 
 # Python virtual environment with the package and its dev tools.
 .venv/installed: pyproject.toml
@@ -41,7 +41,20 @@ lint: .venv/installed
 test-python: .venv/installed node_modules/.installed chromium
 	$(PY) -m pytest
 
-test: setup lint test-contracts test-python
+# The notebooks run in an environment built the way Binder builds it (binder/requirements.txt,
+# then binder/postBuild), plus only the test runner, so a dependency Binder lacks fails here.
+.binder-venv/installed: binder/requirements.txt binder/postBuild pyproject.toml
+	rm -rf .binder-venv && python3 -m venv .binder-venv
+	.binder-venv/bin/python -m pip install -q --upgrade pip
+	.binder-venv/bin/python -m pip install -q -r binder/requirements.txt
+	PATH=$(CURDIR)/.binder-venv/bin:$$PATH bash binder/postBuild
+	.binder-venv/bin/python -m pip install -q pytest nbval
+	touch $@
+
+test-notebooks: .binder-venv/installed node_modules/.installed
+	.binder-venv/bin/python -m pytest -p no:cacheprovider -o addopts="-ra --nbval" notebooks
+
+test: setup lint test-contracts test-python test-notebooks
 
 demo: setup
 	$(PY) -m mor_workbench.cli demo
