@@ -34,14 +34,19 @@ async def workbench(sandbox_dir, tmp_path, monkeypatch) -> mor.AsyncWorkbench:
     return await mor.aconnect("sandbox", sandbox_dir=sandbox_dir)
 
 
-async def _backend_says(body: dict) -> openai.APIStatusError:
-    """What a model server answers to `body` when asked directly."""
-    async with ModelServer([MODEL], profile="instant") as backend:
-        direct = openai.AsyncOpenAI(base_url=backend.base_url, api_key="-", max_retries=0)
-        with pytest.raises(openai.APIStatusError) as caught:
-            await direct.chat.completions.create(**body)
-        await direct.close()
+async def _direct_error(base_url: str, key: str, body: dict) -> openai.APIStatusError:
+    """The error an OpenAI-compatible server at `base_url` answers to `body`, asked directly."""
+    direct = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await direct.chat.completions.create(**body)
+    await direct.close()
     return caught.value
+
+
+async def _backend_says(body: dict) -> openai.APIStatusError:
+    """What a simulated model server answers to `body` when asked directly."""
+    async with ModelServer([MODEL], profile="instant") as backend:
+        return await _direct_error(backend.base_url, "-", body)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -140,3 +145,23 @@ def test_the_two_kinds_of_fault_are_types() -> None:
     from mor_workbench.router.router import NoProviderAvailable  # the old import path
 
     assert mor.NoProviderAvailable is NoProviderAvailable is errors.NoProviderAvailable
+
+
+async def test_a_gateways_refusal_keeps_its_fields_through_serve() -> None:
+    """Gateway mode: the gateway's own 400 (a bad parameter) and 404 (an unknown model) reach
+    the openai client through serve as the gateway sent them; they are request faults."""
+    gateway_key = "sk-GATEWAY.contract-test"
+    async with ModelServer([MODEL], profile="instant", api_key=gateway_key) as gateway:
+        workbench = await mor.aconnect("gateway", api_key=gateway_key, base_url=gateway.base_url)
+        with pytest.raises(errors.RequestRejected) as rejected:
+            await workbench.complete(MESSAGES, model=MODEL, temperature=3)
+        assert rejected.value.param == "temperature" and not rejected.value.retryable
+        async with running(make_app(workbench, api_key=KEY)) as base_url:  # closes workbench
+            for body in ({"model": MODEL, "n": 2}, {"model": "gpt-9"}):
+                body = {"messages": MESSAGES, **body}
+                expected = await _direct_error(gateway.base_url, gateway_key, body)
+                with pytest.raises(openai.APIStatusError) as caught:
+                    await client(base_url).chat.completions.create(**body)
+                assert type(caught.value) is type(expected)
+                assert caught.value.status_code == expected.status_code
+                assert caught.value.body == expected.body
