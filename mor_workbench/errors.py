@@ -1,24 +1,119 @@
-"""The exception hierarchy: every error mor-workbench raises derives from `MorError`.
+"""THE exception tree of mor-workbench: every error the package raises derives from `MorError`
+and is defined (or re-exported) here. Messages are one line that says what was wrong and how
+to fix it; they never contain a key.
 
-Messages are one line that says what was wrong and how to fix it; they never contain a key.
+Every failure is sorted once, where it happens, into one of two kinds:
+
+- the **request** is at fault (`RequestError`): bad input, a request too large, an unknown
+  model, parameters the model refused. Another provider would refuse it too, so it is never
+  retried nor failed over; `serve` answers it with its 4xx `status` and OpenAI error fields.
+- the **provider** is at fault (`ProviderError`, and `RemoteProtocolError` for a reply that
+  breaks MOR-RPC): it refused, stalled, crashed or lied. The router closes that session and
+  fails over to the next provider; `serve` answers 5xx only when every provider failed
+  (`NoProviderAvailable`, or `ProviderError` once the failovers are spent).
+
+    MorError
+    ├── RequestError                  the request is at fault (4xx; never failed over)
+    │   ├── ConfigurationError        bad input to a function (also a ValueError)
+    │   │   ├── RequestTooLarge       the prompt does not fit a MOR-RPC message
+    │   │   └── ModelNotFound         no active model of that name (404)
+    │   └── RequestRejected           the model refused the request (also a ProviderError)
+    ├── ProviderError                 the provider is at fault (failover)
+    │   ├── ProviderStalled           no reply in time, or the call's deadline passed
+    │   └── SessionExpired            the session ended: open a new one
+    ├── NoProviderAvailable           no provider accepted (503)
+    ├── BackendError                  (provider side) the model server refused or failed
+    ├── ProtocolError                 a MOR-RPC message could not be built, parsed or verified
+    │   ├── LocalProtocolError        we were asked to send something MOR-RPC forbids
+    │   └── RemoteProtocolError       the peer sent something malformed, forged or too large
+    ├── ChainError                    the chain could not be read or written
+    │   ├── RpcUnavailable
+    │   └── ContractReverted
+    ├── InsufficientFunds             too little MOR or ETH (402)
+    └── SandboxError                  the local sandbox could not be managed
+
+(`mor_workbench.chain.rpc.RpcError`, a `ChainError`, is the node's JSON-RPC error.)
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = [
+    "BackendError",
+    "ChainError",
+    "ConfigurationError",
+    "ContractReverted",
+    "InsufficientFunds",
+    "LocalProtocolError",
+    "ModelNotFound",
+    "MorError",
+    "NoProviderAvailable",
+    "ProtocolError",
+    "ProviderError",
+    "ProviderStalled",
+    "RemoteProtocolError",
+    "RequestError",
+    "RequestRejected",
+    "RequestTooLarge",
+    "RpcUnavailable",
+    "SandboxError",
+    "SessionExpired",
+]
 
 
 class MorError(Exception):
     """Root of every mor-workbench error, so callers can catch one type."""
 
 
-class ConfigurationError(MorError, ValueError):
-    """The caller gave bad input: an unknown network, a malformed address or key, a missing tool."""
+# ----- the request is at fault -----
+
+
+class RequestError(MorError):
+    """The request itself is at fault: fix it, do not retry it (no provider would accept it).
+
+    Raised before any money moves where the fault can be seen locally, or by the router when
+    a model refuses the request. Carries an OpenAI error's fields, which `serve` returns as
+    they are: `status` (HTTP), `type`, `param` and `code` (None when unknown).
+    """
+
+    status: int = 400
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+    @property
+    def error_message(self) -> str:
+        """The message as the OpenAI error's `message` field."""
+        return str(self)
+
+    def openai_error(self) -> dict[str, Any]:
+        """The OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
+        return {
+            "error": {
+                "message": self.error_message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ConfigurationError(RequestError, ValueError):
+    """The caller gave bad input: an unknown network, a malformed address or key, a missing
+    tool, a bad parameter. Raised before anything is sent; fix the argument named."""
 
 
 class RequestTooLarge(ConfigurationError):
     """The request cannot reach any provider: its MOR-RPC message would exceed the peer limit.
 
-    `size` and `limit` are in bytes. Raised before any session is opened or paid for.
+    `size` and `limit` are in bytes. Raised before any session is opened or paid for; shorten
+    the prompt.
     """
+
+    code = "request_too_large"
+    param = "messages"
 
     def __init__(self, size: int, limit: int) -> None:
         self.size, self.limit = size, limit
@@ -29,12 +124,114 @@ class RequestTooLarge(ConfigurationError):
         )
 
 
+class ModelNotFound(ConfigurationError):
+    """No active model on the marketplace has that name or id (raised by model lookups before
+    any session opens); choose one of the names the message lists (`wb.models()`)."""
+
+    status = 404
+    param = "model"
+    code = "model_not_found"
+
+
+# ----- the provider is at fault -----
+
+
+class ProviderError(MorError):
+    """A provider refused, stalled, crashed or sent a bad answer; the message says which.
+
+    Raised by the router's peer calls; a call fails over to the next provider on it, and
+    raises it only once its failovers are spent. `retryable` (kept for compatibility) is
+    False only for `RequestRejected`, when the request itself was at fault.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another provider might take the request (False for request faults)."""
+        return not isinstance(self, RequestError)
+
+
+class ProviderStalled(ProviderError, TimeoutError):
+    """The provider sent nothing within the timeout (before the first reply or between
+    chunks), or the call ran past its overall deadline. The router fails over."""
+
+
+class SessionExpired(ProviderError):
+    """The session ended (its time ran out or it was closed): open a new one (a renewing
+    lease does so by itself)."""
+
+
+class RequestRejected(RequestError, ProviderError):
+    """The model refused the request as invalid (an OpenAI `invalid_request_error`: bad
+    parameters, context too long, …); another provider would refuse it too, so it is raised
+    at once, never failed over. The backend's `status`, `type`, `param` and `code` and its
+    own `message` (`error_message`) are kept as it sent them. Fix the request."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(f"the model refused the request: {message}")
+        self._message = message
+        self.status, self.type, self.param, self.code = status, type, param, code
+
+    @property
+    def error_message(self) -> str:
+        return self._message
+
+
+class BackendError(MorError):
+    """(Provider side) the model server refused or failed a request: `status` is its HTTP
+    status and `body` its JSON error (OpenAI shape), both forwarded to the consumer."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        error = body.get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+        super().__init__(f"backend answered {status}: {message or json.dumps(body)[:200]}")
+
+
+class NoProviderAvailable(MorError):
+    """No provider of the model accepted a session (or every one failed the call); `tried`
+    lists each (provider, why). Raised by the router; try later, another model, or a looser
+    strategy."""
+
+    def __init__(self, model: str, tried: list[tuple[str, str]], why: str = "") -> None:
+        self.tried = tried
+        detail = "; ".join(f"{p[:10]}…: {w}" for p, w in tried) or why or "the model has no bids"
+        super().__init__(f"no provider accepted a session for {model!r} ({detail})")
+
+
+# ----- MOR-RPC -----
+
+
+class ProtocolError(MorError):
+    """A MOR-RPC message could not be built, parsed, verified or decrypted."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol does not allow (a bug in the caller)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed, unsigned, forged, replayed, stale or too large.
+    On the consumer side the provider is at fault: the router fails over."""
+
+
+# ----- chain, funds, sandbox -----
+
+
 class ChainError(MorError):
     """The chain could not be read or written: unreachable RPC, wrong chain, failed transaction."""
 
 
 class RpcUnavailable(ChainError):
-    """No RPC endpoint answered."""
+    """No RPC endpoint answered: check the RPC URL or try later."""
 
 
 class ContractReverted(ChainError):
@@ -50,24 +247,9 @@ class SandboxError(MorError):
     """The local sandbox marketplace could not be started, attached or managed."""
 
 
-class ProviderError(MorError):
-    """A provider refused or failed a request; the message is the provider's own.
-
-    `retryable` is False when the request itself was at fault (another provider would refuse
-    it too), so the router reports it instead of failing over.
-    """
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class SessionExpired(ProviderError):
-    """The session ended (its time ran out or it was closed): open a new one."""
-
-
 class InsufficientFunds(MorError):
-    """The account holds too little MOR (or ETH for gas) for what was asked; amounts in wei."""
+    """The account holds too little MOR (or ETH for gas) for what was asked; amounts in wei.
+    Raised before any transaction is sent: fund the account or ask for less."""
 
     def __init__(self, token: str, needed: int, available: int, what: str) -> None:
         self.token, self.needed, self.available = token, needed, available

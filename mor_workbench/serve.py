@@ -17,9 +17,10 @@ from mor_workbench.errors import (
     ConfigurationError,
     InsufficientFunds,
     MorError,
+    NoProviderAvailable,
     ProviderError,
+    RequestError,
 )
-from mor_workbench.router.router import NoProviderAvailable
 from mor_workbench.workbench import AsyncWorkbench
 
 __all__ = ["make_app", "serve"]
@@ -50,22 +51,21 @@ class _Refused(Exception):
 
 
 def _refusal(exc: BaseException) -> _Refused:
-    """The HTTP status and OpenAI error JSON for an error from the workbench."""
-    message = str(exc)
+    """The HTTP status and OpenAI error JSON for an error from the workbench, by its type
+    (mor_workbench.errors): a request fault answers with its own status and fields (the
+    backend's, unchanged, when a model refused it); provider faults are 5xx, since the router
+    raises them only once every provider it tried has failed."""
     if isinstance(exc, _Refused):
         return exc
-    if isinstance(exc, ConfigurationError):
-        if message.startswith("no active model"):
-            return _Refused(404, message, "invalid_request_error", "model", "model_not_found")
-        return _Refused(400, message, "invalid_request_error")
-    if isinstance(exc, NoProviderAvailable):
-        return _Refused(503, message, "server_error", code="no_provider_available")
-    if isinstance(exc, ProviderError) and not exc.retryable:
-        return _Refused(400, message, "invalid_request_error")
+    if isinstance(exc, RequestError):
+        error = exc.openai_error()["error"]
+        return _Refused(exc.status, error["message"], error["type"], error["param"], error["code"])
     if isinstance(exc, InsufficientFunds):
-        return _Refused(402, message, "insufficient_quota", code="insufficient_funds")
+        return _Refused(402, str(exc), "insufficient_quota", code="insufficient_funds")
+    if isinstance(exc, NoProviderAvailable):
+        return _Refused(503, str(exc), "server_error", code="no_provider_available")
     if isinstance(exc, MorError):
-        return _Refused(502, message, "server_error", code="provider_error")
+        return _Refused(502, str(exc), "server_error", code="provider_error")
     log.error("serve: unexpected error", exc_info=exc)
     return _Refused(500, f"internal error ({type(exc).__name__})", "server_error")
 
@@ -96,19 +96,40 @@ async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
     return web.json_response(refused.body, status=refused.status)
 
 
-async def _list_models(request: web.Request) -> web.Response:
-    """OpenAI's model list: the marketplace's active models by name (in gateway mode the
-    gateway's own list, since the gateway is what answers)."""
-    workbench = request.app[WORKBENCH_KEY]
+async def _model_cards(workbench: AsyncWorkbench) -> list[dict[str, Any]]:
+    """The served models as OpenAI model objects: the marketplace's active models by name
+    (in gateway mode the gateway's own list, since the gateway is what answers)."""
     if workbench.gateway is not None:
-        return web.json_response({"object": "list", "data": await workbench.gateway.models()})
+        return await workbench.gateway.models()
     frame = await workbench.models()
     cards: dict[str, dict[str, Any]] = {}
     for name, created in zip(frame["name"], frame["created_at"], strict=True):
         stamp = 0 if pd.isna(created) else int(created.timestamp())
         card = {"id": name, "object": "model", "created": stamp, "owned_by": OWNED_BY}
         cards.setdefault(name, card)  # two models may share a name: list it once
-    return web.json_response({"object": "list", "data": list(cards.values())})
+    return list(cards.values())
+
+
+async def _list_models(request: web.Request) -> web.Response:
+    """OpenAI's model list (GET /v1/models)."""
+    cards = await _model_cards(request.app[WORKBENCH_KEY])
+    return web.json_response({"object": "list", "data": cards})
+
+
+async def _retrieve_model(request: web.Request) -> web.Response:
+    """OpenAI's model object (GET /v1/models/{id}); a 404 `model_not_found` error when no
+    served model has that id."""
+    wanted = request.match_info["model"]
+    for card in await _model_cards(request.app[WORKBENCH_KEY]):
+        if card.get("id") == wanted:
+            return web.json_response(card)
+    raise _Refused(
+        404,
+        f"the model {wanted!r} does not exist: GET /v1/models lists the served models",
+        "invalid_request_error",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
@@ -159,13 +180,15 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(workbench: AsyncWorkbench, *, api_key: str | None = None) -> web.Application:
-    """The OpenAI-compatible app (GET /v1/models, POST /v1/chat/completions) over `workbench`;
+    """The OpenAI-compatible app (GET /v1/models, GET /v1/models/{id},
+    POST /v1/chat/completions) over `workbench`;
     it owns the workbench and closes it (and the sessions it opened) on cleanup."""
     app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[_guard])
     app[WORKBENCH_KEY] = workbench
     if api_key is not None:
         app[API_KEY] = api_key
     app.router.add_get("/v1/models", _list_models)
+    app.router.add_get("/v1/models/{model:.+}", _retrieve_model)
     app.router.add_post("/v1/chat/completions", _chat)
 
     async def close_workbench(_: web.Application) -> None:

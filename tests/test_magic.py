@@ -405,7 +405,7 @@ def test_through_a_real_kernel(sandbox_dir: Path, tmp_path: Path) -> None:
         assert printed.strip() == repr(final)
 
         reply, messages = execute("%%mor no-such-model\nhi")
-        assert reply["status"] == "error" and reply["ename"] == "ConfigurationError"
+        assert reply["status"] == "error" and reply["ename"] == "ModelNotFound"
         assert len(reply["traceback"]) == 1 and "llama-3.2" in reply["traceback"][0]
     finally:
         kc.stop_channels()

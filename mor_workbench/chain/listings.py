@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mor_workbench.chain.client import Call, Chain
-from mor_workbench.errors import ConfigurationError, MorError
+from mor_workbench.errors import ConfigurationError, ModelNotFound, MorError
 
 __all__ = [
     "PAGE",
@@ -67,9 +67,7 @@ async def resolve_model(chain: Chain, model: str) -> tuple[bytes, str]:
     names = sorted(m["name"] for m in by_id.values())
     if matches:
         raise ConfigurationError(f"model name {model!r} is ambiguous: pass its 0x id instead")
-    raise ConfigurationError(
-        f"no active model {model!r}: choose one of {', '.join(names) or '(none)'}"
-    )
+    raise ModelNotFound(f"no active model {model!r}: choose one of {', '.join(names) or '(none)'}")
 
 
 async def active_bids(

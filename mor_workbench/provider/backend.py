@@ -14,22 +14,10 @@ from typing import Any
 
 import httpx
 
-from mor_workbench.errors import MorError
+from mor_workbench.errors import BackendError
 from mor_workbench.provider.config import ModelConfig
 
 __all__ = ["BackendError", "BackendStream", "OpenAIBackend"]
-
-
-class BackendError(MorError):
-    """The backend refused or failed a request; `body` is its JSON error (OpenAI shape)."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        self.status = status
-        self.body = body
-        message = (
-            body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else None
-        )
-        super().__init__(f"backend answered {status}: {message or json.dumps(body)[:200]}")
 
 
 @dataclass

@@ -508,7 +508,7 @@ class ProviderServer:
                 await send_chunk(chunk)
         except BackendError as exc:
             box = ecies_encrypt(user_key, json.dumps(exc.body).encode())
-            error = sign_error(RpcError("0x" + box.hex(), 400, _now_ms()), self._key)
+            error = sign_error(RpcError("0x" + box.hex(), exc.status, _now_ms()), self._key)
             await self._send(writer, Response(request_id, error=error))
             return
         except httpx.HTTPError as exc:

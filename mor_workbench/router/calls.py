@@ -5,15 +5,22 @@ so the new provider continues it and the user sees one coherent answer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mor_workbench.errors import ProviderError, SessionExpired
-from mor_workbench.protocol import ProtocolError
+from mor_workbench.errors import (
+    NoProviderAvailable,
+    ProtocolError,
+    ProviderError,
+    ProviderStalled,
+    RequestError,
+    SessionExpired,
+)
 from mor_workbench.router.peer import check_prompt_fits
-from mor_workbench.router.router import NoProviderAvailable, OpenSession, Router
+from mor_workbench.router.router import OpenSession, Router
 
 __all__ = ["CallRecord", "Lease", "TokensPerSecondBasis", "resume_body", "run_call"]
 
@@ -154,6 +161,29 @@ def resume_body(body: dict[str, Any], partial: str) -> dict[str, Any]:
     return {**body, "messages": messages}
 
 
+CALL_DEADLINE_PER_TIMEOUT = 20
+"""A provider's whole answer must end within this many `timeout`s (20 min at the default 60 s
+timeout): a stream of valid chunks that never ends is a provider fault like a stall."""
+
+
+async def _until(deadline: float, payloads: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """`payloads` until the monotonic `deadline`; `ProviderStalled` when it passes first."""
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    payload = await anext(payloads)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                if isinstance(exc, ProviderError):  # the transport's own stall
+                    raise
+                raise ProviderStalled("the answer did not end within the call's deadline") from None
+            yield payload
+    finally:
+        await payloads.aclose()  # type: ignore[attr-defined]
+
+
 async def run_call(
     router: Router,
     lease: Lease,
@@ -161,13 +191,21 @@ async def run_call(
     record: CallRecord,
     *,
     timeout: float = 60.0,
+    deadline_s: float | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """The verified, decrypted chunks (or the completion) of `body`, failing over as needed.
 
-    A session whose provider failed is closed (in the background) whether or not another
-    provider takes over, so a failed session is never reused nor left holding stake. Raises
-    `RequestTooLarge` before anything is sent when no provider could read the request."""
+    `timeout` (s) bounds the wait for the first reply and between chunks; `deadline_s` (s,
+    default `CALL_DEADLINE_PER_TIMEOUT` times `timeout`) bounds each provider's whole answer. The
+    provider's faults (`ProviderError`, `RemoteProtocolError`: refused, stalled, broke the
+    protocol, overran its deadline or the request's output cap) fail over to the next
+    provider, and the failed session is closed (in the background) whether or not another
+    provider takes over, so it is never reused nor left holding stake. Raises: a
+    `RequestError` at once (never failed over), `RequestTooLarge` before anything is sent;
+    `ProviderError` once `lease.max_failovers` are spent; `NoProviderAvailable` when no other
+    provider accepts; `SessionExpired` when the session ended and the lease may not renew."""
     check_prompt_fits(body)
+    deadline_s = CALL_DEADLINE_PER_TIMEOUT * timeout if deadline_s is None else deadline_s
     produced = ""
     while True:
         if lease.opened.ends_at <= time.time() + 5:
@@ -175,8 +213,9 @@ async def run_call(
         session = lease.opened
         record.bind(session)
         request = resume_body(body, produced) if produced else body
+        answer = router.stream(session, request, timeout=timeout)
         try:
-            async for payload in router.stream(session, request, timeout=timeout):
+            async for payload in _until(time.monotonic() + deadline_s, answer):
                 produced += record.observe(payload)
                 yield payload
             record.finished = time.monotonic()
@@ -184,13 +223,9 @@ async def run_call(
         except SessionExpired as exc:
             await _renew(router, lease, str(exc))
             continue
-        except ProviderError as exc:
-            if not exc.retryable:
-                raise
-            reason = str(exc)
-        except TimeoutError:
-            reason = f"no reply within {timeout:g} s"
-        except (ProtocolError, OSError) as exc:
+        except RequestError:
+            raise
+        except (ProviderError, ProtocolError) as exc:
             reason = str(exc) or type(exc).__name__
         record.failovers.append((session.provider, reason))
         router.failed(session.provider)

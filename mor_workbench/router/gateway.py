@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from mor_workbench.errors import ConfigurationError, ProviderError
+from mor_workbench.errors import ConfigurationError, ProviderError, RequestRejected
 
 __all__ = ["API_KEY_ENV", "DEFAULT_GATEWAY_URL", "Gateway"]
 
@@ -79,14 +79,29 @@ class Gateway:
 
 
 def _error(status: int, raw: bytes) -> Exception:
+    """The gateway's HTTP error as our type: a refused key is `ConfigurationError`, another
+    4xx the request's fault (`RequestRejected`, with the gateway's OpenAI fields and status),
+    a 5xx, 408 or 429 the gateway's (`ProviderError`)."""
+    error: dict[str, Any] = {}
     try:
         detail = json.loads(raw)
-        error = detail.get("error") or detail.get("detail") or detail
-        message = error.get("message") if isinstance(error, dict) else str(error)
+        found = detail.get("error") or detail.get("detail") or detail
+        error = found if isinstance(found, dict) else {}
+        message = error.get("message") if error else str(found)
     except (ValueError, AttributeError):
         message = raw.decode(errors="replace")[:300]
+    message = str(message or f"HTTP {status}")
     if status in (401, 403):
         return ConfigurationError(
             f"the gateway refused the API key ({status}: {message}): check api_key or {API_KEY_ENV}"
         )
-    return ProviderError(f"the gateway answered {status}: {message}", retryable=status >= 500)
+    if status >= 500 or status in (408, 429):
+        return ProviderError(f"the gateway answered {status}: {message}")
+    param, code = error.get("param"), error.get("code")
+    return RequestRejected(
+        message,
+        status=status,
+        type=str(error.get("type") or "invalid_request_error"),
+        param=param if isinstance(param, str) else None,
+        code=str(code) if code is not None else None,
+    )

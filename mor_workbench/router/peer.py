@@ -16,7 +16,13 @@ from typing import Any
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import MorError, ProviderError, RequestTooLarge, SessionExpired
+from mor_workbench.errors import (
+    MorError,
+    ProviderError,
+    RequestRejected,
+    RequestTooLarge,
+    SessionExpired,
+)
 from mor_workbench.protocol import (
     ENCRYPTED_PROMPTS,
     PEER_REQUEST_LIMIT,
@@ -47,9 +53,12 @@ __all__ = [
     "SessionExpired",
     "check_prompt_fits",
     "deposit_for",
+    "open_chunk",
     "open_session",
+    "output_cap",
     "ping",
     "prompt",
+    "prompt_error",
     "report",
     "request_approval",
 ]
@@ -211,6 +220,55 @@ def check_prompt_fits(body: dict[str, Any], limit: int = PEER_REQUEST_LIMIT) -> 
         raise RequestTooLarge(size, limit)
 
 
+OUTPUT_BYTES_PER_TOKEN = 1024
+"""Bytes of decrypted answer allowed per requested token: a streamed token is one chunk of a
+few hundred bytes of JSON, so this leaves several times the headroom."""
+OUTPUT_BYTES_BASE = 256 * 1024
+"""Bytes allowed on top of the per-token budget: role, finish, usage and tool-call chunks."""
+OUTPUT_BYTES_UNBOUNDED = 64 * 1024 * 1024
+"""Bytes allowed for an answer whose request sets no token limit."""
+
+
+def output_cap(body: dict[str, Any]) -> int:
+    """The most bytes of decrypted answer a provider may send for `body` (an OpenAI request):
+    derived from `max_completion_tokens` (or `max_tokens`) times `n`, with generous headroom;
+    `OUTPUT_BYTES_UNBOUNDED` when the request sets no limit. A provider sending more is at
+    fault (a stream that never ends)."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    choices = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        return OUTPUT_BYTES_UNBOUNDED
+    budget = OUTPUT_BYTES_BASE + limit * choices * OUTPUT_BYTES_PER_TOKEN
+    return min(budget, OUTPUT_BYTES_UNBOUNDED)
+
+
+def _decrypt_hex(key: bytes, message: str, what: str) -> bytes:
+    """The plaintext of a 0x-hex ECIES box addressed to `key`; `RemoteProtocolError` when the
+    provider sent anything else (plaintext where encryption is required, bad hex, bad box)."""
+    if not message.startswith("0x"):
+        raise RemoteProtocolError(f"the provider sent {what} that is not encrypted to our key")
+    try:
+        box = bytes.fromhex(message[2:])
+    except ValueError:
+        raise RemoteProtocolError(f"the provider sent {what} that is not hex") from None
+    return ecies_decrypt(key, box)
+
+
+def open_chunk(key: bytes, message: str) -> dict[str, Any] | str:
+    """A signed chunk's payload: decrypted with `key`, a JSON object or the string "[DONE]";
+    `RemoteProtocolError` for anything else."""
+    plaintext = _decrypt_hex(key, message, "a chunk")
+    try:
+        payload = json.loads(plaintext)
+    except ValueError:
+        raise RemoteProtocolError("the provider sent a chunk that is not JSON") from None
+    if payload != "[DONE]" and not isinstance(payload, dict):
+        raise RemoteProtocolError(
+            f"the provider sent a chunk that is JSON but not an object ({type(payload).__name__})"
+        )
+    return payload
+
+
 async def prompt(
     endpoint: str,
     signer: Signer,
@@ -223,13 +281,22 @@ async def prompt(
     idle_timeout: float = 60.0,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
-    completion), stopping at "[DONE]"."""
+    completion), stopping at "[DONE]". Timeouts in seconds.
+
+    Every chunk must be signed by `provider_pubkey`, seen once (a repeated signature is a
+    replay), encrypted to us and a JSON object; the answer may not exceed `output_cap(body)`
+    bytes. Raises `RemoteProtocolError` when the provider breaks one of these rules,
+    `ProviderStalled` / `ProviderError` from the transport, `SessionExpired` when the session
+    has ended, `RequestRejected` when the model refused the request, and `ProviderError` for
+    any other refusal (see `prompt_error`)."""
     key = signer.private_key_bytes()
     text = json.dumps(body, separators=(",", ":"))
     if encrypt:
         text = "0x" + ecies_encrypt(provider_pubkey, text.encode()).hex()
     req = Request(_request_id(), sign(SessionPromptReq(session_id, text, _now_ms()), key))
     finished = False
+    seen: set[bytes] = set()
+    received, cap = 0, output_cap(body)
     async for reply in call(
         endpoint,
         req,
@@ -241,13 +308,20 @@ async def prompt(
             message = reply.error.message
             if reply.error.signature is not None and message.startswith("0x"):
                 verify(reply.error, public_key=provider_pubkey)
-                message = ecies_decrypt(key, bytes.fromhex(message[2:])).decode(errors="replace")
-            raise prompt_error(message)
+                message = _decrypt_hex(key, message, "an error").decode(errors="replace")
+            raise prompt_error(message, reply.error.code)
         assert reply.result is not None
         verify(reply.result, public_key=provider_pubkey)
-        payload = json.loads(
-            ecies_decrypt(key, bytes.fromhex(reply.result.message.removeprefix("0x")))
-        )
+        if reply.result.signature in seen:
+            raise RemoteProtocolError("the provider replayed a chunk it had already sent")
+        seen.add(reply.result.signature)
+        received += len(reply.result.message) // 2  # hex: two characters a byte
+        if received > cap:
+            raise RemoteProtocolError(
+                f"the provider sent over {cap // 1024:,} KiB for a request that allows less "
+                "(max_tokens): an answer that does not end"
+            )
+        payload = open_chunk(key, reply.result.message)
         if payload == "[DONE]":
             return
         if not body.get("stream"):
@@ -258,21 +332,35 @@ async def prompt(
 
 
 _EXPIRED = ("session expired", "session is closed")
+"""How a provider (ours and the live Go router) words a refusal for an ended session."""
+_PROVIDER_SIDE_CODES = {"model_not_found", "invalid_api_key"}
+"""OpenAI error codes in an invalid_request_error that mean the provider's backend is
+misconfigured, not that the consumer's request is wrong."""
 
 
-def prompt_error(message: str) -> ProviderError:
-    """The typed error for a provider's refusal: the backend's own OpenAI error JSON says
-    whether the request was at fault (then no other provider would take it either)."""
+def prompt_error(message: str, status: int = 400) -> ProviderError:
+    """The typed error for a provider's refusal `message` (sent with MOR-RPC error `status`):
+    a backend's OpenAI error JSON of type `invalid_request_error` means the request is at
+    fault (`RequestRejected`, carrying the backend's fields and HTTP status); an ended session
+    is `SessionExpired`; anything else is the provider's fault (`ProviderError`)."""
     try:
         error = json.loads(message).get("error")
     except (ValueError, AttributeError):
         error = None
     if isinstance(error, dict):
         text = str(error.get("message") or message)
-        request_fault = error.get("type") == "invalid_request_error" and error.get("code") not in (
-            "model_not_found",
-        )
-        return ProviderError(f"the model refused the request: {text}", retryable=not request_fault)
+        code = error.get("code")
+        kind = error.get("type")
+        if kind == "invalid_request_error" and code not in _PROVIDER_SIDE_CODES:
+            param = error.get("param")
+            return RequestRejected(
+                text,
+                status=status if 400 <= status < 500 and status not in (401, 403, 429) else 400,
+                type=kind,
+                param=param if isinstance(param, str) else None,
+                code=str(code) if code is not None else None,
+            )
+        return ProviderError(f"the model failed the request: {text}")
     if message.lower().startswith(_EXPIRED):
         return SessionExpired(f"the session has ended ({message}): open a new one")
     return ProviderError(message)

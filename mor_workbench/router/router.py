@@ -20,7 +20,13 @@ from eth_utils import keccak
 from mor_workbench.chain import listings
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import ConfigurationError, InsufficientFunds, MorError, ProviderError
+from mor_workbench.errors import (
+    ConfigurationError,
+    InsufficientFunds,
+    MorError,
+    NoProviderAvailable,
+    ProviderError,
+)
 from mor_workbench.protocol import (
     ProtocolError,
     Receipt,
@@ -40,15 +46,6 @@ _PEER_FAILURES = (ProviderError, ProtocolError, OSError, TimeoutError)
 
 APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
 RECHECK_CLOSED_S = 7 * 86400  # closed rows re-checked on chain by recover() (rollbacks)
-
-
-class NoProviderAvailable(MorError):
-    """No provider of the model accepted a session; `tried` says who and why."""
-
-    def __init__(self, model: str, tried: list[tuple[str, str]], why: str = "") -> None:
-        self.tried = tried
-        detail = "; ".join(f"{p[:10]}…: {w}" for p, w in tried) or why or "the model has no bids"
-        super().__init__(f"no provider accepted a session for {model!r} ({detail})")
 
 
 @dataclass(frozen=True)
