@@ -146,9 +146,9 @@ def test_several_models_with_one_name_pick_the_one_with_live_bids(wb, twins) -> 
     assert set(bids["model_id"]) == {twins["with_bid"]} and len(bids) == 1
     (warning,) = [str(w.message) for w in said if "twin-7b" in str(w.message)]
     assert warning.startswith(
-        f"2 active models are named 'twin-7b': using {twins['with_bid']} (1 live bids)"
+        f"2 active models are named 'twin-7b': using {twins['with_bid']} (live bids: 1)"
     )
-    assert f"{twins['first']} (0 bids)" in warning
+    assert f"{twins['first']} (live bids: 0)" in warning
     # an exact spelling wins over a case-insensitive one, without a warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")

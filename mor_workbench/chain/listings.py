@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 PAGE = 500
+WEB_SUFFIX = ":web"  # live names of web-search variants (see resolve_model)
 
 
 def check(results: Sequence[Any]) -> list[Any]:
@@ -61,7 +62,7 @@ async def find_model(chain: Chain, model: str) -> tuple[bytes, dict[str, Any]]:
     users type it (see `resolve_model`). Raises `ConfigurationError` ("no active model …")."""
     ids = await active_model_ids(chain)
     by_id = await models_by_id(chain, ids)
-    if model.startswith("0x") and len(model) == 66:
+    if _looks_like_id(model):
         try:
             wanted = bytes.fromhex(model[2:])
         except ValueError:
@@ -92,6 +93,10 @@ async def resolve_model(chain: Chain, model: str) -> tuple[bytes, str]:
     return model_id, found["name"]
 
 
+def _looks_like_id(model: str) -> bool:
+    return model.startswith("0x") and len(model) == 66
+
+
 def _named(model: str, by_id: dict[bytes, dict[str, Any]]) -> list[bytes]:
     """Ids whose name is `model`, exactly if any, else ignoring case."""
     exact = [i for i, m in by_id.items() if m["name"] == model]
@@ -109,10 +114,10 @@ async def _busiest(
     pages = await listing(chain, "getModelActiveBids", [(i,) for i in ids])
     bid_count = {i: len(page) for i, page in zip(ids, pages, strict=True)}
     chosen = max(ids, key=lambda i: (bid_count[i], by_id[i]["createdAt"]))
-    others = ", ".join(f"0x{i.hex()} ({bid_count[i]} bids)" for i in ids if i != chosen)
+    others = ", ".join(f"0x{i.hex()} (live bids: {bid_count[i]})" for i in ids if i != chosen)
     warnings.warn(
         f"{len(ids)} active models are named {model!r}: using 0x{chosen.hex()} "
-        f"({bid_count[chosen]} live bids); pass a 0x id to use another: {others}",
+        f"(live bids: {bid_count[chosen]}); pass a 0x id to use another: {others}",
         stacklevel=3,
     )
     return chosen, by_id[chosen]
@@ -120,18 +125,17 @@ async def _busiest(
 
 def _no_active_model(model: str, names: list[str]) -> str:
     """The one-line miss: the closest names when there are some, else every name."""
-    if model.startswith("0x") and len(model) == 66:
+    if _looks_like_id(model):
         return f"no active model with id {model}: pass an id from wb.models()"
     by_folded = {n.casefold(): n for n in names}
-    close = difflib.get_close_matches(model.casefold(), list(by_folded), n=3)
-    suffix = ":web"
-    plain = model[: -len(suffix)]
-    if model.casefold().endswith(suffix) and plain.casefold() in by_folded:
-        base = by_folded[plain.casefold()]
+    plain = model.casefold().removesuffix(WEB_SUFFIX)
+    if plain != model.casefold() and plain in by_folded:
+        base = by_folded[plain]
         return (
             f"no active model {model!r}: no provider offers {base!r} with web search; "
             f"did you mean {base!r} (without web search)?"
         )
+    close = difflib.get_close_matches(model.casefold(), list(by_folded), n=3)
     if close:
         hints = " or ".join(repr(by_folded[c]) for c in close)
         return f"no active model {model!r}: did you mean {hints}?"
