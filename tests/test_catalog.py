@@ -119,6 +119,13 @@ def test_an_unreachable_feed_falls_back_to_the_chain_with_a_warning(wb, serve) -
     pd.testing.assert_frame_equal(fallback, wb.models())
 
 
+def test_a_feed_of_another_network_falls_back_to_the_chain_with_a_warning(wb, serve) -> None:
+    url = serve(lambda: (200, json.dumps(RECORDED).encode()))  # no id of this chain in it
+    with pytest.warns(UserWarning, match="lists none of this chain's .* active models"):
+        fallback = wb.models(catalog=url)
+    pd.testing.assert_frame_equal(fallback, wb.models())
+
+
 def test_a_catalog_option_that_is_no_feed_is_refused(wb) -> None:
     with pytest.raises(mor.ConfigurationError, match="catalog='ftp://x' is neither True"):
         wb.models(catalog="ftp://x")

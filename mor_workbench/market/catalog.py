@@ -109,10 +109,19 @@ async def fetch_catalog(
 
 def join_catalog(frame: pd.DataFrame, catalog: Catalog | None) -> pd.DataFrame:
     """Chain rows (with an `id` column) kept only where the catalog lists them, with the
-    catalog's `catalog_type` and `catalog_updated_at`; every row when `catalog` is None."""
+    catalog's `catalog_type` and `catalog_updated_at`; every row when `catalog` is None, and
+    every row with a warning when the catalog lists none of them (a feed of another network:
+    the live one lists Base mainnet's models)."""
     if catalog is None:
         return frame
     listed = [catalog.models.get(i.lower()) for i in frame["id"]]
+    if catalog.models and not any(listed):
+        warnings.warn(
+            f"the model catalog lists none of this chain's {len(frame)} active models (it "
+            "describes another network); showing the chain's listing instead",
+            stacklevel=2,
+        )
+        return frame
     joined = frame.assign(
         catalog_type=[m.get("ModelType") if m else None for m in listed],
         catalog_updated_at=catalog.updated_at,
