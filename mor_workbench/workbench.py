@@ -22,10 +22,17 @@ from mor_workbench import sandbox
 from mor_workbench._portal import portal
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
+from mor_workbench.chain.listings import find_model
 from mor_workbench.chain.networks import get_network
 from mor_workbench.chain.rpc import RpcClient, redact_url
 from mor_workbench.errors import ChainError, ConfigurationError, MorError
 from mor_workbench.market import tables
+from mor_workbench.market.catalog import (
+    ACTIVE_MODELS_URL,
+    check_chat_model,
+    fetch_catalog,
+    join_catalog,
+)
 from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
 from mor_workbench.router.calls import CallRecord, Lease
@@ -175,9 +182,17 @@ class AsyncWorkbench:
         if self._closed:
             raise ConfigurationError("this workbench is closed: connect again")
         bid_id = _bid_bytes(bid) if bid is not None else None
-        opened = await self.router.open(model, duration_s, direct_payment=direct, bid=bid_id)
+        router = self.router
+        await self._check_chat_model(model)
+        opened = await router.open(model, duration_s, direct_payment=direct, bid=bid_id)
         lease = Lease(model, duration_s, direct, opened, renew, self.max_failovers)
         return AsyncSession(self.router, lease, timeout=self.timeout)
+
+    async def _check_chat_model(self, model: str) -> None:
+        """Refuse, before any transaction, a model that cannot chat (an embedding, speech-to-text
+        or text-to-speech model: `catalog.check_chat_model`) with a `ConfigurationError`."""
+        _, found = await find_model(self.chain, model)
+        check_chat_model(found["name"], found["tags"])
 
     async def _session_for(self, model: str) -> AsyncSession:
         """This workbench's session for `model`, opened on first use (once, however many
@@ -289,9 +304,24 @@ class AsyncWorkbench:
     def address(self) -> str | None:
         return self.account.address if self.account else None
 
-    async def models(self) -> pd.DataFrame:
-        """Active models."""
-        return await tables.models(self.chain)
+    async def models(self, *, catalog: bool | str = False) -> pd.DataFrame:
+        """Active models on chain, with their `type` (LLM, EMBEDDING, STT, TTS, UNKNOWN).
+
+        `catalog=True` keeps only the models of the curated live feed (models with a bid and
+        a healthy provider, as hosted clients list them; `catalog.ACTIVE_MODELS_URL`) and adds
+        its `catalog_type` and `catalog_updated_at`; `catalog="https://…"` reads another feed
+        of the same shape. When the feed cannot be read (5 s timeout) a warning says so and
+        every chain model is shown, as the live SDK falls back to the chain."""
+        frame = await tables.models(self.chain)
+        if catalog is False:
+            return frame
+        url = ACTIVE_MODELS_URL if catalog is True else catalog
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"catalog={catalog!r} is neither True nor a feed URL: pass catalog=True or "
+                "catalog='https://…/active_models.json'"
+            )
+        return join_catalog(frame, await fetch_catalog(url))
 
     async def bids(self, model: str | None = None) -> pd.DataFrame:
         """Active bids of `model` (name or id), or of every model, cheapest first, with each
@@ -391,8 +421,8 @@ class Workbench:
         """The async workbench underneath (use it from the portal loop only)."""
         return self._inner
 
-    def models(self) -> pd.DataFrame:
-        return self._portal.run(self._inner.models())
+    def models(self, *, catalog: bool | str = False) -> pd.DataFrame:
+        return self._portal.run(self._inner.models(catalog=catalog))
 
     def bids(self, model: str | None = None) -> pd.DataFrame:
         return self._portal.run(self._inner.bids(model))

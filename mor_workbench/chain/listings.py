@@ -3,23 +3,27 @@ structs (dicts), for the router and for the tables built on top."""
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from mor_workbench.chain.client import Call, Chain
-from mor_workbench.errors import ConfigurationError, ModelNotFound, MorError
+from mor_workbench.errors import ModelNotFound, MorError
 
 __all__ = [
     "PAGE",
     "active_bids",
     "active_model_ids",
     "check",
+    "find_model",
     "listing",
     "models_by_id",
     "resolve_model",
 ]
 
 PAGE = 500
+WEB_SUFFIX = ":web"  # live names of web-search variants (see resolve_model)
 
 
 def check(results: Sequence[Any]) -> list[Any]:
@@ -53,21 +57,89 @@ async def models_by_id(chain: Chain, ids: Sequence[bytes]) -> dict[bytes, dict[s
     return dict(zip(ids, found, strict=True))
 
 
-async def resolve_model(chain: Chain, model: str) -> tuple[bytes, str]:
-    """(id, name) of an active model given its name or its 0x id; a clear error otherwise."""
+async def find_model(chain: Chain, model: str) -> tuple[bytes, dict[str, Any]]:
+    """(id, struct) of the active model a user means by `model`: its 0x id, or its name as
+    users type it (see `resolve_model`). Raises `ModelNotFound` ("no active model …")."""
     ids = await active_model_ids(chain)
     by_id = await models_by_id(chain, ids)
-    if model.startswith("0x") and len(model) == 66:
-        wanted = bytes.fromhex(model[2:])
+    if _looks_like_id(model):
+        try:
+            wanted = bytes.fromhex(model[2:])
+        except ValueError:
+            wanted = b""
         if wanted in by_id:
-            return wanted, by_id[wanted]["name"]
-    matches = [(i, m["name"]) for i, m in by_id.items() if m["name"] == model]
-    if len(matches) == 1:
-        return matches[0]
-    names = sorted(m["name"] for m in by_id.values())
-    if matches:
-        raise ConfigurationError(f"model name {model!r} is ambiguous: pass its 0x id instead")
-    raise ModelNotFound(f"no active model {model!r}: choose one of {', '.join(names) or '(none)'}")
+            return wanted, by_id[wanted]
+    named = _named(model, by_id)
+    if len(named) == 1:
+        return named[0], by_id[named[0]]
+    if named:
+        return await _busiest(chain, model, named, by_id)
+    raise ModelNotFound(_no_active_model(model, sorted({m["name"] for m in by_id.values()})))
+
+
+async def resolve_model(chain: Chain, model: str) -> tuple[bytes, str]:
+    """(id, name) of the active model a user means by `model`, else `ModelNotFound`
+    whose message starts "no active model" (`serve` answers it with a 404).
+
+    Accepted: the model's 0x id; its exact name; its name in any case (as the live gateway and
+    NodeNeo's SDK match names). A `:web` suffix is part of a name, not an option: on the live
+    network `llama-3.3-70b:web` is a model of its own whose providers add web search (tag
+    `web-search-enabled`; gateway `models/prod_model_price.json`), so it never falls back to the
+    plain model nor the reverse. When several active models carry the name, the one with the
+    most live bids is used (the newest on a tie) and a warning names it. A near miss is answered
+    with the closest names (difflib, as the live gateway does).
+    """
+    model_id, found = await find_model(chain, model)
+    return model_id, found["name"]
+
+
+def _looks_like_id(model: str) -> bool:
+    return model.startswith("0x") and len(model) == 66
+
+
+def _named(model: str, by_id: dict[bytes, dict[str, Any]]) -> list[bytes]:
+    """Ids whose name is `model`, exactly if any, else ignoring case."""
+    exact = [i for i, m in by_id.items() if m["name"] == model]
+    if exact:
+        return exact
+    folded = model.casefold()
+    return [i for i, m in by_id.items() if m["name"].casefold() == folded]
+
+
+async def _busiest(
+    chain: Chain, model: str, ids: list[bytes], by_id: dict[bytes, dict[str, Any]]
+) -> tuple[bytes, dict[str, Any]]:
+    """Among active models that share a name, the one with the most live bids (newest on a
+    tie), with a warning that says which and how to pick another."""
+    pages = await listing(chain, "getModelActiveBids", [(i,) for i in ids])
+    bid_count = {i: len(page) for i, page in zip(ids, pages, strict=True)}
+    chosen = max(ids, key=lambda i: (bid_count[i], by_id[i]["createdAt"]))
+    others = ", ".join(f"0x{i.hex()} (live bids: {bid_count[i]})" for i in ids if i != chosen)
+    warnings.warn(
+        f"{len(ids)} active models are named {model!r}: using 0x{chosen.hex()} "
+        f"(live bids: {bid_count[chosen]}); pass a 0x id to use another: {others}",
+        stacklevel=3,
+    )
+    return chosen, by_id[chosen]
+
+
+def _no_active_model(model: str, names: list[str]) -> str:
+    """The one-line miss: the closest names when there are some, else every name."""
+    if _looks_like_id(model):
+        return f"no active model with id {model}: pass an id from wb.models()"
+    by_folded = {n.casefold(): n for n in names}
+    plain = model.casefold().removesuffix(WEB_SUFFIX)
+    if plain != model.casefold() and plain in by_folded:
+        base = by_folded[plain]
+        return (
+            f"no active model {model!r}: no provider offers {base!r} with web search; "
+            f"did you mean {base!r} (without web search)?"
+        )
+    close = difflib.get_close_matches(model.casefold(), list(by_folded), n=3)
+    if close:
+        hints = " or ".join(repr(by_folded[c]) for c in close)
+        return f"no active model {model!r}: did you mean {hints}?"
+    return f"no active model {model!r}: choose one of {', '.join(names) or '(none)'}"
 
 
 async def active_bids(

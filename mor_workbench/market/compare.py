@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mor_workbench.chain.listings import find_model
 from mor_workbench.errors import ConfigurationError, MorError
+from mor_workbench.market.catalog import check_chat_model
 from mor_workbench.router.calls import CallRecord, Lease, run_call
 from mor_workbench.router.router import RankedBid, Router
 
@@ -122,9 +124,13 @@ async def compare(
     **params: Any,
 ) -> pd.DataFrame:
     """One row per provider of `model` (or of those in `providers`), measured side by side:
-    every provider's session is opened, prompted `runs` times and closed concurrently."""
+    every provider's session is opened, prompted `runs` times and closed concurrently.
+    Raises `ConfigurationError`, before any session is opened, for `runs` < 1 or a model that
+    cannot chat (`catalog.check_chat_model`)."""
     if runs < 1:
         raise ConfigurationError(f"runs={runs} must be at least 1")
+    _, found = await find_model(router.chain, model)
+    check_chat_model(found["name"], found["tags"])
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     body = {"model": model, "messages": messages, **params, "stream": True}
     body["stream_options"] = {"include_usage": True, **(params.get("stream_options") or {})}

@@ -18,10 +18,12 @@ from mor_workbench.chain.listings import (
     active_bids,
     active_model_ids,
     check,
+    find_model,
     listing,
     models_by_id,
     resolve_model,
 )
+from mor_workbench.market.catalog import model_type
 
 __all__ = [
     "bids",
@@ -64,6 +66,7 @@ _MODEL_COLUMNS = [
     "stake",
     "owner",
     "created_at",
+    "type",
     "id_short",
     "fee_wei",
     "stake_wei",
@@ -72,7 +75,8 @@ _MODEL_COLUMNS = [
 
 
 async def models(chain: Chain) -> pd.DataFrame:
-    """Active models: one row each, newest last."""
+    """Active models: one row each, newest last; `type` is LLM, EMBEDDING, STT, TTS or
+    UNKNOWN, derived from the tags as the live proxy-router does (`catalog.model_type`)."""
     ids = await active_model_ids(chain)
     rows = []
     for model_id, m in (await models_by_id(chain, ids)).items():
@@ -80,6 +84,7 @@ async def models(chain: Chain) -> pd.DataFrame:
             {
                 "id": hex32(model_id),
                 "name": m["name"],
+                "type": model_type(m["tags"]),
                 "tags": list(m["tags"]),
                 "fee": mor(m["fee"]),
                 "stake": mor(m["stake"]),
@@ -98,6 +103,7 @@ _BID_COLUMNS = [
     "id",
     "model_id",
     "model",
+    "type",
     "provider",
     "price_per_second",
     "price_per_hour",
@@ -110,13 +116,16 @@ _BID_COLUMNS = [
 
 
 async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
-    """Active bids, of one model (name or id) or of every active model, cheapest first."""
+    """Active bids, of one model (name or id, see `resolve_model`) or of every active model,
+    cheapest first, with the model's `type`."""
     if model is None:
         ids = await active_model_ids(chain)
-        names = {i: m["name"] for i, m in (await models_by_id(chain, ids)).items()}
+        found = await models_by_id(chain, ids)
     else:
-        model_id, name = await resolve_model(chain, model)
-        ids, names = [model_id], {model_id: name}
+        model_id, one = await find_model(chain, model)
+        ids, found = [model_id], {model_id: one}
+    names = {i: m["name"] for i, m in found.items()}
+    types = {i: model_type(m["tags"]) for i, m in found.items()}
     rows = []
     for bid_id, b in await active_bids(chain, ids):
         price = b["pricePerSecond"]
@@ -125,6 +134,7 @@ async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
                 "id": hex32(bid_id),
                 "model_id": hex32(b["modelId"]),
                 "model": names.get(b["modelId"], ""),
+                "type": types.get(b["modelId"], "UNKNOWN"),
                 "provider": b["provider"],
                 "price_per_second": mor(price),
                 "price_per_hour": mor(price * 3600),
