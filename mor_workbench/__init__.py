@@ -10,13 +10,17 @@ from mor_workbench.errors import (
     ConfigurationError,
     ContractReverted,
     InsufficientFunds,
+    ModelNotFound,
     MorError,
+    NoProviderAvailable,
     ProviderError,
+    ProviderStalled,
+    RequestError,
+    RequestRejected,
     RequestTooLarge,
     SandboxError,
     SessionExpired,
 )
-from mor_workbench.router.router import NoProviderAvailable
 from mor_workbench.router.strategy import Strategy
 from mor_workbench.session import AsyncChatStream, AsyncSession, ChatStream, Session, StreamPart
 from mor_workbench.workbench import AsyncWorkbench, Workbench, aconnect, connect
@@ -32,9 +36,13 @@ __all__ = [
     "ConfigurationError",
     "ContractReverted",
     "InsufficientFunds",
+    "ModelNotFound",
     "MorError",
     "NoProviderAvailable",
     "ProviderError",
+    "ProviderStalled",
+    "RequestError",
+    "RequestRejected",
     "RequestTooLarge",
     "SandboxError",
     "Session",

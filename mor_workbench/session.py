@@ -187,10 +187,18 @@ class AsyncSession:
     """An open session with one provider, for one model. On a provider failure the session
     moves to another provider (see `info()["provider"]`)."""
 
-    def __init__(self, router: Router, lease: Lease, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        router: Router,
+        lease: Lease,
+        *,
+        timeout: float = 60.0,
+        deadline: float | None = None,
+    ) -> None:
         self._router = router
         self.lease = lease
         self.timeout = timeout
+        self.deadline = deadline  # s for one provider's whole answer; None: run_call's default
         self._closed = False
 
     @property
@@ -245,7 +253,14 @@ class AsyncSession:
                     "closed: open a new one"
                 )
             raise ConfigurationError("this session is closed: open a new one")
-        return run_call(self._router, self.lease, body, record, timeout=self.timeout)
+        return run_call(
+            self._router,
+            self.lease,
+            body,
+            record,
+            timeout=self.timeout,
+            deadline_s=self.deadline,
+        )
 
     def stream(
         self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any

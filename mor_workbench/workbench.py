@@ -76,7 +76,9 @@ class AsyncWorkbench:
     Options: `strategy` (provider choice, see `Strategy`; default weighted among the top 3,
     5-minute cooldown after a failure), `require_encrypted_prompts` (refuse providers that
     cannot decrypt prompts), `timeout` (seconds to wait for a provider's first reply and
-    between chunks before failing over), `max_failovers` per call, `allowance` (MOR the
+    between chunks before failing over), `deadline` (seconds a provider may take for one whole
+    answer before the call fails over; default 20 x `timeout`), `max_failovers` per call,
+    `allowance` (MOR the
     marketplace contract may draw from this account without a fresh ERC-20 approve; topped up
     to this when an open needs more, so most opens are one transaction; default 100 MOR,
     never unlimited).
@@ -93,6 +95,7 @@ class AsyncWorkbench:
         require_encrypted_prompts: bool = False,
         timeout: float = 60.0,
         max_failovers: int = 2,
+        deadline: float | None = None,
         allowance: float = DEFAULT_ALLOWANCE_MOR,
     ) -> None:
         if not isinstance(allowance, int | float) or isinstance(allowance, bool) or allowance < 0:
@@ -108,6 +111,7 @@ class AsyncWorkbench:
         self.require_encrypted_prompts = require_encrypted_prompts
         self.timeout = timeout
         self.max_failovers = max_failovers
+        self.deadline = deadline
         self._router: Router | None = None
         self._sessions: dict[str, AsyncSession] = {}  # sessions chat/stream reuse, by model
         self._opening: dict[str, asyncio.Lock] = {}
@@ -186,7 +190,7 @@ class AsyncWorkbench:
         await self._check_chat_model(model)
         opened = await router.open(model, duration_s, direct_payment=direct, bid=bid_id)
         lease = Lease(model, duration_s, direct, opened, renew, self.max_failovers)
-        return AsyncSession(self.router, lease, timeout=self.timeout)
+        return AsyncSession(self.router, lease, timeout=self.timeout, deadline=self.deadline)
 
     async def _check_chat_model(self, model: str) -> None:
         """Refuse, before any transaction, a model that cannot chat (an embedding, speech-to-text
@@ -536,6 +540,7 @@ _WORKBENCH_OPTIONS = {
     "require_encrypted_prompts",
     "timeout",
     "max_failovers",
+    "deadline",
     "allowance",
 }
 

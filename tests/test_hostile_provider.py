@@ -17,7 +17,6 @@ from mor_workbench import sandbox
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.rpc import RpcClient
-from mor_workbench.router.calls import CallRecord, Lease, run_call
 
 MODEL = "llama-3.2"
 PROMPT = "Tell me about routers and rivers."
@@ -104,22 +103,25 @@ def test_a_plain_chat_survives_an_endless_stream(wb, market, bad) -> None:
 
 async def test_an_answer_past_the_calls_deadline_fails_over(market, bad, tmp_path, monkeypatch):
     """Valid chunks, each well within the idle timeout, but never an end: without max_tokens
-    only the overall deadline stops it, with `ProviderStalled` as the reason, then failover."""
+    only the overall deadline (connect's `deadline=`) stops it, with `ProviderStalled` as the
+    reason, then failover."""
     monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
     workbench = await mor.aconnect(
-        "sandbox", sandbox_dir=market["info"].directory, strategy="best", timeout=TIMEOUT_S
+        "sandbox",
+        sandbox_dir=market["info"].directory,
+        strategy="best",
+        timeout=TIMEOUT_S,
+        deadline=4.0,
     )
     try:
-        opened = await workbench.router.open(MODEL, 360)
-        assert opened.provider == market["address"]
+        session = await workbench.open_session(MODEL, duration=360)
+        assert session.provider == market["address"]
         bad.fault, bad.pace_s = "slow-endless", TIMEOUT_S / 6
-        lease = Lease(MODEL, 360, False, opened)
-        record = CallRecord(MODEL)
-        body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
-        body["stream"] = True
-        chunks = [c async for c in run_call(workbench.router, lease, body, record, deadline_s=4.0)]
-        assert chunks and record.failovers[0][0] == market["address"]
-        assert "deadline" in record.failovers[0][1]  # not the output cap, nor a stall
+        stream = session.stream(PROMPT)
+        assert [d async for d in stream]
+        failovers = stream.info["failovers"]
+        assert failovers[0]["provider"] == market["address"]
+        assert "deadline" in failovers[0]["reason"]  # not the output cap, nor a stall
     finally:
         await workbench.close()
 

@@ -10,9 +10,11 @@ import time
 import pytest
 
 import mor_workbench as mor
+from mor_workbench.sandbox.market import MODELS, PROVIDERS
 from mor_workbench.widgets import Chat, Compare, Explorer, Sessions, _base
 
 MODEL = "llama-3.2"
+BIDS = len(MODELS) * len(PROVIDERS)  # every sandbox provider bids on every model
 
 
 @pytest.fixture
@@ -69,14 +71,14 @@ def test_explorer_fills_models_bids_providers_and_scatter(wb, widgets) -> None:
     widgets(explorer)
     explorer.wait(30)
     assert explorer.error == "" and not explorer.busy
-    assert explorer.counts == {"models": 4, "bids": 12, "providers": 3}
+    assert explorer.counts == {"models": len(MODELS), "bids": BIDS, "providers": len(PROVIDERS)}
     assert MODEL in explorer.model_names
     assert explorer.columns[0]["key"] == "name"
     llama = next(r for r in explorer.rows if r["name"] == MODEL)
     assert llama["bids"] == 3 and llama["best_price_per_hour"] > 0 and llama["best_score"] > 0
     traces = {trace.name: trace for trace in explorer.plot.data}  # the plotly scatter
     assert set(traces) == set(explorer.model_names)
-    assert sum(len(trace.x) for trace in traces.values()) == 12
+    assert sum(len(trace.x) for trace in traces.values()) == BIDS
     assert all(x > 0 for trace in traces.values() for x in trace.x)
     explorer.model = MODEL  # its bids stand out, the others fade
     assert {n: t.marker.opacity for n, t in traces.items()}[MODEL] == 1.0
@@ -85,7 +87,8 @@ def test_explorer_fills_models_bids_providers_and_scatter(wb, widgets) -> None:
     assert shown["model_id"] == explorer._shown.model_id  # the table with the scatter under it
     assert explorer._shown.children == (explorer, explorer.plot)
     explorer.view = "providers"
-    assert len(explorer.rows) == 3 and all(r["bids"] == 4 for r in explorer.rows)
+    assert len(explorer.rows) == len(PROVIDERS)
+    assert all(r["bids"] == len(MODELS) for r in explorer.rows)
 
 
 def test_explorer_sorts_and_filters(wb, widgets) -> None:
@@ -111,14 +114,14 @@ def test_explorer_sorts_and_filters(wb, widgets) -> None:
     assert explorer.rows == []
     explorer.filter = ""
     explorer.model = ""  # every model's bids
-    assert len(explorer.rows) == 12 and len(explorer.table()) == 12
+    assert len(explorer.rows) == BIDS and len(explorer.table()) == BIDS
 
     explorer.view = "models"  # a sort key the view lacks falls back to its default
     assert explorer.sort_by == "name"
     assert [r["name"] for r in explorer.rows] == sorted(explorer.model_names)
     click(explorer, type="refresh")
     explorer.wait(30)
-    assert explorer.counts["bids"] == 12
+    assert explorer.counts["bids"] == BIDS
 
 
 def test_chat_round_trip_streams_into_messages_with_a_footer(wb, widgets) -> None:
