@@ -112,6 +112,7 @@ class RequestTooLarge(ConfigurationError):
     the prompt.
     """
 
+    status = 413
     code = "request_too_large"
     param = "messages"
 

@@ -233,3 +233,18 @@ def test_cli_names_a_missing_key_variable(sandbox_dir) -> None:
         timeout=120,
     )
     assert done.returncode == 2 and "$SERVE_TEST_UNSET" in done.stderr
+
+
+async def test_a_request_too_large_for_any_provider_is_a_413_and_opens_nothing(
+    api: openai.AsyncOpenAI, workbench
+) -> None:
+    before = len(await workbench.sessions())
+    huge = "word " * (300 * 1024)  # over the 1 MiB a provider reads
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as caught:
+            await api.chat.completions.create(
+                model="llama-3.2", messages=[{"role": "user", "content": huge}], stream=stream
+            )
+        assert caught.value.status_code == 413
+        assert caught.value.code == "request_too_large"
+    assert len(await workbench.sessions()) == before  # no session opened, no failover
