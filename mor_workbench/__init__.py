@@ -21,11 +21,25 @@ from mor_workbench.errors import (
     SandboxError,
     SessionExpired,
 )
-from mor_workbench.router.strategy import Strategy
-from mor_workbench.session import AsyncChatStream, AsyncSession, ChatStream, Session, StreamPart
-from mor_workbench.workbench import AsyncWorkbench, Workbench, aconnect, connect
 
 __version__ = "0.1.0"
+
+# The rest loads on first use (PEP 562), so `import mor_workbench` stays cheap and portable:
+# web3's account stack, pandas and the openai types arrive with `mor.connect`, plotly with
+# `mor.plots`, anywidget with `mor.widgets`, the sandbox (and fcntl) only when one is asked for.
+_LAZY = {
+    "AsyncChatStream": "mor_workbench.session",
+    "AsyncSession": "mor_workbench.session",
+    "ChatStream": "mor_workbench.session",
+    "Session": "mor_workbench.session",
+    "StreamPart": "mor_workbench.session",
+    "Strategy": "mor_workbench.router.strategy",
+    "AsyncWorkbench": "mor_workbench.workbench",
+    "Workbench": "mor_workbench.workbench",
+    "aconnect": "mor_workbench.workbench",
+    "connect": "mor_workbench.workbench",
+}
+_SUBMODULES = ("plots", "widgets")
 
 __all__ = [
     "AsyncChatStream",
@@ -56,13 +70,20 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """`mor.plots` and `mor.widgets` load on first use (plotly and anywidget are not needed to
-    chat)."""
-    if name in ("plots", "widgets"):
-        import importlib
+    """The public names above, and `mor.plots` / `mor.widgets`, imported on first use."""
+    import importlib
 
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(f"mor_workbench.{name}")
     raise AttributeError(f"module 'mor_workbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, *_SUBMODULES])
 
 
 def load_ipython_extension(ipython: object) -> None:
