@@ -160,6 +160,9 @@ class Router:
         in order, each with its pong, and the providers skipped with why. `ranked` are all the
         model's bids (a model with one provider opens permissively)."""
         checked = await health.check_all(candidates, self.signer)
+        for provider, answer in checked.items():
+            if answer.pong is None:  # unreachable: a failure, so others go first for a while
+                self.failed(provider)
         single = len({b.provider.lower() for b in ranked}) == 1
         return health.gate(candidates, checked, self.strategy.health, single_provider=single)
 
