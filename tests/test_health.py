@@ -4,6 +4,7 @@ skips it under every policy before any transaction, and `wb.bids()` shows it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -22,8 +23,11 @@ from mor_workbench.protocol.messages import ModelHealth
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router import health, peer
+from mor_workbench.sandbox.model_server import ModelServer
+from mor_workbench.sandbox.model_server.profiles import LatencyProfile
 
 MODEL = "llama-3.2"
+SANDBOX_MODELS = ("llama-3.2", "qwen-2.5-coder", "mistral-small", "deepseek-r1")
 KEY = bytes.fromhex("81f44a49c40f206517efbbcca783d808914841200e0ac9a769368e1b2741e227")
 MODEL_ID = bytes.fromhex("ab" * 32)
 
@@ -107,12 +111,26 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+async def _register(chain: Chain, owner: Signer, provider: Signer, endpoint: str) -> None:
+    await chain.rpc.request("anvil_setBalance", [provider.address, hex(10**21)])
+    token = chain.deployment.token
+    await chain.transact(owner, "transfer", provider.address, 300 * MOR, to=token)
+    await chain.transact(provider, "approve", chain.deployment.diamond, 2**255, to=token)
+    await chain.transact(provider, "providerRegister", provider.address, 200 * MOR, endpoint)
+
+
+async def _delete_bids(chain: Chain, provider: Signer) -> None:
+    (bids,) = await listing(chain, "getProviderActiveBids", [(provider.address,)])
+    for bid_id in bids:
+        await chain.transact(provider, "deleteModelBid", bid_id)
+
+
 @pytest.fixture
 async def broken_provider(sandbox_info):
     """An extra provider bidding on MODEL whose backend is down (a closed port), registered
     at its own real provider router; its bid is deleted afterwards."""
     chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
-    provider, owner = Signer(os.urandom(32)), sandbox_info.signer("owner")
+    provider = Signer(os.urandom(32))
     model_id, _ = await resolve_model(chain, MODEL)
     backend = f"http://127.0.0.1:{_closed_port()}/v1/chat/completions"
     server = ProviderServer(
@@ -123,21 +141,59 @@ async def broken_provider(sandbox_info):
     )
     await server.start()
     try:
-        await chain.rpc.request("anvil_setBalance", [provider.address, hex(10**21)])
-        token = chain.deployment.token
-        await chain.transact(owner, "transfer", provider.address, 300 * MOR, to=token)
-        await chain.transact(provider, "approve", chain.deployment.diamond, 2**255, to=token)
-        await chain.transact(
-            provider, "providerRegister", provider.address, 200 * MOR, server.endpoint
-        )
+        await _register(chain, sandbox_info.signer("owner"), provider, server.endpoint)
         await chain.transact(provider, "postModelBid", provider.address, model_id, 10**12)
         yield {"chain": chain, "server": server, "provider": provider, "model_id": model_id}
     finally:
-        (bids,) = await listing(chain, "getProviderActiveBids", [(provider.address,)])
-        for bid_id in bids:
-            await chain.transact(provider, "deleteModelBid", bid_id)
+        await _delete_bids(chain, provider)
         await server.stop()
         await chain.rpc.aclose()
+
+
+async def test_the_report_covers_configured_models_and_bids_from_the_probe_loop(
+    sandbox_info,
+) -> None:
+    """Configured and bid: probed (a backend answering 500 is unhealthy, a working one
+    healthy); configured without a bid: no_bid; a bid with no backend: no_model_configured.
+    With an interval the first sweep runs at start, without being asked."""
+    chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
+    provider = Signer(os.urandom(32))
+    ids = {name: (await resolve_model(chain, name))[0] for name in SANDBOX_MODELS}
+    failing, working, idle, unserved = SANDBOX_MODELS
+    erroring = LatencyProfile(ttft_s=0.0, jitter=0.0, error_rate=1.0)
+    try:
+        async with (
+            ModelServer([failing], profile=erroring) as bad,
+            ModelServer([working, idle], profile="instant") as good,
+        ):
+            configs = [
+                ModelConfig(ids[failing], failing, bad.base_url + "/chat/completions"),
+                ModelConfig(ids[working], working, good.base_url + "/chat/completions"),
+                ModelConfig(ids[idle], idle, good.base_url + "/chat/completions"),
+            ]
+            await _register(chain, sandbox_info.signer("owner"), provider, "127.0.0.1:1")
+            for name in (failing, working, unserved):
+                await chain.transact(provider, "postModelBid", provider.address, ids[name], 10**12)
+            async with ProviderServer(
+                signer=provider,
+                chain=chain,
+                models=configs,
+                claim_interval=None,
+                health_interval=3600,
+                health_probe_delay=0,
+            ) as server:
+                while server.health.report is None:  # the sweep at start, not a refresh
+                    await asyncio.sleep(0.05)
+                report = {e.model_name: e for e in server.health.report}
+    finally:
+        await _delete_bids(chain, provider)
+        await chain.rpc.aclose()
+    assert set(report) == set(SANDBOX_MODELS)
+    assert (report[failing].status, report[failing].error_kind) == ("unhealthy", "bad_response")
+    assert report[failing].http_status == 500
+    assert (report[working].status, report[working].http_status) == ("healthy", 200)
+    assert report[idle].status == "no_bid" and not report[idle].bid_id
+    assert report[unserved].status == "no_model_configured" and report[unserved].bid_id
 
 
 async def test_a_provider_with_a_dead_backend_is_skipped_before_any_transaction(
