@@ -1,6 +1,9 @@
 """The in-process router: rank a model's bids, open a session with the best provider that
 accepts, send prompts to it, and close what it opened — journaled so nothing is stranded.
 
+Before any transaction every candidate provider is pinged once and gated on the model health
+it reports in its pong (`mor_workbench.router.health`, the strategy's `health` policy).
+
 Every session is written to the journal before the openSession transaction is sent and
 updated after each step; `recover()` closes or settles whatever a previous process left.
 """
