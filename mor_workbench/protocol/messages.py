@@ -25,7 +25,6 @@ from mor_workbench.protocol.errors import LocalProtocolError, RemoteProtocolErro
 from mor_workbench.protocol.gojson import go_object, go_string
 
 __all__ = [
-    "HEALTH_STATUSES",
     "MESSAGES",
     "Message",
     "ModelHealth",
@@ -40,6 +39,7 @@ __all__ = [
     "SessionReportRes",
     "SessionReq",
     "SessionRes",
+    "go_json",
 ]
 
 M = TypeVar("M", bound="Message")
@@ -227,23 +227,16 @@ class PingReq(Message):
     METHOD: ClassVar[str] = "network.ping"
 
 
-HEALTH_STATUSES = (
-    "healthy",
-    "degraded",
-    "unhealthy",
-    "no_bid",
-    "no_model_configured",
-    "tee_unverified",
-)
-
-
 @dataclass(frozen=True)
 class ModelHealth:
     """One entry of a provider's health report (the pong's `models`, live since proxy-router
-    v7.4, PRs #772/#773/#781/#836): the on-chain model id, the status (one of
-    HEALTH_STATUSES on the live network; others are kept as received), the bid it serves, the
-    on-chain model name, the coarse error kind (e.g. `bad_response`, `rate_limited`) and the
-    backend's HTTP status of the last probe (0: none)."""
+    v7.4, PRs #772/#773/#781/#836): the on-chain model id, the status (on the live network
+    `healthy`, `degraded`, `unhealthy`, `no_bid`, `no_model_configured` or `tee_unverified`;
+    others are kept as received), the bid it serves, the on-chain model name, the coarse
+    error kind (e.g. `bad_response`, `rate_limited`) and the backend's HTTP status of the last
+    probe (0: none). The key names are the PRs' (modelId, status, errorKind, httpStatus,
+    modelName); `bidId` and the order of the keys in the live Go struct are not confirmed,
+    and matter to no one: a received report is verified in the order it arrives."""
 
     model_id: bytes
     status: str
