@@ -35,6 +35,7 @@ from mor_workbench.market.catalog import (
 )
 from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
+from mor_workbench.router import health
 from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
@@ -56,6 +57,7 @@ __all__ = ["AsyncWorkbench", "Workbench", "aconnect", "connect"]
 
 RPC_URL_ENV = "MOR_RPC_URL"
 AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
+BIDS_PING_TIMEOUT_S = 2.0  # wb.bids() waits this long for each provider's pong
 DEFAULT_ALLOWANCE_MOR = 100.0  # standing ERC-20 allowance for opens (see AsyncWorkbench)
 
 
@@ -329,16 +331,25 @@ class AsyncWorkbench:
 
     async def bids(self, model: str | None = None) -> pd.DataFrame:
         """Active bids of `model` (name or id), or of every model, cheapest first, with each
-        bid's score (the reference scorer) and its parts."""
+        bid's score (the reference scorer) and its parts, and `health`: what the provider
+        reports about the bid's model in its pong (one ping per provider, concurrently, at
+        most BIDS_PING_TIMEOUT_S s each): "healthy", "degraded (rate_limited, HTTP 429)",
+        "unhealthy (…)", "no_model_configured"…, "not reported" (a provider before
+        proxy-router v7.4), or "unknown" when it does not answer."""
         frame = await tables.bids(self.chain, model)
         if frame.empty:
             return frame
         model_ids = sorted(set(frame["model_id"]))
         ranked = await asyncio.gather(*(rank_bids(self.chain, m) for m in model_ids))
-        scores = {"0x" + b.bid_id.hex(): b.score for bids in ranked for b in bids}
+        by_id = {"0x" + b.bid_id.hex(): b for bids in ranked for b in bids}
         for part in ("score", "raw", "tps", "ttft", "duration", "success", "stake"):
             column = "score" if part == "score" else f"score_{part}"
-            frame[column] = [getattr(scores[i], part) for i in frame["id"]]
+            frame[column] = [getattr(by_id[i].score, part) for i in frame["id"]]
+        pinger = self.account or Signer(os.urandom(32))  # a ping's key needs no funds
+        reports = await health.check_all(list(by_id.values()), pinger, BIDS_PING_TIMEOUT_S)
+        frame["health"] = [
+            reports[by_id[i].provider.lower()].describe(by_id[i].model_id) for i in frame["id"]
+        ]
         return frame
 
     async def providers(self) -> pd.DataFrame:

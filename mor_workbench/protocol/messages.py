@@ -4,12 +4,19 @@ Each message lists its JSON fields in Go struct order with a kind that fixes the
 `hex` (bytes as lowercase 0x hex), `address`, `hash` (32 bytes), `bigint` (a quoted decimal),
 `uint` (a JSON number), `string`. A signature field is left out when empty (Go's omitempty),
 except in ping/pong where Go writes it as "0x".
+
+A parsed message keeps the fields it was received with, in the order received (`received`):
+a signature is checked over those (`signing_payload`), not over the fields this version knows,
+because a Go peer signs the JSON of its own struct and a newer peer's struct has more fields.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+import math
+import re
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 from eth_utils import is_hex_address
@@ -20,6 +27,7 @@ from mor_workbench.protocol.gojson import go_object, go_string
 __all__ = [
     "MESSAGES",
     "Message",
+    "ModelHealth",
     "PingReq",
     "PongRes",
     "Request",
@@ -31,6 +39,7 @@ __all__ = [
     "SessionReportRes",
     "SessionReq",
     "SessionRes",
+    "go_json",
 ]
 
 M = TypeVar("M", bound="Message")
@@ -50,6 +59,42 @@ def _encode(kind: str, value: Any) -> str:
     if kind == "uint":
         return str(int(value))
     return go_string(value)
+
+
+_GO_EXPONENT = re.compile(r"e([+-])0(\d)$")
+
+
+def _go_float(number: float) -> str:
+    """A float as Go's json.Marshal writes it: shortest digits, plain between 1e-6 and 1e21."""
+    if not math.isfinite(number):
+        raise RemoteProtocolError("a JSON number must be finite")
+    if number == 0:
+        return "0"
+    if 1e-6 <= abs(number) < 1e21:  # Python writes 1.5e-05 and 1.0 where Go writes 0.000015, 1
+        return format(Decimal(repr(number)), "f").removesuffix(".0")
+    return _GO_EXPONENT.sub(r"e\1\2", repr(number))
+
+
+def go_json(value: Any) -> str:
+    """Any decoded JSON value (objects in their received order) as Go's json.Marshal wrote
+    it: the bytes a Go peer signed, whatever its struct holds."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _go_float(value)
+    if isinstance(value, str):
+        return go_string(value)
+    if isinstance(value, list):
+        return "[" + ",".join(go_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return go_object((k, go_json(v)) for k, v in value.items())
+    raise LocalProtocolError(f"{type(value).__name__} is not a JSON value")
 
 
 def _decode(kind: str, name: str, value: Any) -> Any:
@@ -88,10 +133,17 @@ def _decode(kind: str, name: str, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Message:
-    """A signed params struct. Subclasses declare SPEC: (json key, attribute, kind) in Go order."""
+    """A signed params struct. Subclasses declare SPEC: (json key, attribute, kind) in Go order.
+
+    `received` holds the JSON members a parsed message arrived with, in their order (None for a
+    message built here); it takes no part in equality."""
 
     SPEC: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     SIGNATURE_ALWAYS: ClassVar[bool] = False  # ping/pong write an empty signature as "0x"
+
+    received: tuple[tuple[str, Any], ...] | None = field(
+        default=None, kw_only=True, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         for _, attr, kind in self.SPEC:
@@ -112,9 +164,31 @@ class Message:
             members.append((key, _encode(kind, value)))
         return go_object(members).encode()
 
+    def signing_payload(self) -> bytes:
+        """The bytes the sender signed: for a received message, every member it carried, in
+        the order received, with the signature emptied as Go empties it (left out, or "0x" in
+        ping/pong); for a message built here, `encode(signed=False)`."""
+        if self.received is None:
+            return self.encode(signed=False)
+        members = []
+        for key, value in self.received:
+            if key == "signature":
+                if not self.SIGNATURE_ALWAYS:
+                    continue
+                members.append((key, '"0x"'))
+            else:
+                members.append((key, go_json(value)))
+        return go_object(members).encode()
+
+    def unknown_fields(self) -> frozenset[str]:
+        """Received members this version does not encode (a newer peer's fields)."""
+        known = {key for key, _, _ in self.SPEC}
+        return frozenset(k for k, _ in self.received or () if k not in known)
+
     @classmethod
     def from_json(cls: type[M], obj: Any) -> M:
-        """Parse a decoded JSON object; unknown keys are ignored, as Go ignores them."""
+        """Parse a decoded JSON object; unknown keys are ignored, as Go ignores them, but kept
+        in `received` for the signature check."""
         if not isinstance(obj, dict):
             raise RemoteProtocolError(f"{cls.__name__} must be a JSON object")
         values: dict[str, Any] = {}
@@ -125,14 +199,20 @@ class Message:
                     continue
                 raise RemoteProtocolError(f"{cls.__name__} is missing {key!r}")
             values[attr] = _decode(kind, key, obj[key])
-        return cls(**values)
+        values.update(cls._extra(obj))
+        return cls(**values, received=tuple(obj.items()))
 
     @classmethod
     def _optional(cls) -> tuple[str, ...]:
         return ()
 
+    @classmethod
+    def _extra(cls, obj: dict[str, Any]) -> dict[str, Any]:
+        """Attributes parsed from members outside SPEC (none but in the pong)."""
+        return {}
+
     def with_signature(self: M, signature: bytes) -> M:
-        return replace(self, signature=signature)
+        return replace(self, signature=signature, received=None)
 
     def to_json(self) -> Any:
         return json.loads(self.encode())
@@ -148,13 +228,78 @@ class PingReq(Message):
 
 
 @dataclass(frozen=True)
+class ModelHealth:
+    """One entry of a provider's health report (the pong's `models`, live since proxy-router
+    v7.4, PRs #772/#773/#781/#836): the on-chain model id, the status (on the live network
+    `healthy`, `degraded`, `unhealthy`, `no_bid`, `no_model_configured` or `tee_unverified`;
+    others are kept as received), the bid it serves, the on-chain model name, the coarse
+    error kind (e.g. `bad_response`, `rate_limited`) and the backend's HTTP status of the last
+    probe (0: none). The key names are the PRs' (modelId, status, errorKind, httpStatus,
+    modelName); `bidId` and the order of the keys in the live Go struct are not confirmed,
+    and matter to no one: a received report is verified in the order it arrives."""
+
+    model_id: bytes
+    status: str
+    bid_id: bytes = b""
+    model_name: str = ""
+    error_kind: str = ""
+    http_status: int = 0
+
+    def encode(self) -> str:
+        """JSON as our provider writes it; empty fields are left out (Go's omitempty)."""
+        members = [("modelId", _hex(self.model_id))]
+        if self.bid_id:
+            members.append(("bidId", _hex(self.bid_id)))
+        if self.model_name:
+            members.append(("modelName", go_string(self.model_name)))
+        members.append(("status", go_string(self.status)))
+        if self.error_kind:
+            members.append(("errorKind", go_string(self.error_kind)))
+        if self.http_status:
+            members.append(("httpStatus", str(self.http_status)))
+        return go_object(members)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ModelHealth | None:
+        """An entry from a received report; None when it names no model id or status (an
+        entry this version cannot read says nothing about the model)."""
+        if not isinstance(obj, dict):
+            return None
+        try:
+            model_id = _decode("hash", "modelId", obj.get("modelId"))
+            status = _decode("string", "status", obj.get("status"))
+        except RemoteProtocolError:
+            return None
+        try:
+            bid_id = _decode("hash", "bidId", obj["bidId"]) if obj.get("bidId") else b""
+        except RemoteProtocolError:
+            bid_id = b""
+        name, kind, http = obj.get("modelName"), obj.get("errorKind"), obj.get("httpStatus")
+        return cls(
+            model_id,
+            status,
+            bid_id,
+            name if isinstance(name, str) else "",
+            kind if isinstance(kind, str) else "",
+            http if isinstance(http, int) and not isinstance(http, bool) else 0,
+        )
+
+
+@dataclass(frozen=True)
 class PongRes(Message):
     """Ping answer. `version` tells the consumer what the provider supports; ours carries the
-    token `encrypted-prompts` when it accepts ECIES-encrypted prompts."""
+    token `encrypted-prompts` when it accepts ECIES-encrypted prompts. `models` is the
+    provider's health report (None when the pong carries none: a provider before v7.4).
+
+    Our pong signs nonce and version only and carries the report after the signature, so that
+    every live consumer that re-encodes only the fields it knows (v7.0-7.3's Go PongRes) still
+    verifies it; a received pong is verified over what it carries (`signing_payload`), so a
+    report a peer signed is checked too."""
 
     nonce: bytes
     version: str = ""
     signature: bytes = b""
+    models: tuple[ModelHealth, ...] | None = None
     SPEC = (
         ("nonce", "nonce", "hex"),
         ("version", "version", "string"),
@@ -166,12 +311,26 @@ class PongRes(Message):
     def _optional(cls) -> tuple[str, ...]:
         return ("version",)
 
+    @classmethod
+    def _extra(cls, obj: dict[str, Any]) -> dict[str, Any]:
+        report = obj.get("models")
+        if not isinstance(report, list):
+            return {}
+        entries = (ModelHealth.from_json(e) for e in report)
+        return {"models": tuple(e for e in entries if e is not None)}
+
     def encode(self, *, signed: bool = True) -> bytes:
         members = [("nonce", _encode("hex", self.nonce))]
         if self.version:
             members.append(("version", go_string(self.version)))
         members.append(("signature", _encode("hex", self.signature if signed else b"")))
+        if signed and self.models:
+            members.append(("models", "[" + ",".join(m.encode() for m in self.models) + "]"))
         return go_object(members).encode()
+
+    def health_of(self, model_id: bytes) -> ModelHealth | None:
+        """The report's entry for `model_id` (None: no report, or the model is not in it)."""
+        return next((m for m in self.models or () if m.model_id == model_id), None)
 
 
 @dataclass(frozen=True)
@@ -285,6 +444,7 @@ class RpcError:
     code: int = 400
     timestamp: int = 0
     signature: bytes | None = None
+    received: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def encode(self, *, signed: bool = True) -> bytes:
         sig = "null" if self.signature is None or not signed else _hex(self.signature)
@@ -292,6 +452,23 @@ class RpcError:
         return go_object(
             [("message", go_string(self.message)), ("code", str(self.code)), ("data", data)]
         ).encode()
+
+    def signing_payload(self) -> bytes:
+        """The bytes the sender signed: the received error with every member it carried, in
+        order, and `data.signature` null (as the live router signs it); else `encode`'s."""
+        if self.received is None:
+            return self.encode(signed=False)
+        unsigned = dict(self.received)
+        unsigned["data"] = {**unsigned["data"], "signature": None}
+        return go_json(unsigned).encode()
+
+    def unknown_fields(self) -> frozenset[str]:
+        """Received members (data.* named so) this version does not encode."""
+        if self.received is None:
+            return frozenset()
+        extra = {k for k in self.received if k not in ("message", "code", "data")}
+        extra |= {f"data.{k}" for k in self.received["data"] if k not in ("timestamp", "signature")}
+        return frozenset(extra)
 
     @classmethod
     def from_json(cls, obj: Any) -> RpcError:
@@ -307,7 +484,8 @@ class RpcError:
                 signature = None
         code = obj.get("code") if isinstance(obj.get("code"), int) else 400
         ts = data.get("timestamp") if isinstance(data.get("timestamp"), int) else 0
-        return cls(obj["message"], code, ts, signature)
+        received = obj if isinstance(obj.get("data"), dict) else None
+        return cls(obj["message"], code, ts, signature, received)
 
 
 MESSAGES: dict[str, type[Message]] = {

@@ -78,26 +78,47 @@ def sign_error(error: RpcError, private_key: bytes) -> RpcError:
 
 
 def recover_public_key(message: Message | RpcError) -> bytes:
-    """The public key that signed `message`."""
+    """The public key that signed `message` (over the fields it carries, as received)."""
     signature = message.signature
     if not signature:
         raise RemoteProtocolError(f"{type(message).__name__} is not signed")
-    return _recover(keccak(message.encode(signed=False)), signature)
+    return _recover(keccak(message.signing_payload()), signature)
 
 
 def verify(
     message: Message | RpcError, *, public_key: bytes | None = None, address: str | None = None
-) -> None:
-    """Check `message` was signed by `public_key` or by the key of `address`; raise if not."""
+) -> frozenset[str]:
+    """Check `message` was signed by `public_key` or by the key of `address`; raise
+    `RemoteProtocolError` if not. Returns the received fields the signature does not cover.
+
+    The signature is checked over every field the message carried, in the order received (a
+    Go peer signs its own struct, and a newer one has fields this version does not know). A
+    peer that adds fields after signing (outside its signature, so that older consumers that
+    re-encode only the fields they know still verify it) is accepted when the signature covers
+    the known fields; the extra fields are then returned, as unsigned, for the caller to weigh.
+    """
     if public_key is None and address is None:
         raise LocalProtocolError("verify needs the expected public_key or address")
-    signer = recover_public_key(message)
+    if not message.signature:
+        raise RemoteProtocolError(f"{type(message).__name__} is not signed")
+    if _signed_by(message.signing_payload(), message.signature, public_key, address):
+        return frozenset()
+    extra = message.unknown_fields()
+    if extra and _signed_by(message.encode(signed=False), message.signature, public_key, address):
+        return extra
+    expected = address if address is not None else "the expected key"
+    raise RemoteProtocolError(f"{type(message).__name__} is not signed by {expected}")
+
+
+def _signed_by(
+    payload: bytes, signature: bytes, public_key: bytes | None, address: str | None
+) -> bool:
+    signer = _recover(keccak(payload), signature)
     if public_key is not None:
         expected = public_key if len(public_key) == 65 else b"\x04" + public_key
         if signer != expected:
-            raise RemoteProtocolError(f"{type(message).__name__} is not signed by the expected key")
-    if address is not None and address_of(signer).lower() != address.lower():
-        raise RemoteProtocolError(f"{type(message).__name__} is not signed by {address}")
+            return False
+    return address is None or address_of(signer).lower() == address.lower()
 
 
 def _eth_digest(data: bytes) -> bytes:

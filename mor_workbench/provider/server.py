@@ -61,9 +61,11 @@ from mor_workbench.protocol import (
     sign_error,
     verify,
 )
+from mor_workbench.protocol.messages import ModelHealth
 from mor_workbench.protocol.signing import recover_public_key
 from mor_workbench.provider.backend import BackendError, BackendStream, OpenAIBackend
 from mor_workbench.provider.config import ModelConfig
+from mor_workbench.provider.health import HealthProbe
 
 __all__ = ["ProviderServer"]
 
@@ -121,10 +123,16 @@ class ProviderServer:
         freshness_window_ms: int = 120_000,
         claim_interval: float | None = 30.0,
         claim_backoff_max: float = CLAIM_BACKOFF_MAX_S,
+        health_interval: float | None = None,
+        health_probe_delay: float = 2.0,
     ) -> None:
         """`claim_interval` (s) is the pause between claim rounds (None: no claimer; then call
         `claim_owed()`, which also releases what is kept about settled sessions); after a failed
-        round the pause doubles, up to `claim_backoff_max` (s)."""
+        round the pause doubles, up to `claim_backoff_max` (s). `health_interval` (s) is the
+        pause between health sweeps of the backends (the first at start), published in the
+        pong (None, the default: no sweeps but those `refresh_health()` asks for, and no
+        report before the first); `health_probe_delay` (s) spaces the probes of one sweep (see
+        `mor_workbench.provider.health`)."""
         self.signer = signer
         self.chain = chain
         self.models = {m.model_id: m for m in models}
@@ -157,6 +165,15 @@ class ProviderServer:
         self._claimer: asyncio.Task[None] | None = None
         # Our sessions not yet paid and settled -> chain time (s) from which to look again.
         self._owed: dict[bytes, int] = {}
+        self.health_interval = health_interval
+        self.health = HealthProbe(
+            chain=chain,
+            address=signer.address,
+            models=self.models,
+            http=self._http,
+            interval_s=health_interval or 60.0,
+            probe_delay_s=health_probe_delay,
+        )
 
     @property
     def endpoint(self) -> str:
@@ -180,10 +197,18 @@ class ProviderServer:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.claim_interval:
             self._claimer = asyncio.create_task(self._claim_forever(self.claim_interval))
+        if self.health_interval:
+            self.health.start()
         return self
+
+    async def refresh_health(self) -> tuple[ModelHealth, ...]:
+        """Probe every model's backend now; the new report (also in every pong from now).
+        Raises `MorError` when the chain cannot be read (the last report stays)."""
+        return await self.health.refresh()
 
     async def stop(self) -> None:
         """Stop accepting, let running answers finish briefly, then close everything."""
+        await self.health.stop()
         if self._claimer is not None:
             self._claimer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -276,7 +301,8 @@ class ProviderServer:
     async def _dispatch(self, request: Request, writer: asyncio.StreamWriter) -> None:
         params = request.params
         if isinstance(params, PingReq):
-            pong = sign(PongRes(params.nonce, self.version), self._key)
+            # the report rides outside the signature (see PongRes), None before the first sweep
+            pong = sign(PongRes(params.nonce, self.version, models=self.health.report), self._key)
             await self._send(writer, Response(request.id, result=pong))
         elif isinstance(params, SessionReq):
             await self._send(writer, Response(request.id, result=await self._approve(params)))

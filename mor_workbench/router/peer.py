@@ -83,16 +83,27 @@ class Approved:
     bid_id: bytes
 
 
-async def ping(endpoint: str, signer: Signer, provider: str) -> PongRes:
-    """Ping a provider; the pong must be signed by `provider`."""
+async def ping(endpoint: str, signer: Signer, provider: str, *, timeout: float = 5.0) -> PongRes:
+    """Ping a provider (waiting at most `timeout` s); the pong must be signed by `provider`.
+
+    The pong's health report (`models`, proxy-router v7.4+) is kept whether or not the
+    provider's signature covers it (a live provider may append it after signing, so that
+    older consumers still verify the pong): it only ever makes the consumer skip or prefer a
+    provider, never pay one it would not pay otherwise. Raises `ProviderError` when the
+    provider answers with an error, `RemoteProtocolError` when the pong is not `provider`'s
+    or answers another ping, `TimeoutError`/`OSError` when it cannot be reached."""
     key = signer.private_key_bytes()
     nonce = os.urandom(8)
-    (reply,) = await call_once(
+    replies = await call_once(
         endpoint,
         Request(_request_id(), sign(PingReq(nonce), key)),
         PongRes,
-        first_reply_timeout=5.0,
+        connect_timeout=timeout,
+        first_reply_timeout=timeout,
     )
+    if not replies:
+        raise ProviderError("the provider closed the connection without a pong")
+    (reply, *_) = replies
     if reply.error is not None or reply.result is None:
         raise ProviderError(reply.error.message if reply.error else "no pong")
     verify(reply.result, address=provider)

@@ -1,6 +1,9 @@
 """The in-process router: rank a model's bids, open a session with the best provider that
 accepts, send prompts to it, and close what it opened — journaled so nothing is stranded.
 
+Before any transaction every candidate provider is pinged once and gated on the model health
+it reports in its pong (`mor_workbench.router.health`, the strategy's `health` policy).
+
 Every session is written to the journal before the openSession transaction is sent and
 updated after each step; `recover()` closes or settles whatever a previous process left.
 """
@@ -28,13 +31,14 @@ from mor_workbench.errors import (
     ProviderError,
 )
 from mor_workbench.protocol import (
+    PongRes,
     ProtocolError,
     Receipt,
     decode_approval,
     encode_receipt,
     eth_sign,
 )
-from mor_workbench.router import peer
+from mor_workbench.router import health, peer
 from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
 from mor_workbench.router.strategy import Cooldowns, Strategy
@@ -141,9 +145,26 @@ class Router:
 
     async def candidates(self, model: str, exclude: Iterable[str] = ()) -> list[RankedBid]:
         """The bids to ask, in the order the strategy chooses; `exclude` are providers."""
+        return self._choose(await self.rank(model), exclude)
+
+    def _choose(self, ranked: list[RankedBid], exclude: Iterable[str]) -> list[RankedBid]:
         skip = {p.lower() for p in exclude}
-        ranked = [b for b in await self.rank(model) if b.provider.lower() not in skip]
-        return self.strategy.choose(ranked, self.cooldowns.cooling(self.strategy.cooldown_s))
+        kept = [b for b in ranked if b.provider.lower() not in skip]
+        return self.strategy.choose(kept, self.cooldowns.cooling(self.strategy.cooldown_s))
+
+    async def healthy_candidates(
+        self, ranked: list[RankedBid], candidates: list[RankedBid]
+    ) -> tuple[list[tuple[RankedBid, PongRes]], list[tuple[str, str]]]:
+        """`candidates` gated on their providers' health reports under the strategy's health
+        policy (one ping per provider, concurrently, before any transaction): the bids to ask
+        in order, each with its pong, and the providers skipped with why. `ranked` are all the
+        model's bids (a model with one provider opens permissively)."""
+        checked = await health.check_all(candidates, self.signer)
+        for provider, answer in checked.items():
+            if answer.pong is None:  # unreachable: a failure, so others go first for a while
+                self.failed(provider)
+        single = len({b.provider.lower() for b in ranked}) == 1
+        return health.gate(candidates, checked, self.strategy.health, single_provider=single)
 
     def failed(self, provider: str) -> None:
         """Remember that `provider` failed us, so the strategy tries others first for a while."""
@@ -162,21 +183,25 @@ class Router:
         """Open a session with the best provider that accepts, trying each in strategy order
         (or on one given bid).
 
-        Raises `ConfigurationError` (before any transaction) when `duration_s` is outside the
-        contract's limits, `NoProviderAvailable` when no provider accepts, and
+        Every provider is pinged first and gated on the health it reports for the model
+        (`Strategy.health`; a provider that says it cannot serve the model is never asked for
+        an approval, so never paid). Raises `ConfigurationError` (before any transaction)
+        when `duration_s` is outside the contract's limits, `NoProviderAvailable` when no
+        provider accepts (its `tried` says why each provider was skipped or failed), and
         `InsufficientFunds` when the account cannot pay the deposit."""
         await self.check_duration(duration_s)
-        candidates = await self.candidates(model, exclude)
+        ranked = await self.rank(model)
+        candidates = self._choose(ranked, exclude)
         if bid is not None:
-            candidates = [b for b in await self.rank(model) if b.bid_id == bid]
+            candidates = [b for b in ranked if b.bid_id == bid]
             if not candidates:
                 raise NoProviderAvailable(model, [], f"bid 0x{bid.hex()} is not an active bid")
         elif not candidates:
             raise NoProviderAvailable(model, [], "no bid passes the strategy's filters")
-        tried: list[tuple[str, str]] = []
-        for candidate in candidates:
+        plan, tried = await self.healthy_candidates(ranked, candidates)
+        for candidate, pong in plan:
             try:
-                session = await self._open_on(candidate, duration_s, direct_payment)
+                session = await self._open_on(candidate, pong, duration_s, direct_payment)
             except _PEER_FAILURES as exc:
                 self.failed(candidate.provider)
                 tried.append((candidate.provider, str(exc) or type(exc).__name__))
@@ -205,8 +230,9 @@ class Router:
                 f"caps sessions at {_span(longest)} ({longest} s); ask for less"
             )
 
-    async def _open_on(self, bid: RankedBid, duration_s: int, direct: bool) -> OpenSession:
-        pong = await peer.ping(bid.endpoint, self.signer, bid.provider)
+    async def _open_on(
+        self, bid: RankedBid, pong: PongRes, duration_s: int, direct: bool
+    ) -> OpenSession:
         encrypt = peer.encrypt_prompts_for(
             pong, require_encrypted_prompts=self.require_encrypted_prompts
         )

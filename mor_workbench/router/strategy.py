@@ -2,7 +2,8 @@
 
 The reference router always asks the best-scored bid first, so every consumer herds onto one
 provider. The default here draws among the top bids with probability proportional to score,
-skips providers that failed recently, and honours allow/deny lists and a price cap.
+skips providers that failed recently, and honours allow/deny lists and a price cap. Its
+`health` option is the live consumer's SESSION_HEALTH_POLICY (see `router.health`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 from mor_workbench.errors import ConfigurationError
+from mor_workbench.router.health import DEFAULT_POLICY, HealthPolicy, check_policy
 from mor_workbench.router.scoring import Score
 
 __all__ = ["Cooldowns", "Strategy"]
@@ -37,7 +39,10 @@ class Strategy:
     `top` best bids with probability proportional to score, then the rest best first;
     `order="best"` is the reference's strict score order. Providers that failed in the last
     `cooldown_s` seconds go last; `allow`/`deny` are provider addresses; `max_price_per_second`
-    (MOR) drops dearer bids."""
+    (MOR) drops dearer bids. `health` is how the providers' self-reported model health gates
+    opens: "permissive" (the live default), "preferred" or "strict" (rules in
+    `mor_workbench.router.health`); a provider that reported it cannot serve the model is
+    never asked under any of them. Unknown values raise `ConfigurationError`."""
 
     order: Literal["weighted", "best"] = "weighted"
     top: int = 3
@@ -45,8 +50,10 @@ class Strategy:
     allow: frozenset[str] | None = None
     deny: frozenset[str] = frozenset()
     max_price_per_second: float | None = None
+    health: HealthPolicy = DEFAULT_POLICY
 
     def __post_init__(self) -> None:
+        check_policy(self.health)
         if self.order not in ("weighted", "best"):
             raise ConfigurationError(
                 f"strategy order {self.order!r} is not known: use 'weighted' or 'best'"
