@@ -145,7 +145,12 @@ def _provider(args: argparse.Namespace) -> int:
         chain = Chain(rpc, deployment)
         try:
             async with ProviderServer(
-                signer=signer, chain=chain, models=models, host=args.host, port=args.port
+                signer=signer,
+                chain=chain,
+                models=models,
+                host=args.host,
+                port=args.port,
+                health_interval=args.health_interval or None,
             ) as server:
                 print(
                     f"provider {signer.address} serving {len(models)} model(s) on "
@@ -239,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     provider.add_argument("--account", default=None, help="sandbox account, e.g. provider:balanced")
     provider.add_argument("--host", default="127.0.0.1")
     provider.add_argument("--port", type=int, default=3333)
+    provider.add_argument(
+        "--health-interval",
+        type=float,
+        default=60.0,
+        help="seconds between probes of each model's backend, reported in the pong (0: off)",
+    )
     provider.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
     provider.set_defaults(run=_provider)
     served = commands.add_parser(
