@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from openai.types.chat import ChatCompletion
 
-from mor_workbench import sandbox
+from mor_workbench._home import workbench_home
 from mor_workbench._portal import portal
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
@@ -42,7 +42,6 @@ from mor_workbench.router.journal import SessionJournal, journal_path
 from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import Router, rank_bids
 from mor_workbench.router.strategy import Strategy
-from mor_workbench.sandbox.paths import workbench_home
 from mor_workbench.session import (
     AsyncChatStream,
     AsyncSession,
@@ -521,6 +520,8 @@ async def aconnect(
         chain = await _chain_for("base", urls) if urls else None
         return AsyncWorkbench("gateway", chain, None, gateway=gateway, **options)
     if network == "sandbox":
+        from mor_workbench import sandbox  # the dev sandbox (POSIX only) loads when asked for
+
         info = await asyncio.to_thread(sandbox.start, sandbox_dir)
         account = load_signer(key) if key else info.signer("consumer")
 

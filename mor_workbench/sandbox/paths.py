@@ -3,19 +3,12 @@ its accounts' keys, chain state and logs; see `mor_workbench._private_files`).""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
+from mor_workbench._home import HOME_ENV, workbench_home
 
-HOME_ENV = "MOR_WORKBENCH_HOME"
-
-
-def workbench_home() -> Path:
-    """mor-workbench's data directory: $MOR_WORKBENCH_HOME or the user's data dir."""
-    explicit = os.environ.get(HOME_ENV)
-    return Path(explicit) if explicit else Path(platformdirs.user_data_dir("mor-workbench"))
+__all__ = ["HOME_ENV", "SandboxPaths", "workbench_home"]
 
 
 @dataclass(frozen=True)
