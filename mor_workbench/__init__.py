@@ -5,6 +5,7 @@ wb = mor.connect("sandbox")
 wb.models()
 """
 
+from mor_workbench._version import __version__ as __version__
 from mor_workbench.errors import (
     ChainError,
     ConfigurationError,
@@ -21,8 +22,6 @@ from mor_workbench.errors import (
     SandboxError,
     SessionExpired,
 )
-
-__version__ = "0.1.0"
 
 # The rest loads on first use (PEP 562), so `import mor_workbench` stays cheap and portable:
 # web3's account stack, pandas and the openai types arrive with `mor.connect`, plotly with

@@ -65,10 +65,8 @@ from pydantic import (
 from mor_workbench._portal import portal
 from mor_workbench._redact import redact_url
 from mor_workbench.errors import ConfigurationError
-from mor_workbench.router.calls import CallRecord
-from mor_workbench.router.gateway import API_KEY_ENV
-from mor_workbench.session import chat_body
-from mor_workbench.workbench import AsyncWorkbench, Workbench, connect
+from mor_workbench.session import CallRecord, chat_body
+from mor_workbench.workbench import API_KEY_ENV, AsyncWorkbench, Workbench, connect
 
 __all__ = ["ChatMorpheus", "close_shared_workbenches"]
 

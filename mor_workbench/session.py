@@ -22,6 +22,7 @@ from mor_workbench.router.router import OpenSession, Router
 __all__ = [
     "AsyncChatStream",
     "AsyncSession",
+    "CallRecord",
     "ChatStream",
     "Session",
     "StreamPart",
@@ -318,6 +319,18 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._inner.closed
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def provider(self) -> str:
+        return self._inner.provider
+
+    @property
+    def ends_at(self) -> datetime:
+        return self._inner.ends_at
 
     @property
     def aio(self) -> AsyncSession:

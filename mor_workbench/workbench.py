@@ -37,7 +37,7 @@ from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
 from mor_workbench.router import health
 from mor_workbench.router.calls import CallRecord, Lease
-from mor_workbench.router.gateway import Gateway
+from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
 from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import Router, rank_bids
@@ -52,7 +52,7 @@ from mor_workbench.session import (
     to_completion,
 )
 
-__all__ = ["AsyncWorkbench", "Workbench", "aconnect", "connect"]
+__all__ = ["API_KEY_ENV", "AsyncWorkbench", "Workbench", "aconnect", "connect"]
 
 RPC_URL_ENV = "MOR_RPC_URL"
 AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
@@ -297,6 +297,35 @@ class AsyncWorkbench:
         self._sessions.clear()
         return await self.router.close_all()
 
+    async def closable(self) -> list[str]:
+        """Ids (0x hex) of the sessions this account can close from here: those this workbench
+        opened and those its journal holds open (an earlier or another process's); [] for a
+        read-only or gateway workbench."""
+        if self.account is None or self.gateway is not None:
+            return []
+        return ["0x" + session_id.hex() for session_id in self.router.closable()]
+
+    async def close_session(self, session_id: str) -> bool:
+        """Close one session by its id (0x hex) with the provider's receipt; True when the
+        provider signed it, False when it had to be a dispute. `ConfigurationError` when this
+        account's workbench here cannot close it (not opened or journaled by it)."""
+        found = self.router.closable().get(bytes.fromhex(session_id.removeprefix("0x")))
+        if found is None:
+            raise ConfigurationError(
+                f"session {session_id[:10]}… was not opened by this account's workbench here, "
+                "so its provider's receipt cannot be asked for"
+            )
+        return await self.router.close(found)
+
+    async def withdraw(self) -> float:
+        """Withdraw the on-hold stakes whose timelock has passed; how much, in MOR."""
+        return await self.router.withdraw_released() / 1e18
+
+    async def chain_time(self) -> int:
+        """The chain's clock: the latest block's timestamp (Unix seconds). Session ends and
+        on-hold releases follow it, not the wall clock (a node may lag, anvil may warp)."""
+        return await self.chain.block_timestamp()
+
     def __repr__(self) -> str:
         if self.gateway is not None:
             return f"<{type(self).__name__} gateway {self.gateway.base_url}>"
@@ -476,6 +505,18 @@ class Workbench:
 
     def close_all(self) -> int:
         return self._portal.run(self._inner.close_all())
+
+    def closable(self) -> list[str]:
+        return self._portal.run(self._inner.closable())
+
+    def close_session(self, session_id: str) -> bool:
+        return self._portal.run(self._inner.close_session(session_id))
+
+    def withdraw(self) -> float:
+        return self._portal.run(self._inner.withdraw())
+
+    def chain_time(self) -> int:
+        return self._portal.run(self._inner.chain_time())
 
     def balance(self, user: str | None = None) -> dict[str, float]:
         return self._portal.run(self._inner.balance(user))

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from mor_workbench import __version__
+from mor_workbench._version import __version__
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import ChainError, MorError

@@ -1,0 +1,45 @@
+"""The façade offers every verb the surfaces need, on both twins: what can be closed, close
+one session, withdraw what is released, the chain's clock, and a session's model, provider
+and end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import mor_workbench as mor
+
+MODEL = "llama-3.2"
+
+
+@pytest.fixture
+def wb(sandbox_info, tmp_path, monkeypatch) -> Iterator[mor.Workbench]:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
+    workbench = mor.connect("sandbox", sandbox_dir=sandbox_info.directory)
+    yield workbench
+    workbench.close()
+
+
+def test_a_session_is_closed_by_its_id_through_the_facade(wb) -> None:
+    session = wb.open_session(MODEL, duration="5m")
+    assert session.model == MODEL and session.provider.startswith("0x")
+    assert session.ends_at.timestamp() > wb.chain_time()
+    assert session.id in wb.closable()
+    assert wb.close_session(session.id) is True  # the provider's receipt
+    assert session.id not in wb.closable()
+    closed = wb.sessions().set_index("id").loc[session.id]
+    assert not closed["is_active"]
+
+
+def test_a_session_of_another_account_cannot_be_closed_here(wb) -> None:
+    with pytest.raises(mor.ConfigurationError, match="was not opened by this account"):
+        wb.close_session("0x" + "ab" * 32)
+
+
+def test_the_chain_clock_and_withdraw(wb) -> None:
+    before = wb.chain_time()
+    wb.open_session(MODEL, duration="5m").close()  # mines blocks
+    assert wb.chain_time() >= before > 0
+    assert wb.withdraw() >= 0.0
+    assert wb.balance()["mor_on_hold_available"] == 0.0  # what was released came back
