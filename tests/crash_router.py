@@ -34,14 +34,14 @@ async def main(directory: str, journal: str, step: str) -> None:
 
         router_module.peer.open_session = killed  # type: ignore[assignment]
     elif step == "opened":  # the open is mined, killed before the journal says so
-        update = router.journal.update
+        transition = router.journal.transition
 
-        def killing_update(approval_hash: str, **changes: object):
-            if changes.get("state") == "open":
+        def killing_transition(approval_hash: str, event: str, **changes: object):
+            if event == "opened":
                 die()
-            return update(approval_hash, **changes)
+            return transition(approval_hash, event, **changes)
 
-        router.journal.update = killing_update  # type: ignore[method-assign]
+        router.journal.transition = killing_transition  # type: ignore[method-assign]
     elif step == "closing":  # killed just before the close transaction is sent
         transact = chain.transact
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from mor_workbench.router.journal import JournalEntry, SessionJournal
+from mor_workbench.router.states import TRANSITIONS, IllegalTransition, SessionState, advance
 
 
 def entry(key: str, state: str = "opening") -> JournalEntry:
@@ -30,12 +31,12 @@ def test_entries_round_trip_and_update(tmp_path) -> None:
     journal = SessionJournal(tmp_path / "j.sqlite3")
     stored = journal.record(entry("0x01"))
     assert stored.created_at > 0 and journal.get("0x01") == stored
-    opened = journal.update("0x01", state="open", session_id="0x" + "ff" * 32, ends_at=99)
+    opened = journal.transition("0x01", "opened", session_id="0x" + "ff" * 32, ends_at=99)
     assert opened.created_at == stored.created_at and opened.updated_at >= stored.updated_at
     assert journal.by_session("0x" + "ff" * 32) == opened
     assert opened.direct_payment is True and int(opened.amount) == 123 * 10**18
     with pytest.raises(KeyError):
-        journal.update("0x02", state="open")
+        journal.transition("0x02", "opened")
     with pytest.raises(ValueError, match="unknown journal state"):
         journal.record(entry("0x03", state="lost"))
 
@@ -117,3 +118,40 @@ def test_owner_lock_files_do_not_pile_up(tmp_path) -> None:
     SessionJournal(path)
     assert [p.name for p in owners.iterdir()] == [p.name for p in owners.glob("*.lock")]
     assert len(list(owners.glob("*.lock"))) == 1  # this process's own, nothing else
+
+
+def test_a_session_moves_only_along_its_life(tmp_path) -> None:
+    """States and moves are data (router/states.py); the journal applies them and refuses the
+    rest: a closed session cannot be opened again, nor a state be set by hand."""
+    journal = SessionJournal(tmp_path / "j.sqlite3")
+    journal.record(entry("0x01"))
+    with pytest.raises(IllegalTransition, match="opening cannot be close"):
+        journal.transition("0x01", "close")  # never opened: nothing to close
+    assert journal.transition("0x01", "opened").state == "open"
+    assert journal.transition("0x01", "close").state == "closing"
+    assert journal.transition("0x01", "closed").state == "closed"
+    with pytest.raises(IllegalTransition, match="closed cannot be opened"):
+        journal.transition("0x01", "opened")
+    with pytest.raises(ValueError, match=r"only by journal\.transition"):
+        journal.update("0x01", state="open")
+    with pytest.raises(ValueError, match="exists"):
+        journal.record(entry("0x01"))  # nor by writing the row again
+    assert journal.get("0x01").state == "closed"
+    # the one way back: the chain shows it open again (a rollback), and recovery closes it
+    assert journal.transition("0x01", "reopened").state == "open"
+
+
+def test_the_table_covers_every_state_and_ends_only_in_closed_or_abandoned() -> None:
+    reachable = {SessionState.OPENING}
+    frontier = [SessionState.OPENING]
+    while frontier:
+        state = frontier.pop()
+        for (source, _), target in TRANSITIONS.items():
+            if source == state and target not in reachable:
+                reachable.add(target)
+                frontier.append(target)
+    assert reachable == set(SessionState)
+    for state in SessionState:  # every unfinished state has a way forward
+        if state not in (SessionState.CLOSED, SessionState.ABANDONED):
+            assert any(s == state and t != s for (s, _), t in TRANSITIONS.items())
+    assert advance("open", "close") == SessionState.CLOSING

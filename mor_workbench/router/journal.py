@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from mor_workbench._private_files import private_dir, private_file
+from mor_workbench.router import states
 
 try:
     import fcntl
@@ -35,11 +36,8 @@ except ImportError:  # Windows: no advisory locks; every other owner counts as g
 
 __all__ = ["JournalEntry", "SessionJournal", "journal_path"]
 
-# opening: approval in hand, open transaction about to be / being sent
-# open: on chain and usable; closing: close transaction being sent
-# closed: closed on chain; abandoned: the open never happened (approval unused and expired)
-UNFINISHED = ("opening", "open", "closing")
-STATES = (*UNFINISHED, "closed", "abandoned")
+UNFINISHED = tuple(str(s) for s in states.UNFINISHED)  # the states that may still hold MOR
+STATES = tuple(str(s) for s in states.SessionState)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -179,33 +177,65 @@ class SessionJournal:
         self._db.execute("COMMIT")
 
     def record(self, entry: JournalEntry) -> JournalEntry:
-        """Insert or replace `entry` (stamping its times) and return what was stored."""
+        """Insert a new entry (stamping its times) and return what was stored; its state then
+        moves only by `transition`."""
         if entry.state not in STATES:
             raise ValueError(f"unknown journal state {entry.state!r}")
         now = time.time()
         stored = replace(entry, created_at=entry.created_at or now, updated_at=now, owner=_PROCESS)
-        values = [getattr(stored, c) for c in _COLUMNS]
         with self._transaction() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO sessions ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
-                [int(v) if isinstance(v, bool) else v for v in values],
-            )
+            if self._read(db, entry.approval_hash) is not None:
+                raise ValueError(f"journal entry {entry.approval_hash} exists: update it")
+            self._write(db, stored)
         return stored
 
     def update(self, approval_hash: str, **changes: object) -> JournalEntry:
-        """Change some fields of an existing entry."""
-        current = self.get(approval_hash)
-        if current is None:
-            raise KeyError(f"no journal entry {approval_hash}")
-        return self.record(replace(current, **changes))
+        """Change some fields of an existing entry, never its state (see `transition`)."""
+        if "state" in changes:
+            raise ValueError("a session's state moves only by journal.transition(hash, event)")
+        return self._change(approval_hash, None, changes)
 
-    def get(self, approval_hash: str) -> JournalEntry | None:
-        row = self._db.execute(
+    def transition(
+        self, approval_hash: str, event: states.SessionEvent | str, **changes: object
+    ) -> JournalEntry:
+        """Apply `event` to the entry's state by the table in `states` (with `changes` to its
+        other fields) in one transaction; `IllegalTransition` when its life does not go there."""
+        return self._change(approval_hash, states.SessionEvent(event), changes)
+
+    def _change(
+        self,
+        approval_hash: str,
+        event: states.SessionEvent | None,
+        changes: dict[str, object],
+    ) -> JournalEntry:
+        with self._transaction() as db:
+            current = self._read(db, approval_hash)
+            if current is None:
+                raise KeyError(f"no journal entry {approval_hash}")
+            if event is not None:
+                changes = {**changes, "state": str(states.advance(current.state, event))}
+            stored = replace(current, **changes, updated_at=time.time(), owner=_PROCESS)
+            self._write(db, stored)
+        return stored
+
+    def _read(self, db: sqlite3.Connection, approval_hash: str) -> JournalEntry | None:
+        row = db.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM sessions WHERE approval_hash = ?",
             (approval_hash,),
         ).fetchone()
         return self._entry(row) if row else None
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, entry: JournalEntry) -> None:
+        values = [getattr(entry, c) for c in _COLUMNS]
+        db.execute(
+            f"INSERT OR REPLACE INTO sessions ({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
+            [int(v) if isinstance(v, bool) else v for v in values],
+        )
+
+    def get(self, approval_hash: str) -> JournalEntry | None:
+        return self._read(self._db, approval_hash)
 
     def by_session(self, session_id: str) -> JournalEntry | None:
         row = self._db.execute(

@@ -41,6 +41,7 @@ from mor_workbench.protocol import (
 from mor_workbench.router import health, peer
 from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
+from mor_workbench.router.states import SessionEvent
 from mor_workbench.router.strategy import Cooldowns, Strategy
 
 __all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router", "rank_bids"]
@@ -48,6 +49,8 @@ __all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router", "rank_bi
 log = logging.getLogger(__name__)
 _PEER_FAILURES = (ProviderError, ProtocolError, OSError, TimeoutError)
 
+OPENED, CLOSE, CLOSED = SessionEvent.OPENED, SessionEvent.CLOSE, SessionEvent.CLOSED
+ABANDON, REOPENED = SessionEvent.ABANDON, SessionEvent.REOPENED
 APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
 RECHECK_CLOSED_S = 7 * 86400  # closed rows re-checked on chain by recover() (rollbacks)
 
@@ -282,8 +285,8 @@ class Router:
                 on_hash=journal_hash,
             )
         ends_at = (await self.chain.call("getSession", session_id))["endsAt"]
-        self.journal.update(
-            entry.approval_hash, state="open", session_id="0x" + session_id.hex(), ends_at=ends_at
+        self.journal.transition(
+            entry.approval_hash, OPENED, session_id="0x" + session_id.hex(), ends_at=ends_at
         )
         return OpenSession(
             session_id,
@@ -320,7 +323,7 @@ class Router:
     async def close(self, session: OpenSession) -> bool:
         """Close with the provider's receipt, or dispute-close with our own when it is gone.
         True when the provider signed the receipt."""
-        self.journal.update(session.approval_hash, state="closing")
+        self.journal.transition(session.approval_hash, CLOSE)
         signed = await self._provider_receipt(session)
         undisputed = signed is not None
         if signed is None:  # the provider cannot sign: close with our own receipt (a dispute)
@@ -331,7 +334,7 @@ class Router:
             )
             signed = receipt, eth_sign(receipt, self.signer.private_key_bytes())
         await self.chain.transact(self.signer, "closeSession", *signed)
-        self.journal.update(session.approval_hash, state="closed")
+        self.journal.transition(session.approval_hash, CLOSED)
         self.opened.pop(session.session_id, None)
         self.closed.add(session.session_id)
         return undisputed
@@ -433,13 +436,13 @@ class Router:
                 session_id = await self._find_opened(entry)
                 if session_id is None:
                     if now > _approval_seconds(entry) + APPROVAL_TTL_S:
-                        self.journal.update(entry.approval_hash, state="abandoned")
+                        self.journal.transition(entry.approval_hash, ABANDON)
                         done["abandoned"] += 1
                     continue
                 raw = await self.chain.call("getSession", session_id)
-                entry = self.journal.update(
+                entry = self.journal.transition(
                     entry.approval_hash,
-                    state="open",
+                    OPENED,
                     session_id="0x" + session_id.hex(),
                     ends_at=raw["endsAt"],
                 )
@@ -455,10 +458,10 @@ class Router:
         raw = await self.chain.call("getSession", bytes.fromhex(entry.session_id[2:]))
         if int(raw["user"], 16) == 0:
             # not on this chain (a sandbox since reset, or an open a rollback undid)
-            self.journal.update(entry.approval_hash, state="abandoned")
+            self.journal.transition(entry.approval_hash, ABANDON)
             return "abandoned"
         if raw["closedAt"]:
-            self.journal.update(entry.approval_hash, state="closed")
+            self.journal.transition(entry.approval_hash, CLOSED)
             return "settled"
         await self.close(_from_entry(entry))
         return "closed"
@@ -474,7 +477,7 @@ class Router:
             if isinstance(raw, Exception) or raw["closedAt"]:
                 continue
             log.warning("session %s is open again on chain: closing it", entry.session_id)
-            outcome = await self._settle(self.journal.update(entry.approval_hash, state="open"))
+            outcome = await self._settle(self.journal.transition(entry.approval_hash, REOPENED))
             done["reopened" if outcome == "closed" else outcome] += 1
 
     async def _find_opened(self, entry: JournalEntry) -> bytes | None:
