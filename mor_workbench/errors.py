@@ -30,6 +30,7 @@ Every failure is sorted once, where it happens, into one of two kinds:
     │   ├── RpcUnavailable
     │   └── ContractReverted
     ├── InsufficientFunds             too little MOR or ETH (402)
+    ├── IllegalTransition             a session moved where its life does not go (a bug)
     └── SandboxError                  the local sandbox could not be managed
 
 (`mor_workbench.chain.rpc.RpcError`, a `ChainError`, is the node's JSON-RPC error.)
@@ -45,6 +46,7 @@ __all__ = [
     "ChainError",
     "ConfigurationError",
     "ContractReverted",
+    "IllegalTransition",
     "InsufficientFunds",
     "LocalProtocolError",
     "ModelNotFound",
@@ -258,3 +260,12 @@ class InsufficientFunds(MorError):
             f"{what} needs {needed / 1e18:.6g} {token} but the account holds "
             f"{available / 1e18:.6g} {token}: fund the account or ask for a shorter session"
         )
+
+
+class IllegalTransition(MorError):
+    """A session was asked to move where its life does not go (router/states.py's table): a
+    bug in the caller, never a user's mistake. `state` and `event` name the refused move."""
+
+    def __init__(self, state: str, event: str) -> None:
+        self.state, self.event = state, event
+        super().__init__(f"a session that is {state} cannot be {event}")

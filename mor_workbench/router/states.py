@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from mor_workbench.errors import MorError
+from mor_workbench.errors import IllegalTransition
 
 __all__ = [
     "TRANSITIONS",
@@ -59,14 +59,6 @@ TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
     (S.CLOSED, E.ABANDON): S.ABANDONED,
 }
 UNFINISHED = (S.OPENING, S.OPEN, S.CLOSING)  # may still hold the account's MOR
-
-
-class IllegalTransition(MorError):
-    """A session was asked to move where its life does not go (a bug, never a user error)."""
-
-    def __init__(self, state: SessionState, event: SessionEvent) -> None:
-        self.state, self.event = state, event
-        super().__init__(f"a session that is {state} cannot be {event}")
 
 
 def advance(state: SessionState | str, event: SessionEvent | str) -> SessionState:
