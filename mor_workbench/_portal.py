@@ -1,7 +1,9 @@
 """Run the async core from synchronous code, also inside Jupyter where a loop is already running.
 
-One background thread owns an event loop; sync calls submit coroutines to it and wait. This is
-how the sync `Workbench` reuses the async implementation instead of copying it.
+anyio's `BlockingPortal` owns an event loop in a daemon thread; sync calls submit coroutines to
+it and wait. This is how the sync `Workbench` reuses the async implementation instead of
+copying it. On top of anyio we add only iteration: an async iterator that lives on the
+portal's loop, walked from sync code or from another running loop (a Jupyter kernel's).
 """
 
 from __future__ import annotations
@@ -10,33 +12,36 @@ import asyncio
 import atexit
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 T = TypeVar("T")
 
 
 class Portal:
-    """A private event loop in a daemon thread."""
+    """A private event loop in a daemon thread (anyio's blocking portal on asyncio)."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="mor-workbench", daemon=True
-        )
-        self._thread.start()
+        self._context: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
+        self._portal = self._context.__enter__()
+        self.loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
+        self._thread = self._portal.call(threading.current_thread)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the portal's loop and return its result (re-raising its error)."""
         if threading.current_thread() is self._thread:
+            coro.close()
             raise RuntimeError("Portal.run called from the portal's own loop; await instead")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        return self._portal.call(_await, coro)
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Iterate an async iterator from sync code, one item per round trip to the loop."""
         try:
             while True:
                 try:
-                    yield self.run(agen.__anext__())
+                    yield self.run(_anext(agen))
                 except StopAsyncIteration:
                     return
         finally:
@@ -53,7 +58,7 @@ class Portal:
         step = None
         try:
             while True:
-                step = asyncio.run_coroutine_threadsafe(_anext(agen), self.loop)
+                step = self._portal.start_task_soon(_anext, agen)
                 try:
                     item = await asyncio.wrap_future(step)
                 except StopAsyncIteration:
@@ -62,7 +67,15 @@ class Portal:
         finally:
             closer = getattr(agen, "aclose", None)
             if closer is not None and (step is None or not step.cancelled()):
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(closer(), self.loop))
+                await asyncio.wrap_future(self._portal.start_task_soon(_await, closer()))
+
+    def stop(self) -> None:
+        """Stop the loop (at interpreter exit)."""
+        self._context.__exit__(None, None, None)
+
+
+async def _await(coro: Coroutine[Any, Any, T]) -> T:
+    return await coro
 
 
 async def _anext(agen: AsyncIterator[T]) -> T:
@@ -79,5 +92,5 @@ def portal() -> Portal:
     with _lock:
         if _shared is None:
             _shared = Portal()
-            atexit.register(_shared.loop.call_soon_threadsafe, _shared.loop.stop)
+            atexit.register(_shared.stop)
         return _shared
