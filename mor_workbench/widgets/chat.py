@@ -75,7 +75,14 @@ class Chat(MorWidget):
         self._session: AsyncSession | None = None
         self._current: concurrent.futures.Future[Any] | None = None
         self.observe(self._on_model, names="model")
+        self._follow_sessions(self._on_sessions_changed)
         self._submit(self._load(), "loading models")
+
+    def _on_sessions_changed(self, event: str, session_id: str) -> None:
+        """The widget's session was closed elsewhere (the Sessions widget, `%mor close all`,
+        housekeeping): stop showing it; the next prompt opens a new one."""
+        if event == "closed" and self._session is not None and self._session.id == session_id:
+            self._show_session(0.0)
 
     def _actions(self) -> dict[str, Any]:
         return {

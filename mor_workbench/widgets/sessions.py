@@ -37,7 +37,11 @@ class Sessions(MorWidget):
     midnight); on-hold stakes whose time has come can be withdrawn. `balance` holds ETH, MOR,
     staked and on-hold MOR.
 
-    `close_session(id)`, `withdraw()` and `refresh()` are what the buttons call.
+    It reloads whenever a session of the same workbench is opened or closed, whichever
+    surface did it (`wb.chat`, `%%mor`, a Chat widget, housekeeping; see
+    `Workbench.on_sessions_changed`); `loaded` is True once the first load is done, so an
+    empty table then says "no open sessions". `close_session(id)`, `withdraw()` and
+    `refresh()` are what the buttons call.
     """
 
     _esm = asset("common.js", "sessions.js")
@@ -48,13 +52,22 @@ class Sessions(MorWidget):
     balance = traitlets.Dict().tag(sync=True)
     chain_now = traitlets.Float(0.0).tag(sync=True)
     closing = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    loaded = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, wb: Workbench | AsyncWorkbench, **kwargs: Any) -> None:
         super().__init__(wb, **kwargs)
         if self._aio.address is None:
             self.error = "a read-only workbench has no sessions: connect with a key"
             return
+        self._reload_pending = False
+        self._follow_sessions(self._on_sessions_changed)
         self.refresh()
+
+    def _on_sessions_changed(self, _event: str, _session_id: str) -> None:
+        """Another surface opened or closed a session: reload (once for a burst of them)."""
+        if not self._reload_pending:
+            self._reload_pending = True
+            self.refresh(quiet=True)
 
     def _actions(self) -> dict[str, Any]:
         return {
@@ -78,6 +91,7 @@ class Sessions(MorWidget):
 
     # ----- on the loop -----
     async def _load(self) -> None:
+        self._reload_pending = False  # a change from now on needs another load
         aio = self._aio
         frame, balance, now = await asyncio.gather(
             aio.sessions(), aio.balance(), aio.chain.block_timestamp()
@@ -93,6 +107,7 @@ class Sessions(MorWidget):
         self.closed_count = len(frame) - len(active)
         self.balance = jsonable(balance)
         self.chain_now = float(now)
+        self.loaded = True
 
     def _closable(self) -> set[str]:
         """Sessions this process can close: opened here or journaled by this account."""
