@@ -30,8 +30,8 @@ from mor_workbench.errors import (
     ProviderError,
 )
 from mor_workbench.market.tables import short
-from mor_workbench.router.calls import CallRecord
 from mor_workbench.router.router import NoProviderAvailable
+from mor_workbench.session import CallRecord
 from mor_workbench.workbench import AsyncWorkbench
 
 __all__ = ["make_app", "morpheus_headers", "serve"]
