@@ -3,11 +3,14 @@ to ask a model with the cell as the prompt (see `%mor help`).
 
 The answer streams live into the cell (a display handle updated as text arrives; a terminal
 gets the text as it comes), ends rendered in the chosen format with a footer saying what the
-call cost, and is kept in `_mor` (or `-o NAME`). `{name}`, `{In[n]}`, `{Out[n]}` and `{Err[n]}`
-in the cell expand, but only when the name is defined: other braces (code, dicts, f-strings)
-reach the model untouched. A reasoning model's thinking shows folded above the answer (a
-<details> block in markdown and HTML, a "Reasoning:" paragraph in plain text) and is kept in
-the answer's `reasoning`.
+call cost, and is kept in `_mor` (or `-o NAME`) and as the cell's value in `Out[n]` (not shown a
+second time), so a later `{Out[n]}` finds it. `{name}`, `{In[n]}`, `{Out[n]}` and `{Err[n]}` in
+the cell expand, but only when the name is defined: other braces (code, dicts, f-strings) reach
+the model untouched, and a history reference (`In`, `Out`, `Err`) that finds nothing is sent as
+written with a one-line warning. `-f json` asks for OpenAI's JSON mode; `-f code` asks for code
+only (a system instruction) and strips Markdown fences. A reasoning model's thinking shows
+folded above the answer (a <details> block in markdown and HTML, a "Reasoning:" paragraph in
+plain text) and is kept in the answer's `reasoning`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -43,6 +47,17 @@ FORMATS = ("markdown", "code", "html", "text", "json")
 NETWORKS = ("sandbox", "base", "base-sepolia", "gateway")
 UPDATE_EVERY_S = 0.1  # the fastest a streaming display is redrawn
 REASONING_LABEL = "Reasoning:"  # heads a reasoning model's thinking in plain text
+HISTORY = ("In", "Out", "Err")  # the notebook's history: a reference that finds nothing warns
+# What -f code and -f json add to the request. OpenAI's JSON mode refuses a request whose
+# messages do not mention JSON, so the JSON instruction names it.
+CODE_ONLY = (
+    "Answer with code only: no explanation before or after it and no Markdown fences; "
+    "put any remark in a code comment."
+)
+JSON_ONLY = "Answer with one JSON value only, with no prose and no Markdown fences."
+JSON_MODE = {"type": "json_object"}
+MOR_DECIMALS = 6  # MOR amounts in %mor tables: to the micro-MOR (exact wei in the *_wei columns)
+PRICE_DIGITS = 6  # MOR prices per second are tiny: significant digits, not decimals
 
 HELP = """\
 %mor — the Morpheus inference marketplace in this notebook
@@ -71,8 +86,9 @@ HELP = """\
   %mor help                   this text
 
 %%mor MODEL|ALIAS [options]  — the cell is the prompt
-  -f, --format FORMAT         markdown (default), code, html, text or json; code also puts
-                              the code in a new cell, json is validated and pretty-printed
+  -f, --format FORMAT         markdown (default), code, html, text or json; code asks for
+                              code only and puts it (fences stripped) in a new cell; json
+                              asks for JSON mode and shows the parsed value, pretty-printed
   --session ID                ask through a session opened with %mor open (MODEL optional;
                               without it, the latest one %mor open holds for MODEL is used)
   --stream / --no-stream      show the answer as it arrives (default) or once done
@@ -83,8 +99,9 @@ HELP = """\
   -o, --output NAME           also store the answer in NAME (it is always in _mor)
 
   In the cell, {name} is the value of a notebook variable, {In[3]} the input of cell 3,
-  {Out[3]} its output and {Err[3]} its error; braces around anything else stay as written,
-  and {{name}} gives a literal {name}.
+  {Out[3]} its output (a %%mor cell's output is its answer) and {Err[3]} its error; braces
+  around anything else stay as written, {{name}} gives a literal {name}, and a history
+  reference that finds nothing is sent as written with a warning.
 """
 
 
@@ -166,10 +183,11 @@ _FIELD = re.compile(r"\{\{(\w+(?:\[-?\d+\])?)\}\}|\{([A-Za-z_]\w*)(?:\[(-?\d+)\]
 _MISSING = object()
 
 
-def expand(text: str, namespace: dict[str, Any]) -> str:
+def expand(text: str, namespace: dict[str, Any], unresolved: list[str] | None = None) -> str:
     """`text` with `{name}` and `{name[n]}` replaced by notebook values — only where the name
     is defined (and the index exists); every other brace stays as written, and `{{name}}`
-    is a literal `{name}`."""
+    is a literal `{name}`. References to the notebook's history (`{In[n]}`, `{Out[n]}`,
+    `{Err[n]}`) that find nothing stay as written and are appended to `unresolved`."""
 
     def replace(match: re.Match[str]) -> str:
         if match[1] is not None:
@@ -181,6 +199,8 @@ def expand(text: str, namespace: dict[str, Any]) -> str:
             except (LookupError, TypeError, ValueError):
                 value = _MISSING
         if value is _MISSING:
+            if unresolved is not None and match[2] in HISTORY and match[3] is not None:
+                unresolved.append(match[0])
             return match[0]
         if isinstance(value, BaseException):
             return _describe_error(value)
@@ -457,11 +477,16 @@ class MorMagics(Magics):
 
     def _cmd_sessions(self, rest: list[str]) -> pd.DataFrame:
         _no_arguments("sessions", rest)
-        return self.wb.sessions()
+        return readable_mor(
+            self.wb.sessions(),
+            amounts=["stake", "provider_withdrawn"],
+            prices=["price_per_second"],
+        )
 
     def _cmd_balance(self, rest: list[str]) -> pd.DataFrame:
         _no_arguments("balance", rest)
-        return pd.DataFrame([self.wb.balance()], index=[self.wb.address])
+        frame = pd.DataFrame([dict(self.wb.balance())], index=[self.wb.address])
+        return readable_mor(frame, amounts=list(frame.columns))
 
     def _cmd_open(self, rest: list[str]) -> Session:
         args = _OPEN.parse_args(rest)
@@ -569,22 +594,35 @@ class MorMagics(Magics):
                 )
         if model is None:
             raise UsageError("%%mor: name a model, e.g. %%mor llama-3.2 (see %mor models)")
-        prompt = expand(cell, self.shell.user_ns).strip()
+        unresolved: list[str] = []
+        prompt = expand(cell, self.shell.user_ns, unresolved).strip()
         if not prompt:
             raise UsageError(f"%%mor: the cell is empty: write the prompt under %%mor {model}")
+        if unresolved:
+            print(
+                f"%%mor: {', '.join(unresolved)} found nothing in this notebook's history "
+                "(no such cell, output or error): sent as written",
+                file=sys.stderr,
+            )
         workbench = self.wb
         if session is None:  # the session %mor open holds for this model, not a second one
             session = self._opened_for(model)
         params = _params(args)
+        instruction = args.system
+        if args.format == "code":
+            instruction = "\n\n".join(filter(None, [args.system, CODE_ONLY]))
+        elif args.format == "json":
+            instruction = "\n\n".join(filter(None, [args.system, JSON_ONLY]))
+            params.setdefault("response_format", JSON_MODE)  # -p response_format=… wins
         history = self.conversations.get(model, []) if args.chat else []
         user = {"role": "user", "content": prompt}
         messages = [*history, user]
-        system = [{"role": "system", "content": args.system}] if args.system else []
+        system = [{"role": "system", "content": instruction}] if instruction else []
         self.last_request = {"model": model, "messages": [*system, *messages], **params}
         if session is not None:
-            stream = session.stream(messages, system=args.system, **params)
+            stream = session.stream(messages, system=instruction, **params)
         else:
-            stream = workbench.stream(messages, model=model, system=args.system, **params)
+            stream = workbench.stream(messages, model=model, system=instruction, **params)
         text = self._show(stream, model, args)
         if args.chat:
             self.conversations[model] = [*messages, {"role": "assistant", "content": text}]
@@ -610,6 +648,21 @@ class MorMagics(Magics):
         self.shell.user_ns["_mor"] = answer
         if args.output:
             self.shell.user_ns[args.output] = answer
+        # The cell's value is its answer: kept in Out (as a displayed value would be, for
+        # {Out[n]}) but not displayed again, since it was shown as it streamed.
+        number = self._cell_number()
+        if number is not None:
+            self.shell.user_ns.setdefault("Out", {})[number] = answer
+
+    def _cell_number(self) -> int | None:
+        """The number of the cell running now, as IPython's display hook files its value
+        under Out; None when it is not numbered (run without storing history)."""
+        hook = getattr(self.shell, "displayhook", None)
+        running = getattr(hook, "exec_result", None)
+        number = getattr(hook, "prompt_count", None)
+        if running is None or running.execution_count != number:
+            return None
+        return number
 
     def _show(self, stream: Any, model: str, args: argparse.Namespace) -> str:
         """Show the answer (a reasoning model's thinking above it) as it arrives and once
@@ -671,6 +724,22 @@ def _split(line: str) -> list[str]:
 def _no_arguments(command: str, rest: list[str]) -> None:
     if rest:
         raise UsageError(f"%mor {command} takes no arguments (got {shlex.join(rest)})")
+
+
+def readable_mor(
+    frame: pd.DataFrame, *, amounts: Sequence[str], prices: Sequence[str] = ()
+) -> pd.DataFrame:
+    """A copy of `frame` whose MOR `amounts` are rounded to MOR_DECIMALS places and MOR
+    `prices` (per second, far below a micro-MOR) to PRICE_DIGITS significant digits, so
+    tables show no float noise; exact values stay in the integer `*_wei` columns."""
+    shown = frame.copy()
+    for column in amounts:
+        if column in shown and pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].round(MOR_DECIMALS)
+    for column in prices:
+        if column in shown and pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda x: float(f"{x:.{PRICE_DIGITS}g}"))
+    return shown
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,5 +1,14 @@
 """`mor-workbench serve`: a local OpenAI-compatible endpoint over a workbench's router, so any
-OpenAI client or tool can use the Morpheus marketplace by pointing its base URL here."""
+OpenAI client or tool can use the Morpheus marketplace by pointing its base URL here.
+
+Every chat request is logged as one INFO line on the `mor_workbench.serve` logger (model,
+provider, session, tokens, MOR cost, seconds, outcome). How each call went travels with the
+answer: response headers `x-morpheus-*` (a whole completion: provider, session id, bid id, cost
+in MOR, failovers; a stream: provider, session id and bid id, what is known when its headers go
+out) and a top-level `morpheus` object (the same fields as `ChatCompletion.morpheus` from
+`wb.complete`), which the openai client keeps (`completion.morpheus`, and on the last chunk of
+a stream).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,8 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pandas as pd
@@ -21,9 +31,11 @@ from mor_workbench.errors import (
     ProviderError,
     RequestError,
 )
+from mor_workbench.market.tables import short
+from mor_workbench.session import CallRecord
 from mor_workbench.workbench import AsyncWorkbench
 
-__all__ = ["make_app", "serve"]
+__all__ = ["make_app", "morpheus_headers", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -136,47 +148,150 @@ def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+def morpheus_headers(details: dict[str, Any], *, finished: bool) -> dict[str, str]:
+    """The `x-morpheus-*` response headers for a call's `morpheus` details: provider, session
+    id and bid id (0x hex), and once the call has `finished`, its cost in MOR and failovers
+    (a count)."""
+    headers = {
+        "x-morpheus-provider": details.get("provider"),
+        "x-morpheus-session-id": details.get("session_id"),
+        "x-morpheus-bid-id": details.get("bid_id"),
+    }
+    if finished:
+        headers["x-morpheus-cost-mor"] = repr(float(details["cost_mor"]))
+        headers["x-morpheus-failovers"] = str(len(details.get("failovers") or ()))
+    return {name: str(value) for name, value in headers.items() if value}
+
+
+def _log_call(record: CallRecord, streamed: bool, outcome: str) -> None:
+    """The one line each chat request leaves on the `mor_workbench.serve` logger."""
+    usage = record.usage or {}
+    provider = record.provider if record.provider == "gateway" else short(record.provider)
+    log.info(
+        "%s %s: provider %s, session %s, %d + %d tokens, %.8f MOR, %.2f s: %s",
+        "stream" if streamed else "completion",
+        record.model,
+        provider or "-",
+        short(record.session_id) or "-",
+        usage.get("prompt_tokens", 0),
+        record.completion_tokens,
+        record.cost_mor,
+        record.e2e_s,
+        outcome,
+    )
+
+
+def _is_last(payload: dict[str, Any]) -> bool:
+    """Whether a chunk ends the answer (it has usage, or a finish_reason): nothing more comes
+    but possibly the usage chunk, so holding it back to add `morpheus` delays no text."""
+    choices = payload.get("choices") or ()
+    return bool(payload.get("usage")) or any(c.get("finish_reason") for c in choices)
+
+
 async def _chat(request: web.Request) -> web.StreamResponse:
-    """The body goes to the router untouched; the answer comes back as JSON or as SSE."""
+    """The body goes to the router untouched; the answer comes back as JSON or as SSE, with
+    how the call went in `x-morpheus-*` headers and a `morpheus` object; one log line each."""
     try:
         body = json.loads(await request.read())
     except ValueError:  # not JSON (UnicodeDecodeError is a ValueError too)
         raise _Refused(400, "the request body is not valid JSON", "invalid_request_error") from None
     if not isinstance(body, dict):
         raise _Refused(400, "the request body must be a JSON object", "invalid_request_error")
-    payloads = request.app[WORKBENCH_KEY].payloads(body)
+    record = CallRecord(str(body.get("model")))
+    streamed = bool(body.get("stream"))
+    outcome = "failed"
     try:
-        if not body.get("stream"):
-            answer = [p async for p in payloads]
-            if not answer:
-                raise ProviderError("the provider sent no completion")
-            return web.json_response(answer[-1])
-        # The first payload comes before the headers, so a refusal still gets its HTTP status.
+        if streamed:
+            response, outcome = await _stream(request, body, record)
+            return response
+        response = await _complete(request, body, record)
+        outcome = "ok"
+        return response
+    except BaseException as exc:
+        outcome = f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        raise
+    finally:
+        _log_call(record, streamed, outcome)
+
+
+async def _complete(request: web.Request, body: dict[str, Any], record: CallRecord) -> web.Response:
+    payloads = request.app[WORKBENCH_KEY].payloads(body, record)
+    try:
+        answer = [p async for p in payloads]
+    finally:
+        await payloads.aclose()
+    if not answer:
+        raise ProviderError("the provider sent no completion")
+    record.finished = record.finished or time.monotonic()
+    details = record.to_dict()
+    headers = morpheus_headers(details, finished=True)
+    return web.json_response({**answer[-1], "morpheus": details}, headers=headers)
+
+
+async def _stream(
+    request: web.Request, body: dict[str, Any], record: CallRecord
+) -> tuple[web.StreamResponse, str]:
+    """The answer as SSE; the last chunk carries `morpheus`. The outcome for the log."""
+    payloads = request.app[WORKBENCH_KEY].payloads(body, record)
+    try:
+        # The first payload comes before the headers, so a refusal still gets its HTTP status
+        # (and the headers can name the provider and session).
         first = await anext(payloads, None)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
+                **morpheus_headers(record.to_dict(), finished=False),
             }
         )
+        outcome = "ok"
         try:
             await response.prepare(request)
+            held: dict[str, Any] | None = None  # a last-looking chunk, kept for `morpheus`
             try:
                 if first is not None:
-                    await response.write(_sse(first))
-                    async for payload in payloads:
-                        await response.write(_sse(payload))
+                    async for payload in _chain(first, payloads):
+                        if held is not None:
+                            await response.write(_sse(held))
+                            held = None
+                        if _is_last(payload):
+                            held = payload
+                        else:
+                            await response.write(_sse(payload))
+                record.finished = record.finished or time.monotonic()
+                details = record.to_dict()
+                if held is None:  # no chunk looked like the last: add one for the details
+                    held = _empty_chunk(first or {}, record.model)
+                await response.write(_sse({**held, "morpheus": details}))
                 await response.write(b"data: [DONE]\n\n")
             except ConnectionError:
                 raise
             except Exception as exc:  # after the headers an error can only be an event
+                if held is not None:
+                    await response.write(_sse(held))
+                outcome = f"failed mid-stream ({type(exc).__name__}: {' '.join(str(exc).split())})"
                 await response.write(_sse(_refusal(exc).body))
             await response.write_eof()
         except ConnectionError:
-            pass  # the client went away: nobody is left to tell
-        return response
+            outcome = "the client went away"  # nobody is left to tell
+        return response, outcome
     finally:
         await payloads.aclose()
+
+
+def _empty_chunk(like: dict[str, Any], model: str) -> dict[str, Any]:
+    """A chunk with no choices (as OpenAI sends usage), with the stream's id and model."""
+    chunk = {"id": "", "object": "chat.completion.chunk", "created": int(time.time())}
+    chunk |= {k: like[k] for k in ("id", "created", "model", "system_fingerprint") if k in like}
+    return {"model": model, **chunk, "choices": []}
+
+
+async def _chain(
+    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    async for payload in rest:
+        yield payload
 
 
 def make_app(workbench: AsyncWorkbench, *, api_key: str | None = None) -> web.Application:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import logging
 import os
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pandas as pd
@@ -40,7 +42,7 @@ from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
 from mor_workbench.router.peer import check_prompt_fits
-from mor_workbench.router.router import Router, rank_bids
+from mor_workbench.router.router import OpenSession, Router, rank_bids
 from mor_workbench.router.strategy import Strategy
 from mor_workbench.session import (
     AsyncChatStream,
@@ -53,6 +55,8 @@ from mor_workbench.session import (
 )
 
 __all__ = ["API_KEY_ENV", "AsyncWorkbench", "Workbench", "aconnect", "connect"]
+
+log = logging.getLogger(__name__)
 
 RPC_URL_ENV = "MOR_RPC_URL"
 AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
@@ -116,6 +120,7 @@ class AsyncWorkbench:
         self._router: Router | None = None
         self._sessions: dict[str, AsyncSession] = {}  # sessions chat/stream reuse, by model
         self._opening: dict[str, asyncio.Lock] = {}
+        self._session_listeners: list[Callable[[str, str], None]] = []
         self._closed = False
 
     @property
@@ -156,8 +161,31 @@ class AsyncWorkbench:
                 strategy=self.strategy,
                 require_encrypted_prompts=self.require_encrypted_prompts,
                 standing_allowance=self.allowance_wei,
+                on_change=self._sessions_changed,
             )
         return self._router
+
+    def on_sessions_changed(self, callback: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call `callback(event, session_id)` whenever this workbench opens or closes a session
+        (event "opened" or "closed", the id as 0x hex), whichever surface asked: chat, a
+        Session, `%%mor`, a widget, failover, renewal or housekeeping. It runs on the
+        workbench's event loop, so it must return quickly (schedule work, do not block);
+        exceptions are logged. Returns a function that unsubscribes it."""
+        self._session_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._session_listeners.remove(callback)
+
+        return unsubscribe
+
+    def _sessions_changed(self, event: str, session: OpenSession) -> None:
+        session_id = "0x" + session.session_id.hex()
+        for listener in list(self._session_listeners):
+            try:
+                listener(event, session_id)
+            except Exception:
+                log.exception("on_sessions_changed callback %r failed", listener)
 
     async def recover(self) -> dict[str, int]:
         """Settle what an earlier process of this account left (run by connect): sessions
@@ -517,6 +545,11 @@ class Workbench:
 
     def chain_time(self) -> int:
         return self._portal.run(self._inner.chain_time())
+
+    def on_sessions_changed(self, callback: Callable[[str, str], None]) -> Callable[[], None]:
+        """See `AsyncWorkbench.on_sessions_changed`; `callback` runs on the workbench's
+        background loop thread, not the caller's."""
+        return self._inner.on_sessions_changed(callback)
 
     def balance(self, user: str | None = None) -> dict[str, float]:
         return self._portal.run(self._inner.balance(user))

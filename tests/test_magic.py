@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shlex
@@ -75,6 +76,38 @@ def test_tables_are_dataframes(shell, mags) -> None:
     balance = cell_ok(shell, "%mor balance").result
     assert isinstance(balance, pd.DataFrame) and balance["mor"].iloc[0] > 0
     assert cell_ok(shell, "%mor workbench").result is mags.workbench
+
+
+def test_mor_amounts_are_rounded_and_wei_stays_exact(shell, mags) -> None:
+    session = cell_ok(shell, "%mor open llama-3.2 --duration 7m").result
+    try:
+        shown = cell_ok(shell, "%mor sessions").result
+        raw = mags.workbench.sessions()
+        assert list(shown["stake_wei"]) == list(raw["stake_wei"])  # exact, untouched
+        assert list(shown["stake"]) == [
+            round(w / 10**18, magic.MOR_DECIMALS) for w in raw["stake_wei"]
+        ]
+        assert (shown["price_per_second"] > 0).all()  # tiny prices keep their digits
+        balance = cell_ok(shell, "%mor balance").result
+        assert balance.loc[mags.workbench.address, "mor_staked"] > 0
+        assert (balance == balance.round(magic.MOR_DECIMALS)).all().all()
+    finally:
+        session.close()
+
+
+def test_readable_mor_unit() -> None:
+    frame = pd.DataFrame(
+        {
+            "stake": [0.1 + 0.2, 9999.123456789],
+            "price_per_second": [1.23456789e-7, 0.1 + 0.2],
+            "stake_wei": [300000000000000001, 9999123456789000000000],
+        }
+    )
+    shown = magic.readable_mor(frame, amounts=["stake"], prices=["price_per_second"])
+    assert list(shown["stake"]) == [0.3, 9999.123457]
+    assert list(shown["price_per_second"]) == [1.23457e-7, 0.3]
+    assert list(shown["stake_wei"]) == list(frame["stake_wei"])
+    assert frame["stake"].iloc[0] == 0.1 + 0.2  # the caller's frame is left as it was
 
 
 def test_first_use_connects_to_the_sandbox(shell, mags, monkeypatch) -> None:
@@ -158,6 +191,33 @@ def test_interpolation_expands_known_names_only(shell, mags) -> None:
     assert "KeyError: 'missing'" in sent and "Traceback" in sent
 
 
+def test_a_history_reference_that_finds_nothing_warns(shell, mags, capsys) -> None:
+    fine = cell_ok(shell, "ok = 1")
+    capsys.readouterr()
+    source = (
+        f"%%mor llama-3.2 --max-tokens 4\nFix {{Err[{fine.execution_count}]}} in {{Out[9999]}}"
+        " and {In[99999]}; {undefined} and {{Out[1]}} are not history"
+    )
+    cell_ok(shell, source)
+    sent = mags.last_request["messages"][-1]["content"]
+    assert sent.startswith(f"Fix {{Err[{fine.execution_count}]}} in {{Out[9999]}} and")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(warnings) == 1
+    assert f"{{Err[{fine.execution_count}]}}, {{Out[9999]}}, {{In[99999]}}" in warnings[0]
+    assert "undefined" not in warnings[0] and "Out[1]" not in warnings[0].replace("Out[9999]", "")
+
+
+def test_a_mor_cells_value_is_its_answer(shell, mags, capsys) -> None:
+    asked = cell_ok(shell, "%%mor llama-3.2 --max-tokens 6\nName a colour.")
+    answer = shell.user_ns["_mor"]
+    assert asked.result is None  # shown as it streamed, not displayed a second time
+    assert shell.user_ns["Out"][asked.execution_count] is answer
+    capsys.readouterr()
+    cell_ok(shell, f"%%mor llama-3.2 --max-tokens 4\nWhy {{Out[{asked.execution_count}]}}?")
+    assert mags.last_request["messages"][-1]["content"] == f"Why {answer}?"
+    assert capsys.readouterr().err == ""
+
+
 def test_expand_unit() -> None:
     namespace = {"a": 1, "xs": [1, 2], "Out": {3: "three"}, "err": ValueError("bad")}
     assert expand("{a} {xs[1]} {xs[5]} {Out[3]} {Out[4]} {b} {{a}}", namespace) == (
@@ -214,6 +274,33 @@ def test_format_code_fills_the_next_cell(shell, mags, monkeypatch) -> None:
     answer = shell.user_ns["_mor"]
     assert calls == [(answer.data, False)] and answer.data == answer.strip()
     assert answer.format == "code"
+
+
+def test_format_code_asks_for_code_only_and_strips_fences(shell, mags, monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(shell, "set_next_input", lambda s, replace=False: calls.append(s))
+    cell_ok(shell, "%%mor qwen-2.5-coder -f code --max-tokens 8 --system 'Use Python.'\nA loop")
+    system = mags.last_request["messages"][0]
+    assert system == {"role": "system", "content": f"Use Python.\n\n{magic.CODE_ONLY}"}
+    assert "code only" in magic.CODE_ONLY and "fences" in magic.CODE_ONLY
+    assert calls == [shell.user_ns["_mor"].data] and "```" not in calls[0]
+
+
+def test_format_json_asks_for_json_mode_and_shows_the_parsed_value(
+    shell, mags, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(shell, "display_pub", CapturingDisplayPublisher())
+    mags.live_display = True  # as in a notebook
+    cell_ok(shell, "%%mor llama-3.2 -f json\nTwo facts about the marketplace")
+    answer = shell.user_ns["_mor"]
+    assert mags.last_request["response_format"] == {"type": "json_object"}
+    system = mags.last_request["messages"][0]
+    assert system["role"] == "system" and "JSON" in system["content"]  # OpenAI requires it
+    assert isinstance(answer.data, dict) and answer.data
+    assert "not valid JSON" not in capsys.readouterr().err
+    *_, shown, _footer = shell.display_pub.outputs
+    pretty = json.dumps(answer.data, indent=2, ensure_ascii=False)
+    assert shown["data"]["text/plain"] == pretty  # the parsed value, pretty-printed
 
 
 def test_format_json_and_params(shell, mags) -> None:

@@ -265,3 +265,51 @@ def test_compare_fills_a_row_per_provider(wb, widgets) -> None:
     compare.wait(90)
     assert compare.prompt == "Again, best two"
     assert all(r["state"] == "done" for r in compare.rows)
+
+
+def test_on_sessions_changed_tells_every_open_and_close_until_unsubscribed(wb) -> None:
+    events: list[tuple[str, str]] = []
+    unsubscribe = wb.on_sessions_changed(lambda event, sid: events.append((event, sid)))
+    session = wb.open_session(MODEL, duration="6m")
+    session.close()
+    wb.chat("Hi", model=MODEL, max_tokens=4)  # the workbench's own session for the model
+    automatic = wb.aio._sessions[MODEL].id
+    unsubscribe()
+    wb.close_all()  # no longer told
+    assert events == [
+        ("opened", session.id),
+        ("closed", session.id),
+        ("opened", automatic),
+    ]
+
+
+def test_sessions_widget_keeps_up_with_the_other_surfaces(wb, widgets) -> None:
+    sessions = Sessions(wb)
+    widgets(sessions)
+    sessions.wait(30)
+    assert sessions.loaded and sessions.error == ""  # the table now says "no open sessions"
+    staked_before = sessions.balance["mor_staked"]
+
+    def shown() -> set[str]:
+        return {row["id"] for row in sessions.sessions}
+
+    chat = Chat(wb, model=MODEL, max_tokens=8)
+    widgets(chat)
+    chat.wait(30)
+    chat.send("Hello")
+    chat.wait(30)
+    held = chat.session["id"]
+    # nobody calls refresh(): the Chat widget's open is enough
+    wait_until(lambda: held in shown() and sessions.balance["mor_staked"] > staked_before)
+    row = next(r for r in sessions.sessions if r["id"] == held)
+    assert sessions.balance["mor_staked"] >= staked_before + row["stake"] * (1 - 1e-12)
+
+    wb.chat("Hi", model=MODEL, max_tokens=4)  # another surface: the workbench itself
+    automatic = wb.aio._sessions[MODEL].id
+    wait_until(lambda: automatic in shown())
+
+    wb.close_all()  # closed elsewhere: both widgets let go of them
+    wait_until(lambda: not {held, automatic} & shown())
+    wait_until(lambda: chat.session == {})
+    sessions.wait(30)
+    assert sessions.error == "" and chat.error == ""

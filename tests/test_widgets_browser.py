@@ -1,7 +1,8 @@
 """The widgets in a real browser: JupyterLab started here on the test's sandbox, a notebook that
 shows each widget, driven by Playwright in Debian's headless Chromium. Each widget renders
-with market data, a chat answer streams into the page, Compare fills a card per provider, and
-a Close button closes a session on chain."""
+with market data, a chat answer streams into the page, the Sessions widget follows the chat's
+session as it opens and ends, Compare fills a card per provider, and a Close button closes a
+session on chain."""
 
 from __future__ import annotations
 
@@ -210,6 +211,18 @@ def test_chat_round_trip_streams_into_the_page(page: Page) -> None:
     expect(chat.locator('[data-testid="chat-session"]')).to_contain_text("left")
 
 
+def test_sessions_shows_the_session_the_chat_opened(page: Page) -> None:
+    """The Sessions widget was drawn before the chat's first prompt opened its session: it
+    reloads on that open (no Refresh click) and counts the chat's stake."""
+    chat_session = page.locator('.mor-chat [data-testid="chat-session"]')
+    expect(chat_session).to_contain_text("left")
+    session_id = chat_session.get_attribute("title").splitlines()[0]
+    sessions = page.locator(".mor-sessions")
+    expect(sessions.locator(f'tr[data-session-id="{session_id}"]')).to_have_count(1)
+    staked = sessions.locator('[data-testid="balances"] .mor-balance', has_text="staked")
+    expect(staked).not_to_have_text("staked 0 MOR")
+
+
 def test_compare_fills_a_card_per_provider(page: Page) -> None:
     cards = page.locator(".mor-compare .mor-card")
     expect(cards).to_have_count(3)
@@ -238,3 +251,16 @@ def test_close_button_closes_the_session_on_chain(
     expect(row).to_have_count(0)
     assert not wb.sessions().set_index("id").loc[session_id]["is_active"]
     expect(sessions.locator('[data-testid="status"]')).to_contain_text("closed session")
+
+
+def test_with_every_session_closed_the_table_says_so(page: Page, wb: mor.Workbench) -> None:
+    """Ending the chat's session elsewhere (its own button) empties the Sessions table, which
+    then says so instead of "loading…"."""
+    page.locator(".mor-chat button", has_text="end session").click()
+    expect(page.locator('.mor-chat [data-testid="chat-session"]')).to_have_text("no session yet")
+    sessions = page.locator(".mor-sessions")
+    expect(sessions.locator("tr[data-session-id]")).to_have_count(0)
+    assert not wb.sessions()["is_active"].any(), "another test left a session open"
+    expect(sessions.locator(".mor-empty")).to_have_text("no open sessions")
+    staked = sessions.locator('[data-testid="balances"] .mor-balance', has_text="staked")
+    expect(staked).to_have_text("staked 0 MOR")

@@ -1,5 +1,7 @@
 // Sessions: balances, the open sessions with countdowns and Close buttons, Withdraw for
-// on-hold stakes, Refresh. It reloads on its own every 20 s while shown.
+// on-hold stakes, Refresh. The kernel side reloads it whenever a session of its workbench is
+// opened or closed (by any surface); it also reloads every 20 s while shown (the chain's
+// clock, other processes).
 
 export default {
   render({ model, el }) {
@@ -56,7 +58,7 @@ export default {
         );
       });
       const head = h("tr", {}, ...["session", "model", "provider", "stake MOR", "MOR/h", "time left", ""].map((t) => h("th", {}, t)));
-      const empty = rows.length ? [] : [h("tr", {}, h("td", { colspan: 7, class: "mor-empty" }, model.get("busy") ? "loading…" : "no open sessions"))];
+      const empty = rows.length ? [] : [h("tr", {}, h("td", { colspan: 7, class: "mor-empty" }, model.get("loaded") ? "no open sessions" : "loading…"))];
       table.replaceChildren(h("thead", {}, head), h("tbody", {}, ...rows, ...empty));
       const closed = model.get("closed_count");
       footnote.textContent = closed ? `${closed} closed session(s) not shown` : "";
@@ -82,7 +84,7 @@ export default {
     const stops = [
       stopBar,
       follow(model, ["balance"], drawBalances),
-      follow(model, ["sessions", "closing", "chain_now", "closed_count"], drawTable),
+      follow(model, ["sessions", "closing", "chain_now", "closed_count", "loaded"], drawTable),
       () => clearInterval(timer),
       () => clearInterval(poll),
     ];

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,8 +123,11 @@ class Router:
         require_encrypted_prompts: bool = False,
         housekeeping_s: float = 30.0,
         standing_allowance: int = 0,
+        on_change: Callable[[str, OpenSession], None] | None = None,
     ) -> None:
         self.chain = chain
+        # told "opened" or "closed" with the session, on this router's loop, after each change
+        self.on_change = on_change
         self.standing_allowance = standing_allowance  # wei the Diamond may spend without asking
         self.signer = signer
         self.journal = journal
@@ -211,6 +214,7 @@ class Router:
                 continue
             self.opened[session.session_id] = session
             self._start_housekeeping()
+            self._changed("opened", session)
             return session
         raise NoProviderAvailable(model, tried)
 
@@ -337,7 +341,17 @@ class Router:
         self.journal.transition(session.approval_hash, CLOSED)
         self.opened.pop(session.session_id, None)
         self.closed.add(session.session_id)
+        self._changed("closed", session)
         return undisputed
+
+    def _changed(self, event: str, session: OpenSession) -> None:
+        """Tell `on_change`; its failure is logged, never the caller's."""
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(event, session)
+        except Exception:
+            log.exception("a sessions-changed listener failed on %s", event)
 
     async def _provider_receipt(self, session: OpenSession) -> tuple[bytes, bytes] | None:
         """The provider's signed close receipt (receipt, signature), asked at the endpoint the

@@ -101,6 +101,7 @@ class MorWidget(anywidget.AnyWidget):
         self._jobs: dict[concurrent.futures.Future[Any], dict[str, asyncio.Task[Any]]] = {}
         self._jobs_lock = threading.Lock()
         self.last_exception: BaseException | None = None  # the details behind `error`
+        self._unsubscribe: list[Callable[[], None]] = []  # let go of these on close
         super().__init__(**kwargs)
         self.on_msg(self._on_msg)
 
@@ -117,6 +118,11 @@ class MorWidget(anywidget.AnyWidget):
 
     def _actions(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {}
+
+    def _follow_sessions(self, callback: Callable[[str, str], None]) -> None:
+        """Have `callback(event, session_id)` told, on the workbench's loop, whenever any
+        surface of this workbench opens or closes a session (until the widget closes)."""
+        self._unsubscribe.append(self._aio.on_sessions_changed(callback))
 
     # ----- background jobs -----
     def _submit(
@@ -213,6 +219,8 @@ class MorWidget(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Stop the widget's background work and close it."""
+        for unsubscribe in getattr(self, "_unsubscribe", ()):
+            unsubscribe()
         lock = getattr(self, "_jobs_lock", None)  # unset when __init__ refused the arguments
         if lock is not None:
             with lock:

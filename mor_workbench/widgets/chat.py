@@ -75,7 +75,14 @@ class Chat(MorWidget):
         self._session: AsyncSession | None = None
         self._current: concurrent.futures.Future[Any] | None = None
         self.observe(self._on_model, names="model")
+        self._follow_sessions(self._on_sessions_changed)
         self._submit(self._load(), "loading models")
+
+    def _on_sessions_changed(self, event: str, session_id: str) -> None:
+        """The widget's session was closed elsewhere (the Sessions widget, `%mor close all`,
+        housekeeping): stop showing it; the next prompt opens a new one."""
+        if event == "closed" and self._session is not None and self._session.id == session_id:
+            self._show_session(0.0)
 
     def _actions(self) -> dict[str, Any]:
         return {
@@ -137,7 +144,7 @@ class Chat(MorWidget):
     async def _session_for_prompt(self) -> AsyncSession:
         """The open session if it still fits the model, provider and clock, else a new one
         (the old one is closed in the background so its unused stake comes back)."""
-        session, now = self._session, await self._aio.chain.block_timestamp()
+        session, now = self._session, await self._aio.chain_time()
         wanted_bid = self.bid or None
         reusable = (
             session is not None
@@ -155,7 +162,7 @@ class Chat(MorWidget):
                 self.model, duration=self.duration, bid=wanted_bid
             )
         self._session = session
-        self._show_session(await self._aio.chain.block_timestamp())
+        self._show_session(await self._aio.chain_time())
         return session
 
     def _show_session(self, chain_now: float) -> None:
@@ -227,7 +234,7 @@ class Chat(MorWidget):
                 "info": info,
                 "streaming": False,
             }
-            self._show_session(await self._aio.chain.block_timestamp())  # after a failover
+            self._show_session(await self._aio.chain_time())  # after a failover
         except asyncio.CancelledError:
             text = stream.text if stream is not None else reply["content"]
             thought = stream.reasoning if stream is not None else reply["reasoning"]

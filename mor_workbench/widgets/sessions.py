@@ -8,9 +8,7 @@ from typing import Any
 
 import traitlets
 
-from mor_workbench.errors import ConfigurationError
 from mor_workbench.market.tables import short
-from mor_workbench.router.router import OpenSession
 from mor_workbench.widgets._base import MorWidget, asset, jsonable, records
 from mor_workbench.workbench import AsyncWorkbench, Workbench
 
@@ -37,7 +35,11 @@ class Sessions(MorWidget):
     midnight); on-hold stakes whose time has come can be withdrawn. `balance` holds ETH, MOR,
     staked and on-hold MOR.
 
-    `close_session(id)`, `withdraw()` and `refresh()` are what the buttons call.
+    It reloads whenever a session of the same workbench is opened or closed, whichever
+    surface did it (`wb.chat`, `%%mor`, a Chat widget, housekeeping; see
+    `Workbench.on_sessions_changed`); `loaded` is True once the first load is done, so an
+    empty table then says "no open sessions". `close_session(id)`, `withdraw()` and
+    `refresh()` are what the buttons call.
     """
 
     _esm = asset("common.js", "sessions.js")
@@ -48,13 +50,22 @@ class Sessions(MorWidget):
     balance = traitlets.Dict().tag(sync=True)
     chain_now = traitlets.Float(0.0).tag(sync=True)
     closing = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    loaded = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, wb: Workbench | AsyncWorkbench, **kwargs: Any) -> None:
         super().__init__(wb, **kwargs)
         if self._aio.address is None:
             self.error = "a read-only workbench has no sessions: connect with a key"
             return
+        self._reload_pending = False
+        self._follow_sessions(self._on_sessions_changed)
         self.refresh()
+
+    def _on_sessions_changed(self, _event: str, _session_id: str) -> None:
+        """Another surface opened or closed a session: reload (once for a burst of them)."""
+        if not self._reload_pending:
+            self._reload_pending = True
+            self.refresh(quiet=True)
 
     def _actions(self) -> dict[str, Any]:
         return {
@@ -78,53 +89,36 @@ class Sessions(MorWidget):
 
     # ----- on the loop -----
     async def _load(self) -> None:
+        self._reload_pending = False  # a change from now on needs another load
         aio = self._aio
-        frame, balance, now = await asyncio.gather(
-            aio.sessions(), aio.balance(), aio.chain.block_timestamp()
+        frame, balance, now, closable = await asyncio.gather(
+            aio.sessions(), aio.balance(), aio.chain_time(), aio.closable()
         )
         if not frame.empty:
             frame = frame.assign(provider_short=frame["provider"].map(short))
         active = frame[frame["is_active"]] if not frame.empty else frame
         rows = records(active, SESSION_COLUMNS)
-        closable = self._closable()
         for row in rows:
             row["closable"] = row["id"] in closable
         self.sessions = rows
         self.closed_count = len(frame) - len(active)
         self.balance = jsonable(balance)
         self.chain_now = float(now)
-
-    def _closable(self) -> set[str]:
-        """Sessions this process can close: opened here or journaled by this account."""
-        try:
-            router = self._aio.router
-        except ConfigurationError:
-            return set()
-        return {"0x" + session_id.hex() for session_id in router.closable()}
-
-    def _find(self, session_id: str) -> OpenSession:
-        found = self._aio.router.closable().get(bytes.fromhex(session_id.removeprefix("0x")))
-        if found is None:
-            raise ConfigurationError(
-                f"session {session_id[:10]}… was not opened by this account's workbench "
-                "here, so its provider's receipt cannot be asked for"
-            )
-        return found
+        self.loaded = True
 
     async def _close(self, session_id: str) -> None:
         try:
-            router = self._aio.router
-            await router.close(self._find(session_id))
+            await self._aio.close_session(session_id)
             self.status = f"closed session {session_id[:10]}…"
         finally:
             self.closing = [s for s in self.closing if s != session_id]
         await self._load()
 
     async def _withdraw(self) -> None:
-        wei = await self._aio.router.withdraw_released()
+        withdrawn = await self._aio.withdraw()
         await self._load()
-        if wei:
-            self.status = f"withdrew {wei / 1e18:.6f} MOR"
+        if withdrawn:
+            self.status = f"withdrew {withdrawn:.6f} MOR"
         else:
             held = self.balance.get("mor_on_hold") or 0
             self.status = f"nothing released yet ({held:.6f} MOR still on hold)"
