@@ -33,6 +33,7 @@ from mor_workbench.router.gateway import Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
 from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import Router, rank_bids
+from mor_workbench.router.scoring import explain_score
 from mor_workbench.router.strategy import Strategy
 from mor_workbench.sandbox.paths import workbench_home
 from mor_workbench.session import (
@@ -295,7 +296,8 @@ class AsyncWorkbench:
 
     async def bids(self, model: str | None = None) -> pd.DataFrame:
         """Active bids of `model` (name or id), or of every model, cheapest first, with each
-        bid's score (the reference scorer) and its parts."""
+        bid's score (the reference scorer), its parts (`score_tps`, … each in [0, 1]) and
+        `why`: the parts that stand out and the price, in words (`explain_score`)."""
         frame = await tables.bids(self.chain, model)
         if frame.empty:
             return frame
@@ -305,6 +307,21 @@ class AsyncWorkbench:
         for part in ("score", "raw", "tps", "ttft", "duration", "success", "stake"):
             column = "score" if part == "score" else f"score_{part}"
             frame[column] = [getattr(scores[i], part) for i in frame["id"]]
+        prices = frame.groupby("model_id")["price_per_second_wei"]
+        cheapest, dearest = prices.transform("min"), prices.transform("max")
+        frame["why"] = [
+            explain_score(
+                scores[bid],
+                "cheapest"
+                if low != high and price == low
+                else "dearest"
+                if low != high and price == high
+                else None,
+            )
+            for bid, price, low, high in zip(
+                frame["id"], frame["price_per_second_wei"], cheapest, dearest, strict=True
+            )
+        ]
         return frame
 
     async def providers(self) -> pd.DataFrame:
