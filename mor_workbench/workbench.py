@@ -28,6 +28,7 @@ from mor_workbench.errors import ChainError, ConfigurationError, MorError
 from mor_workbench.market import tables
 from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
+from mor_workbench.readouts import Balance
 from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
@@ -249,9 +250,10 @@ class AsyncWorkbench:
         ]
         return to_completion(payloads[-1], record)
 
-    async def balance(self, user: str | None = None) -> dict[str, float]:
+    async def balance(self, user: str | None = None) -> Balance:
         """ETH, MOR, MOR staked in open sessions, MOR on hold (available now / later) and the
-        MOR the marketplace contract may still draw without an approve (`mor_allowance`)."""
+        MOR the marketplace contract may still draw without an approve (`mor_allowance`): a
+        dict of exact floats (ETH and MOR, not wei) that displays rounded with units."""
         who = user or self.address
         if who is None:
             raise ConfigurationError("a read-only workbench has no account: pass user='0x…'")
@@ -264,14 +266,16 @@ class AsyncWorkbench:
             tables.sessions(self.chain, who),
         )
         staked = int(sum(sessions.loc[sessions["is_active"], "stake_wei"])) if len(sessions) else 0
-        return {
-            "eth": eth / 1e18,
-            "mor": mor / 1e18,
-            "mor_staked": staked / 1e18,
-            "mor_on_hold_available": available / 1e18,
-            "mor_on_hold": hold / 1e18,
-            "mor_allowance": allowance / 1e18,
-        }
+        return Balance(
+            {
+                "eth": eth / 1e18,
+                "mor": mor / 1e18,
+                "mor_staked": staked / 1e18,
+                "mor_on_hold_available": available / 1e18,
+                "mor_on_hold": hold / 1e18,
+                "mor_allowance": allowance / 1e18,
+            }
+        )
 
     async def close_all(self) -> int:
         """Close every open session this account's journal holds (from any process)."""
@@ -322,7 +326,9 @@ class AsyncWorkbench:
                 frame["id"], frame["price_per_second_wei"], cheapest, dearest, strict=True
             )
         ]
-        return frame
+        # what a person reads first: which bid, its price, its score and why
+        first = ["model", "provider_short", "id_short", "price_per_second", "score", "why"]
+        return frame[first + [c for c in frame.columns if c not in first]]
 
     async def providers(self) -> pd.DataFrame:
         """Active providers."""
@@ -450,7 +456,7 @@ class Workbench:
     def close_all(self) -> int:
         return self._portal.run(self._inner.close_all())
 
-    def balance(self, user: str | None = None) -> dict[str, float]:
+    def balance(self, user: str | None = None) -> Balance:
         return self._portal.run(self._inner.balance(user))
 
     def close(self) -> None:

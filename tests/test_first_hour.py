@@ -64,3 +64,53 @@ def test_bids_say_why_each_bid_ranks_where_it_does(fresh) -> None:
     assert why[slow].startswith("slow (tps 0.36)") and "unreliable (success 0.11)" in why[slow]
     assert why[slow].endswith("cheapest")
     assert "fast" not in why[balanced] and "cheapest" not in why[balanced]
+
+
+def test_tables_put_what_a_person_reads_first(fresh) -> None:
+    assert list(fresh.models().columns[:2]) == ["name", "id_short"]
+    assert list(fresh.bids().columns[:6]) == [
+        "model",
+        "provider_short",
+        "id_short",
+        "price_per_second",
+        "score",
+        "why",
+    ]
+    assert fresh.providers().columns[0] == "address_short"
+    assert list(fresh.stats().columns[:2]) == ["model", "provider_short"]
+    assert list(fresh.sessions().columns[:3]) == ["id_short", "model", "provider_short"]
+
+
+def _pretty(value: object) -> str:
+    from IPython.lib.pretty import pretty
+
+    return pretty(value)
+
+
+def test_balance_shows_rounded_mor_with_units_and_keeps_exact_values(fresh) -> None:
+    balance = fresh.balance()
+    assert isinstance(balance, dict) and balance["mor"] == 10_000.0  # exact, as before
+    assert balance["mor_allowance"] == 0.0
+    for shown in (repr(balance), _pretty(balance), balance._repr_html_()):
+        assert "10,000 MOR" in shown and "1,000 ETH" in shown
+    assert "mor_staked=0 MOR" in repr(balance)
+
+
+def test_session_and_stream_info_show_short_addresses_ms_and_mor(fresh) -> None:
+    with fresh.open_session("llama-3.2", duration="10m") as session:
+        info = session.info()
+        provider = info["provider"]
+        assert len(provider) == 42 and info["price_per_second"] > 0  # exact values
+        shown = repr(info)
+        assert f"provider={provider[:6]}…{provider[-4:]}" in shown and provider not in shown
+        assert f"{info['price_per_second']:.5g} MOR/s" in shown
+        assert f"{info['ends_at']:%Y-%m-%d %H:%M:%S} UTC" in _pretty(info)
+        stream = session.stream("Hi", max_tokens=8)
+        assert "".join(stream)
+        call = stream.info
+        assert isinstance(call["ttft_s"], float) and call["session_id"] == session.id
+        shown = repr(call)
+        assert f"ttft_s={call['ttft_s'] * 1000:,.0f} ms" in shown
+        assert f"tokens_per_s={call['tokens_per_s']:,.1f} tokens/s" in shown
+        assert "cost_mor=" in shown and " MOR" in shown and session.id not in shown
+        assert "<code>cost_mor</code>" in call._repr_html_()
