@@ -27,17 +27,31 @@ def _sandbox(args: argparse.Namespace) -> int:
             return 1
         print(f"sandbox: running (pid {info.pid}) at {info.rpc_url}")
         print(f"  diamond {info.deployment.diamond}  MOR token {info.deployment.token}")
+        print(f"  models  {_answered_by(info)}")
         print(f"  directory {info.directory}")
     elif args.action == "start":
         started = time.monotonic()
-        info = sandbox.start(args.dir)
+        info = sandbox.start(args.dir, backend=args.backend, backend_model=args.backend_model)
         print(f"sandbox: running at {info.rpc_url} ({time.monotonic() - started:.1f} s)")
+        print(f"  models  {_answered_by(info)}")
+    elif args.backend is not None or args.backend_model is not None:
+        raise ConfigurationError("--backend and --backend-model go with `sandbox start`")
     elif args.action == "stop":
         print("sandbox: stopped" if sandbox.stop(args.dir) else "sandbox: was not running")
     elif args.action == "reset":
         sandbox.reset(args.dir)
         print("sandbox: reset (the next start deploys a fresh marketplace)")
     return 0
+
+
+def _answered_by(info: sandbox.SandboxInfo) -> str:
+    """Who answers the sandbox's prompts, in one line."""
+    if info.backend is None:
+        return (
+            "simulated (deliberately meaningless text; `sandbox start --backend URL` puts your "
+            "own model server behind the providers)"
+        )
+    return f"answered by your server: {info.backend.describe()}"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -228,6 +242,20 @@ def main(argv: list[str] | None = None) -> int:
     box = commands.add_parser("sandbox", help="manage the local sandbox marketplace")
     box.add_argument("action", choices=["status", "start", "stop", "reset"])
     box.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
+    box.add_argument(
+        "--backend",
+        default=None,
+        metavar="URL",
+        help="start: your OpenAI-compatible server's base URL (Ollama: http://127.0.0.1:11434/v1) "
+        "answers for every sandbox model, its key in $MOR_SANDBOX_BACKEND_KEY; 'simulated' "
+        "goes back to the simulated models; kept by later starts",
+    )
+    box.add_argument(
+        "--backend-model",
+        default=None,
+        metavar="NAME",
+        help="start: the model name sent to the backend (default: the first it lists)",
+    )
     box.set_defaults(run=_sandbox)
     demo = commands.add_parser("demo", help="start the sandbox and show the market")
     demo.add_argument("--dir", default=None, help="sandbox directory (default: per user)")

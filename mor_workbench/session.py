@@ -16,6 +16,7 @@ from openai.types.chat import ChatCompletion
 
 from mor_workbench._portal import Portal
 from mor_workbench.errors import ConfigurationError, SessionExpired
+from mor_workbench.readouts import CallInfo, SessionInfo
 from mor_workbench.router.calls import CallRecord, Lease, run_call
 from mor_workbench.router.router import OpenSession, Router
 
@@ -144,8 +145,10 @@ class AsyncChatStream:
         return usage
 
     @property
-    def info(self) -> dict[str, Any]:
-        return self.record.to_dict()
+    def info(self) -> CallInfo:
+        """How the call went: provider, session, TTFT and e2e (s), tokens/s, cost (MOR), …; a
+        dict of exact values that displays rounded with units."""
+        return CallInfo(self.record.to_dict())
 
 
 class ChatStream:
@@ -176,7 +179,7 @@ class ChatStream:
         return self._inner.usage
 
     @property
-    def info(self) -> dict[str, Any]:
+    def info(self) -> CallInfo:
         return self._inner.info
 
     @property
@@ -231,19 +234,22 @@ class AsyncSession:
     def ends_at(self) -> datetime:
         return datetime.fromtimestamp(self.opened.ends_at, UTC)
 
-    def info(self) -> dict[str, Any]:
-        """What this session is: id, model, provider, bid, price, endpoint, end time, state."""
-        return {
-            "id": self.id,
-            "model": self.model,
-            "provider": self.provider,
-            "bid_id": "0x" + self.opened.bid_id.hex(),
-            "price_per_second": self.opened.price_per_second / 1e18,
-            "endpoint": self.opened.endpoint,
-            "ends_at": self.ends_at,
-            "encrypted_prompts": self.opened.encrypt,
-            "closed": self.closed,
-        }
+    def info(self) -> SessionInfo:
+        """What this session is: id, model, provider, bid, price (MOR/s), endpoint, end time
+        (UTC), state; a dict of exact values that displays rounded with units."""
+        return SessionInfo(
+            {
+                "id": self.id,
+                "model": self.model,
+                "provider": self.provider,
+                "bid_id": "0x" + self.opened.bid_id.hex(),
+                "price_per_second": self.opened.price_per_second / 1e18,
+                "endpoint": self.opened.endpoint,
+                "ends_at": self.ends_at,
+                "encrypted_prompts": self.opened.encrypt,
+                "closed": self.closed,
+            }
+        )
 
     def payloads(self, body: dict[str, Any], record: CallRecord) -> AsyncIterator[dict[str, Any]]:
         """The raw OpenAI chunks (or completion) for a request body, failing over as needed."""
@@ -336,7 +342,7 @@ class Session:
     def aio(self) -> AsyncSession:
         return self._inner
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> SessionInfo:
         return self._inner.info()
 
     def stream(self, prompt: str | list[dict[str, Any]], **params: Any) -> ChatStream:

@@ -37,12 +37,14 @@ from mor_workbench.market.catalog import (
 )
 from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
+from mor_workbench.readouts import Balance
 from mor_workbench.router import health
 from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
 from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import OpenSession, Router, rank_bids
+from mor_workbench.router.scoring import explain_score
 from mor_workbench.router.strategy import Strategy
 from mor_workbench.session import (
     AsyncChatStream,
@@ -296,9 +298,10 @@ class AsyncWorkbench:
         ]
         return to_completion(payloads[-1], record)
 
-    async def balance(self, user: str | None = None) -> dict[str, float]:
+    async def balance(self, user: str | None = None) -> Balance:
         """ETH, MOR, MOR staked in open sessions, MOR on hold (available now / later) and the
-        MOR the marketplace contract may still draw without an approve (`mor_allowance`)."""
+        MOR the marketplace contract may still draw without an approve (`mor_allowance`): a
+        dict of exact floats (ETH and MOR, not wei) that displays rounded with units."""
         who = user or self.address
         if who is None:
             raise ConfigurationError("a read-only workbench has no account: pass user='0x…'")
@@ -311,14 +314,16 @@ class AsyncWorkbench:
             tables.sessions(self.chain, who),
         )
         staked = int(sum(sessions.loc[sessions["is_active"], "stake_wei"])) if len(sessions) else 0
-        return {
-            "eth": eth / 1e18,
-            "mor": mor / 1e18,
-            "mor_staked": staked / 1e18,
-            "mor_on_hold_available": available / 1e18,
-            "mor_on_hold": hold / 1e18,
-            "mor_allowance": allowance / 1e18,
-        }
+        return Balance(
+            {
+                "eth": eth / 1e18,
+                "mor": mor / 1e18,
+                "mor_staked": staked / 1e18,
+                "mor_on_hold_available": available / 1e18,
+                "mor_on_hold": hold / 1e18,
+                "mor_allowance": allowance / 1e18,
+            }
+        )
 
     async def close_all(self) -> int:
         """Close every open session this account's journal holds (from any process)."""
@@ -387,11 +392,12 @@ class AsyncWorkbench:
 
     async def bids(self, model: str | None = None) -> pd.DataFrame:
         """Active bids of `model` (name or id), or of every model, cheapest first, with each
-        bid's score (the reference scorer) and its parts, and `health`: what the provider
-        reports about the bid's model in its pong (one ping per provider, concurrently, at
-        most BIDS_PING_TIMEOUT_S s each): "healthy", "degraded (rate_limited, HTTP 429)",
-        "unhealthy (…)", "no_model_configured"…, "not reported" (a provider before
-        proxy-router v7.4), or "unknown" when it does not answer."""
+        bid's score (the reference scorer), its parts (`score_tps`, … each in [0, 1]), `why`:
+        the parts that stand out and the price, in words (`explain_score`), and `health`: what
+        the provider reports about the bid's model in its pong (one ping per provider,
+        concurrently, at most BIDS_PING_TIMEOUT_S s each): "healthy", "degraded
+        (rate_limited, HTTP 429)", "unhealthy (…)", "no_model_configured"…, "not reported" (a
+        provider before proxy-router v7.4), or "unknown" when it does not answer."""
         frame = await tables.bids(self.chain, model)
         if frame.empty:
             return frame
@@ -406,7 +412,24 @@ class AsyncWorkbench:
         frame["health"] = [
             reports[by_id[i].provider.lower()].describe(by_id[i].model_id) for i in frame["id"]
         ]
-        return frame
+        prices = frame.groupby("model_id")["price_per_second_wei"]
+        cheapest, dearest = prices.transform("min"), prices.transform("max")
+        frame["why"] = [
+            explain_score(
+                by_id[bid].score,
+                "cheapest"
+                if low != high and price == low
+                else "dearest"
+                if low != high and price == high
+                else None,
+            )
+            for bid, price, low, high in zip(
+                frame["id"], frame["price_per_second_wei"], cheapest, dearest, strict=True
+            )
+        ]
+        # what a person reads first: which bid, its price, its score and why
+        first = ["model", "provider_short", "id_short", "price_per_second", "score", "why"]
+        return frame[first + [c for c in frame.columns if c not in first]]
 
     async def providers(self) -> pd.DataFrame:
         """Active providers."""
@@ -551,7 +574,7 @@ class Workbench:
         background loop thread, not the caller's."""
         return self._inner.on_sessions_changed(callback)
 
-    def balance(self, user: str | None = None) -> dict[str, float]:
+    def balance(self, user: str | None = None) -> Balance:
         return self._portal.run(self._inner.balance(user))
 
     def close(self) -> None:

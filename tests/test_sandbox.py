@@ -25,7 +25,15 @@ def wb(sandbox_dir: Path):
 
 def test_models_table_lists_every_seeded_model(wb) -> None:
     frame = wb.models()
-    assert list(frame.columns[:7]) == ["id", "name", "tags", "fee", "stake", "owner", "created_at"]
+    assert list(frame.columns[:7]) == [
+        "name",
+        "id_short",
+        "tags",
+        "fee",
+        "stake",
+        "owner_short",
+        "created_at",
+    ]
     assert sorted(frame["name"]) == sorted(m.name for m in MODELS)
     assert dict(zip(frame["name"], frame["tags"], strict=True)) == {
         m.name: list(m.tags) for m in MODELS
@@ -66,23 +74,25 @@ def test_providers_table(wb) -> None:
     assert len(frame) == len(PROVIDERS)
     assert frame["is_active"].all()
     assert set(frame["address"]) == set(wb.bids()["provider"])
-    assert (frame["stake"] == PROVIDERS[0].stake / 10**18).all()
+    assert sorted(frame["stake"]) == sorted(spec.stake / 10**18 for spec in PROVIDERS)
 
 
 def test_sessions_and_stats_tables(wb) -> None:
     sessions = wb.sessions()
-    assert list(sessions.columns[:11]) == [
-        "id",
-        "user",
-        "provider",
+    assert list(sessions.columns[:13]) == [
+        "id_short",
         "model",
-        "bid_id",
+        "provider_short",
         "stake",
         "opened_at",
         "ends_at",
         "closed_at",
         "is_active",
         "direct_payment",
+        "id",
+        "user",
+        "provider",
+        "bid_id",
     ]
     assert (sessions["user"] == wb.address).all()  # other tests may have opened some
     assert wb.sessions("0x" + "12" * 20).empty

@@ -2,6 +2,8 @@
 
 Amounts are MOR as floats in the main column (`stake`) with the exact wei integer beside it
 (`stake_wei`); times are UTC datetimes; ids and addresses come full and short (`id_short`).
+Columns a person reads come first (names and short ids, then amounts and times); the full ids
+and addresses and the wei integers that code joins and computes on follow.
 """
 
 from __future__ import annotations
@@ -59,15 +61,16 @@ def when(seconds: int) -> pd.Timestamp:
 
 
 _MODEL_COLUMNS = [
-    "id",
     "name",
+    "id_short",
     "tags",
     "fee",
     "stake",
-    "owner",
+    "owner_short",
     "created_at",
     "type",
-    "id_short",
+    "id",
+    "owner",
     "fee_wei",
     "stake_wei",
     "is_deleted",
@@ -89,6 +92,7 @@ async def models(chain: Chain) -> pd.DataFrame:
                 "fee": mor(m["fee"]),
                 "stake": mor(m["stake"]),
                 "owner": m["owner"],
+                "owner_short": short(m["owner"]),
                 "created_at": when(m["createdAt"]),
                 "id_short": short(hex32(model_id)),
                 "fee_wei": m["fee"],
@@ -100,16 +104,16 @@ async def models(chain: Chain) -> pd.DataFrame:
 
 
 _BID_COLUMNS = [
-    "id",
-    "model_id",
     "model",
     "type",
-    "provider",
+    "provider_short",
+    "id_short",
     "price_per_second",
     "price_per_hour",
     "created_at",
-    "id_short",
-    "provider_short",
+    "id",
+    "model_id",
+    "provider",
     "price_per_second_wei",
     "nonce",
 ]
@@ -149,12 +153,12 @@ async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
 
 
 _PROVIDER_COLUMNS = [
-    "address",
+    "address_short",
     "endpoint",
     "stake",
     "created_at",
     "is_active",
-    "address_short",
+    "address",
     "stake_wei",
     "limit_period_end",
     "limit_period_earned",
@@ -183,18 +187,19 @@ async def providers(chain: Chain) -> pd.DataFrame:
 
 
 _SESSION_COLUMNS = [
-    "id",
-    "user",
-    "provider",
+    "id_short",
     "model",
-    "bid_id",
+    "provider_short",
     "stake",
     "opened_at",
     "ends_at",
     "closed_at",
     "is_active",
     "direct_payment",
-    "id_short",
+    "id",
+    "user",
+    "provider",
+    "bid_id",
     "stake_wei",
     "price_per_second",
     "provider_withdrawn",
@@ -239,6 +244,7 @@ async def sessions_by_id(chain: Chain, ids: Sequence[bytes]) -> pd.DataFrame:
                 "is_active": s["isActive"],
                 "direct_payment": s["isDirectPaymentFromUser"],
                 "id_short": short(hex32(session_id)),
+                "provider_short": short(bid["provider"]),
                 "stake_wei": s["stake"],
                 "price_per_second": mor(bid["pricePerSecond"]),
                 "provider_withdrawn": mor(s["providerWithdrawnAmount"]),
@@ -250,15 +256,15 @@ async def sessions_by_id(chain: Chain, ids: Sequence[bytes]) -> pd.DataFrame:
 
 _STATS_COLUMNS = [
     "model",
-    "provider",
+    "provider_short",
     "tps",
     "ttft_ms",
     "total_duration_s",
     "success_count",
     "total_count",
     "success_rate",
+    "provider",
     "model_id",
-    "provider_short",
 ]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_WEIGHTS", "Score", "ScoreInput", "score_bid"]
+__all__ = ["DEFAULT_WEIGHTS", "Score", "ScoreInput", "explain_score", "score_bid"]
 
 DEFAULT_WEIGHTS: Mapping[str, float] = {
     "tps": 0.24,
@@ -93,3 +93,32 @@ def score_bid(bid: ScoreInput, weights: Mapping[str, float] = DEFAULT_WEIGHTS) -
     )
     score = raw / (bid.price_per_second / 1e18)
     return Score(tps, ttft, duration, success, stake, raw, score)
+
+
+_PART_WORDS: Mapping[str, tuple[str, str]] = {
+    "tps": ("fast", "slow"),
+    "ttft": ("quick first token", "slow first token"),
+    "duration": ("much used", "little used"),
+    "success": ("reliable", "unreliable"),
+}
+
+
+def explain_score(score: Score, price_rank: str | None = None) -> str:
+    """Why a bid scores as it does, in a few words from its parts: each stat part well above or
+    below the market's middle (0.5; success above 0.8 or below 0.5) with its value, then the
+    price when `price_rank` ("cheapest", "dearest") says it stands out, e.g.
+    "fast (tps 0.68), reliable (success 1.00), dearest". "no history" when the provider has no
+    closed sessions (the stats parts then carry no information and the price decides)."""
+    words = []
+    for part, (good, bad) in _PART_WORDS.items():
+        value = getattr(score, part)
+        high, low = (0.8, 0.5) if part == "success" else (0.55, 0.45)
+        if value >= high:
+            words.append(f"{good} ({part} {value:.2f})")
+        elif value <= low and not (part == "success" and value == 0):
+            words.append(f"{bad} ({part} {value:.2f})")
+    if score.success == 0 and score.tps == score.ttft == score.duration == 0.5:
+        words = ["no history"]
+    if price_rank:
+        words.append(price_rank)
+    return ", ".join(words)

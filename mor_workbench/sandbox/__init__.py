@@ -1,7 +1,8 @@
 """The sandbox: a local Morpheus marketplace (anvil + our contracts) that outlives notebooks.
 
-`start()` attaches to this user's running sandbox or launches one in the background;
-`status()`, `stop()` and `reset()` manage it. Pass `directory=` for an isolated sandbox.
+`start()` attaches to this user's running sandbox or launches one in the background (with
+`backend=URL`, the user's own OpenAI-compatible model server answers instead of the simulated
+models); `status()`, `stop()` and `reset()` manage it. Pass `directory=` for an isolated sandbox.
 `reattach()` finds it again for a client whose chain stopped answering (a restart).
 """
 
@@ -26,22 +27,31 @@ from mor_workbench._private_files import private_dir, private_file
 from mor_workbench.chain.anvil import stop_leftover
 from mor_workbench.chain.client import Deployment
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import SandboxError
+from mor_workbench.errors import ConfigurationError, SandboxError
+from mor_workbench.sandbox.backend import (
+    SIMULATED,
+    Backend,
+    load_backend,
+    resolve_backend,
+    save_backend,
+)
 from mor_workbench.sandbox.paths import SandboxPaths
 
-__all__ = ["SandboxInfo", "reattach", "reset", "start", "status", "stop"]
+__all__ = ["Backend", "SandboxInfo", "reattach", "reset", "start", "status", "stop"]
 
 SANDBOX_CHAIN_ID = 31337
 
 
 @dataclass(frozen=True)
 class SandboxInfo:
-    """A running sandbox: its RPC URL, deployment and daemon."""
+    """A running sandbox: its RPC URL, deployment and daemon, and the model server behind its
+    providers (`backend`: the user's own, or None for the simulated models)."""
 
     rpc_url: str
     deployment: Deployment
     pid: int
     directory: Path
+    backend: Backend | None = None
 
     def signer(self, role: str = "consumer") -> Signer:
         """A sandbox account: "consumer", "owner" or "provider:<name>"."""
@@ -93,7 +103,8 @@ def _read_info(paths: SandboxPaths) -> SandboxInfo | None:
     except (FileNotFoundError, ValueError):
         return None
     deployment = Deployment(raw["chain_id"], raw["diamond"], raw["token"], raw["multicall"])
-    return SandboxInfo(raw["rpc_url"], deployment, raw["pid"], paths.root)
+    backend = Backend(**raw["backend"]) if raw.get("backend") else None
+    return SandboxInfo(raw["rpc_url"], deployment, raw["pid"], paths.root, backend)
 
 
 @contextlib.contextmanager
@@ -117,10 +128,40 @@ def status(directory: str | os.PathLike[str] | None = None) -> SandboxInfo | Non
     return info
 
 
-def start(directory: str | os.PathLike[str] | None = None, *, timeout: float = 60.0) -> SandboxInfo:
-    """Attach to the running sandbox, or start one in the background and wait until it is ready."""
+def start(
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = 60.0,
+    backend: str | None = None,
+    backend_model: str | None = None,
+) -> SandboxInfo:
+    """Attach to the running sandbox, or start one in the background and wait until it is ready
+    (`timeout` in seconds).
+
+    `backend`: the OpenAI base URL of the user's own model server (Ollama, llama.cpp, vLLM; e.g.
+    http://127.0.0.1:11434/v1; its key, if any, in `$MOR_SANDBOX_BACKEND_KEY`) to answer for
+    every sandbox model instead of the simulated ones, or "simulated" to go back to them.
+    `backend_model`: the model name sent to it (default: the first its GET /models lists). The
+    choice is saved, so later starts keep it; a running sandbox with another choice restarts
+    (its chain, accounts and ports are kept). None keeps the saved choice.
+
+    Raises `ConfigurationError` when the backend cannot be used (before anything starts) and
+    `SandboxError` when the sandbox does not come up."""
     paths = _paths(directory)
+    chosen: Backend | None = None
+    if backend is None and backend_model is not None:
+        saved = load_backend(paths.backend)
+        if saved is None:
+            raise ConfigurationError(
+                "backend_model needs a backend: pass backend='http://…/v1' (--backend URL) too"
+            )
+        backend = saved.base_url
+    if backend is not None and backend != SIMULATED:
+        chosen = resolve_backend(backend, backend_model)
     with _locked(paths):
+        if backend is not None and chosen != load_backend(paths.backend):
+            _stop_daemon(paths)
+            save_backend(paths.backend, chosen)
         running = status(paths.root)
         if running is not None:
             return running
@@ -202,12 +243,17 @@ def stop(directory: str | os.PathLike[str] | None = None) -> bool:
     not this sandbox's chain holds its state."""
     paths = _paths(directory)
     with _locked(paths):
-        info = _read_info(paths)
-        stopped = info is not None and _alive(info.pid)
-        if stopped:
-            _terminate(info.pid)
-        paths.info.unlink(missing_ok=True)
-        return stop_leftover(paths.chain_state) or stopped
+        return _stop_daemon(paths)
+
+
+def _stop_daemon(paths: SandboxPaths) -> bool:
+    """`stop()`, for a caller holding the lock."""
+    info = _read_info(paths)
+    stopped = info is not None and _alive(info.pid)
+    if stopped:
+        _terminate(info.pid)
+    paths.info.unlink(missing_ok=True)
+    return stop_leftover(paths.chain_state) or stopped
 
 
 def reset(directory: str | os.PathLike[str] | None = None) -> None:

@@ -3,7 +3,8 @@
 Started by `mor_workbench.sandbox.start()`; runs anvil with its state saved in the sandbox
 directory, deploys and seeds the marketplace the first time, runs the providers (each a real
 provider router in front of its own simulated model server), publishes `sandbox.json` when
-ready and removes it when it stops (SIGTERM/SIGINT).
+ready and removes it when it stops (SIGTERM/SIGINT). With a saved backend (`backend.json`, see
+`mor_workbench.sandbox.backend`) the providers forward to the user's own model server instead.
 
 Its one child process, anvil, dies with it (see `Anvil`), and a start never runs a second chain
 on the saved state. The ports of the chain and of the providers are saved in `ports.json` and
@@ -31,6 +32,7 @@ from mor_workbench.chain.client import Chain, Deployment
 from mor_workbench.chain.deploy import deploy_marketplace
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.sandbox.backend import load_backend
 from mor_workbench.sandbox.market import PROVIDERS, seed_market
 from mor_workbench.sandbox.paths import SandboxPaths
 from mor_workbench.sandbox.providers import ProviderPorts, run_providers
@@ -97,12 +99,14 @@ async def _run(paths: SandboxPaths) -> None:
         started = time.monotonic()
         deployment = await _prepare(paths, rpc)
         accounts = json.loads(paths.accounts.read_text())
+        backend = load_backend(paths.backend)
         provider_ports = await run_providers(
             Chain(rpc, deployment),
             Signer(accounts["owner"]).address,
             accounts["providers"],
             stack,
             ports=provider_ports,
+            backend=backend,
         )
         paths.ports.write_text(
             json.dumps({"anvil": anvil.port, "providers": provider_ports}, indent=2)
@@ -113,6 +117,7 @@ async def _run(paths: SandboxPaths) -> None:
                     "pid": os.getpid(),
                     "rpc_url": url,
                     **deployment.__dict__,
+                    "backend": backend.__dict__ if backend else None,
                     "started_at": time.time(),
                 },
                 indent=2,

@@ -36,6 +36,10 @@ class SandboxPaths:
         return self.root / "chain-state.json"
 
     @property
+    def backend(self) -> Path:  # the user's model server behind the providers, if chosen
+        return self.root / "backend.json"
+
+    @property
     def ports(self) -> Path:  # the chain's and the providers' ports, reused by the next start
         return self.root / "ports.json"
 

@@ -1,5 +1,6 @@
 """The sandbox's providers: each a real provider router in front of its own simulated model
-server with its own latency profile, registered on chain at the port it listens on.
+server with its own latency profile (or, with a `Backend`, of the user's own model server),
+registered on chain at the port it listens on.
 
 Both run inside the daemon process (no child processes), on the ports of the previous start
 when those are still free, so clients that saved an endpoint keep reaching it.
@@ -17,6 +18,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
+from mor_workbench.sandbox.backend import Backend, backend_api_key
 from mor_workbench.sandbox.market import MODELS, PROVIDERS, base_model_id
 from mor_workbench.sandbox.model_server import ModelServer
 
@@ -24,7 +26,8 @@ __all__ = ["ProviderPorts", "run_providers"]
 
 log = logging.getLogger("mor_workbench.sandbox")
 
-ProviderPorts = dict[str, dict[str, int]]  # provider name -> {"router": port, "model": port}
+# provider name -> {"router": port, "model": port}; no "model" when a backend answers
+ProviderPorts = dict[str, dict[str, int]]
 
 
 class _Server(Protocol):
@@ -61,28 +64,40 @@ async def run_providers(
     *,
     ports: ProviderPorts | None = None,
     claim_interval: float = 5.0,
+    backend: Backend | None = None,
 ) -> ProviderPorts:
     """Start every sandbox provider (closed with `stack`) on its port in `ports` if free (else
-    a new one) and point its chain endpoint at it. Returns the ports they listen on."""
+    a new one) and point its chain endpoint at it. Each answers from its own simulated model
+    server, or, with `backend`, forwards every model to the user's server (as `backend.model`,
+    with `$MOR_SANDBOX_BACKEND_KEY` as its key). Returns the ports they listen on."""
     ports = ports or {}
     model_ids = [await chain.call("getModelId", owner, base_model_id(m.name)) for m in MODELS]
     listening: ProviderPorts = {}
     for spec in PROVIDERS:
         signer = Signer(keys[spec.name])
         saved = ports.get(spec.name, {})
-        backend = await _serve(
-            stack,
-            lambda port, spec=spec: ModelServer(
-                [m.name for m in MODELS], profile=spec.profile, port=port
-            ),
-            saved.get("model", 0),
-        )
-        configs = [
-            ModelConfig(
-                model_id, m.name, backend.base_url + "/chat/completions", concurrent_slots=32
+        listening[spec.name] = {}
+        if backend is None:
+            simulated = await _serve(
+                stack,
+                lambda port, spec=spec: ModelServer(
+                    [m.name for m in MODELS], profile=spec.profile, port=port
+                ),
+                saved.get("model", 0),
             )
-            for m, model_id in zip(MODELS, model_ids, strict=True)
-        ]
+            listening[spec.name]["model"] = simulated.port
+            configs = [
+                ModelConfig(
+                    model_id, m.name, simulated.base_url + "/chat/completions", concurrent_slots=32
+                )
+                for m, model_id in zip(MODELS, model_ids, strict=True)
+            ]
+        else:
+            key = backend_api_key()
+            configs = [
+                ModelConfig(model_id, backend.model, backend.chat_url, api_key=key)
+                for model_id in model_ids
+            ]
         server = await _serve(
             stack,
             lambda port, signer=signer, configs=configs: ProviderServer(
@@ -97,5 +112,5 @@ async def run_providers(
         registered = await chain.call("getProvider", signer.address)
         if registered["endpoint"] != server.endpoint:
             await chain.transact(signer, "providerRegister", signer.address, 0, server.endpoint)
-        listening[spec.name] = {"router": server.port, "model": backend.port}
+        listening[spec.name]["router"] = server.port
     return listening
