@@ -37,6 +37,7 @@ artifacts: contracts-build .venv/installed
 lint: .venv/installed
 	$(PY) -m ruff check mor_workbench tests bench contracts conftest.py
 	$(PY) -m ruff format --check mor_workbench tests bench contracts conftest.py
+	.venv/bin/lint-imports
 
 test-python: .venv/installed node_modules/.installed chromium
 	$(PY) -m pytest

@@ -119,10 +119,13 @@ async def _register(chain: Chain, owner: Signer, provider: Signer, endpoint: str
     await chain.transact(provider, "providerRegister", provider.address, 200 * MOR, endpoint)
 
 
-async def _delete_bids(chain: Chain, provider: Signer) -> None:
+async def _retire(chain: Chain, provider: Signer) -> None:
+    """Delete the extra provider's bids and deregister it: the shared sandbox's market is
+    left as other tests expect it (three providers)."""
     (bids,) = await listing(chain, "getProviderActiveBids", [(provider.address,)])
     for bid_id in bids:
         await chain.transact(provider, "deleteModelBid", bid_id)
+    await chain.transact(provider, "providerDeregister", provider.address)
 
 
 @pytest.fixture
@@ -145,7 +148,7 @@ async def broken_provider(sandbox_info):
         await chain.transact(provider, "postModelBid", provider.address, model_id, 10**12)
         yield {"chain": chain, "server": server, "provider": provider, "model_id": model_id}
     finally:
-        await _delete_bids(chain, provider)
+        await _retire(chain, provider)
         await server.stop()
         await chain.rpc.aclose()
 
@@ -186,7 +189,7 @@ async def test_the_report_covers_configured_models_and_bids_from_the_probe_loop(
                     await asyncio.sleep(0.05)
                 report = {e.model_name: e for e in server.health.report}
     finally:
-        await _delete_bids(chain, provider)
+        await _retire(chain, provider)
         await chain.rpc.aclose()
     assert set(report) == set(SANDBOX_MODELS)
     assert (report[failing].status, report[failing].error_kind) == ("unhealthy", "bad_response")
