@@ -316,7 +316,7 @@ class Soak:
 
     def slots(self, cycles: int) -> None:
         """Open and close more sessions on one bid than its provider has slots (one open at a
-        time), then a fresh open on every bid must succeed."""
+        time), then a fresh open (and a chat) on every chat model's bid must succeed."""
         with self.phase("slots"), self.connect("python") as wb:
             bids = wb.bids()
             first = bids[bids["model"] == MODELS[0]].iloc[0]
@@ -330,7 +330,7 @@ class Soak:
                         f"{self.providers.get(first['provider'])} failed: {exc}"
                     )
                     break
-            for bid in bids.itertuples():
+            for bid in bids[bids["type"] == "LLM"].itertuples():
                 try:
                     with wb.open_session(bid.model, bid=bid.id, duration="10m") as session:
                         session.chat(PROMPT, max_tokens=8)
