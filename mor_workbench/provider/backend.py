@@ -2,6 +2,13 @@
 
 The consumer's request body goes through as sent; streamed SSE chunks come back one by one as
 parsed JSON, with the timings and token counts the provider signs into its receipt.
+
+To count tokens for its receipt, the provider asks a streaming backend for usage
+(`stream_options.include_usage`) even when the consumer did not; what that adds (a `usage`
+member on every chunk and a closing usage-only chunk with `choices: []`) is taken out again
+before the chunks go on, so a consumer gets usage exactly when it asked for it (then as the
+backend sent it: one usage chunk), and a plain `chunk.choices[0]` loop never meets an empty
+`choices` it did not ask for.
 """
 
 from __future__ import annotations
@@ -89,14 +96,18 @@ class OpenAIBackend:
     async def complete(
         self, body: dict[str, Any], stats: BackendStream
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield the backend's chunks (streaming) or its single completion (not streaming)."""
+        """Yield the backend's chunks (streaming) or its single completion (not streaming),
+        as the consumer's request asked for them (see the module's note on usage); `stats`
+        gets the timings and token counts either way. Raises BackendError when the backend
+        answers with an HTTP error, httpx.HTTPError when it cannot be reached."""
         request = dict(body)
         streaming = bool(request.get("stream"))
-        if streaming:
-            # Token counts for the signed receipt; the chunk is passed on like any other.
-            options = dict(request.get("stream_options") or {})
-            options.setdefault("include_usage", True)
-            request["stream_options"] = options
+        options = request.get("stream_options")
+        usage_asked = isinstance(options, dict) and bool(options.get("include_usage"))
+        if streaming and not usage_asked and (options is None or isinstance(options, dict)):
+            # for the receipt's token counts only (malformed options go on for the backend
+            # to refuse)
+            request["stream_options"] = {**(options or {}), "include_usage": True}
         stats.started = time.monotonic()
         async with self.http.stream(
             "POST", self.model.api_url, json=request, headers=self._headers()
@@ -131,6 +142,10 @@ class OpenAIBackend:
                 if _has_output(chunk):
                     stats.output_chunks += 1
                 _usage(chunk, stats)
+                if not usage_asked:
+                    if "usage" in chunk and not chunk.get("choices"):
+                        continue  # the usage-only chunk only the receipt asked for
+                    chunk.pop("usage", None)
                 yield chunk
             stats.finished_at = time.monotonic()
             if not stats.completion_tokens:
