@@ -6,6 +6,7 @@ raw payloads of the workbench) against the sandbox's real providers."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import openai
@@ -13,6 +14,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 import mor_workbench as mor
+from mor_workbench.chain import listings
+from mor_workbench.chain.client import Chain
+from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.provider.config import ModelConfig
+from mor_workbench.provider.server import ProviderServer
+from mor_workbench.router.journal import SessionJournal
+from mor_workbench.router.router import Router
+from mor_workbench.sandbox.model_server import ModelServer
 from mor_workbench.serve import make_app
 
 MODEL = "llama-3.2"
@@ -80,3 +89,32 @@ async def test_a_text_stream_still_has_the_providers_token_counts(
     stream = workbench.stream("Count the rivers", model=MODEL, max_tokens=6)
     assert "".join([delta async for delta in stream])
     assert stream.usage["prompt_tokens"] > 0 and stream.usage["completion_tokens"] == 6
+
+
+async def test_the_providers_own_model_name_never_reaches_the_consumer(
+    sandbox_info, tmp_path
+) -> None:
+    """A provider whose backend knows the model by a file path (as llama.cpp reports it)
+    answers with the marketplace's name the consumer asked for, streamed or not."""
+    backend_name = "/srv/models/llama-3.2-3b-q4_k_m.gguf"
+    chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
+    provider = sandbox_info.signer("provider:balanced")
+    model_id, _ = await listings.resolve_model(chain, MODEL)
+    router = Router(chain, sandbox_info.signer("consumer"), SessionJournal(tmp_path / "journal"))
+    async with ModelServer([backend_name], profile="fast") as backend:
+        config = ModelConfig(model_id, backend_name, backend.base_url + "/chat/completions")
+        async with ProviderServer(
+            signer=provider, chain=chain, models=[config], claim_interval=None
+        ) as server:
+            (bid,) = [b for b in await router.rank(MODEL) if b.provider == provider.address]
+            # the router's own opening, at this server rather than the endpoint on chain
+            session = await router._open_on(
+                dataclasses.replace(bid, endpoint=server.endpoint), 600, False
+            )
+            router.opened[session.session_id] = session
+            body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 5}
+            streamed = [p async for p in router.stream(session, {**body, "stream": True})]
+            (whole,) = [p async for p in router.stream(session, body)]
+            assert await router.close(session)
+    await chain.rpc.aclose()
+    assert {p["model"] for p in streamed} == {MODEL} and whole["model"] == MODEL

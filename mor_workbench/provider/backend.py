@@ -9,6 +9,12 @@ member on every chunk and a closing usage-only chunk with `choices: []`) is take
 before the chunks go on, so a consumer gets usage exactly when it asked for it (then as the
 backend sent it: one usage chunk), and a plain `chunk.choices[0]` loop never meets an empty
 `choices` it did not ask for.
+
+Likewise the model: the backend is asked for the provider's own name of the model
+(`ModelConfig.model_name`: an Ollama tag, a vLLM path, a llama.cpp file), and what comes back
+carries the name the consumer asked for, so a provider's internal naming never reaches the
+client. Every other field (`id`, `created`, `object`, `system_fingerprint`) goes on as the
+backend set it.
 """
 
 from __future__ import annotations
@@ -77,6 +83,13 @@ def _has_output(chunk: dict[str, Any]) -> bool:
     return False
 
 
+def _as_asked(payload: Any, asked_model: Any) -> Any:
+    """`payload` naming the model as the consumer asked for it (when it names one)."""
+    if isinstance(payload, dict) and "model" in payload and isinstance(asked_model, str):
+        payload["model"] = asked_model
+    return payload
+
+
 class OpenAIBackend:
     """One model's OpenAI-compatible backend, reached over a shared httpx client."""
 
@@ -100,7 +113,8 @@ class OpenAIBackend:
         as the consumer's request asked for them (see the module's note on usage); `stats`
         gets the timings and token counts either way. Raises BackendError when the backend
         answers with an HTTP error, httpx.HTTPError when it cannot be reached."""
-        request = dict(body)
+        request = {**body, "model": self.model.model_name}
+        asked_model = body.get("model")
         streaming = bool(request.get("stream"))
         options = request.get("stream_options")
         usage_asked = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -127,7 +141,7 @@ class OpenAIBackend:
                 stats.first_token_at = stats.finished_at = time.monotonic()
                 stats.chunks = 1
                 _usage(completion, stats)
-                yield completion
+                yield _as_asked(completion, asked_model)
                 return
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -146,7 +160,7 @@ class OpenAIBackend:
                     if "usage" in chunk and not chunk.get("choices"):
                         continue  # the usage-only chunk only the receipt asked for
                     chunk.pop("usage", None)
-                yield chunk
+                yield _as_asked(chunk, asked_model)
             stats.finished_at = time.monotonic()
             if not stats.completion_tokens:
                 # A backend that ignores include_usage: one streamed delta is about one token.

@@ -573,7 +573,6 @@ class ProviderServer:
             raise RemoteProtocolError("the prompt is not a JSON object") from None
         if not isinstance(body, dict):
             raise RemoteProtocolError("the prompt is not a JSON object")
-        body["model"] = model.model_name
 
         async def send_chunk(payload: Any) -> None:
             box = ecies_encrypt(user_key, json.dumps(payload, separators=(",", ":")).encode())
