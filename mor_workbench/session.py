@@ -29,6 +29,7 @@ __all__ = [
     "StreamPart",
     "chat_body",
     "parse_duration",
+    "stream_body",
     "to_completion",
 ]
 
@@ -65,6 +66,21 @@ def chat_body(
         if reserved in params:
             raise ConfigurationError(f"pass {reserved!r} as its own argument, not in the params")
     return {"model": model, "messages": messages, **params}
+
+
+def stream_body(
+    model: str, prompt: str | list[dict[str, Any]], system: str | None, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The request body of a text stream (`stream()`, `chat()`): `chat_body`, streamed, and
+    asking for usage (`stream_options.include_usage`, unless the params set it) so the stream's
+    `usage` and the answer footers have the provider's token counts. A text stream hands out
+    text only, so the usage chunk never reaches the caller; the raw `payloads()` and `serve`
+    send the body as the caller wrote it, and get usage only when it asks."""
+    body = {**chat_body(model, prompt, system, params), "stream": True}
+    options = params.get("stream_options")
+    if options is None or isinstance(options, dict):  # malformed: left for the provider to refuse
+        body["stream_options"] = {"include_usage": True, **(options or {})}
+    return body
 
 
 def to_completion(payload: dict[str, Any], record: CallRecord) -> ChatCompletion:
@@ -274,7 +290,7 @@ class AsyncSession:
     ) -> AsyncChatStream:
         """Text deltas of the answer as they arrive (OpenAI parameters pass through); a
         reasoning model's thinking is in the stream's `reasoning` and `events()`."""
-        body = {**chat_body(self.model, prompt, system, params), "stream": True}
+        body = stream_body(self.model, prompt, system, params)
         record = CallRecord(self.model)
         return AsyncChatStream(self.payloads(body, record), record)
 

@@ -53,6 +53,7 @@ from mor_workbench.session import (
     Session,
     chat_body,
     parse_duration,
+    stream_body,
     to_completion,
 )
 
@@ -270,7 +271,7 @@ class AsyncWorkbench:
     ) -> AsyncChatStream:
         """Text deltas as they arrive; opens (or reuses) this workbench's session for `model`.
         The stream's `usage` and `info` say what the call cost once it is done."""
-        body = {**chat_body(model, prompt, system, params), "stream": True}
+        body = stream_body(model, prompt, system, params)
         record = CallRecord(model)
         return AsyncChatStream(self.payloads(body, record), record)
 

@@ -2,6 +2,19 @@
 
 The consumer's request body goes through as sent; streamed SSE chunks come back one by one as
 parsed JSON, with the timings and token counts the provider signs into its receipt.
+
+To count tokens for its receipt, the provider asks a streaming backend for usage
+(`stream_options.include_usage`) even when the consumer did not; what that adds (a `usage`
+member on every chunk and a closing usage-only chunk with `choices: []`) is taken out again
+before the chunks go on, so a consumer gets usage exactly when it asked for it (then as the
+backend sent it: one usage chunk), and a plain `chunk.choices[0]` loop never meets an empty
+`choices` it did not ask for.
+
+Likewise the model: the backend is asked for the provider's own name of the model
+(`ModelConfig.model_name`: an Ollama tag, a vLLM path, a llama.cpp file), and what comes back
+carries the name the consumer asked for, so a provider's internal naming never reaches the
+client. Every other field (`id`, `created`, `object`, `system_fingerprint`) goes on as the
+backend set it.
 """
 
 from __future__ import annotations
@@ -58,6 +71,13 @@ def _has_output(chunk: dict[str, Any]) -> bool:
     return False
 
 
+def _as_asked(payload: Any, asked_model: Any) -> Any:
+    """`payload` naming the model as the consumer asked for it (when it names one)."""
+    if isinstance(payload, dict) and "model" in payload and isinstance(asked_model, str):
+        payload["model"] = asked_model
+    return payload
+
+
 class OpenAIBackend:
     """One model's OpenAI-compatible backend, reached over a shared httpx client."""
 
@@ -77,14 +97,19 @@ class OpenAIBackend:
     async def complete(
         self, body: dict[str, Any], stats: BackendStream
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield the backend's chunks (streaming) or its single completion (not streaming)."""
-        request = dict(body)
+        """Yield the backend's chunks (streaming) or its single completion (not streaming),
+        as the consumer's request asked for them (see the module's note on usage); `stats`
+        gets the timings and token counts either way. Raises BackendError when the backend
+        answers with an HTTP error, httpx.HTTPError when it cannot be reached."""
+        request = {**body, "model": self.model.model_name}
+        asked_model = body.get("model")
         streaming = bool(request.get("stream"))
-        if streaming:
-            # Token counts for the signed receipt; the chunk is passed on like any other.
-            options = dict(request.get("stream_options") or {})
-            options.setdefault("include_usage", True)
-            request["stream_options"] = options
+        options = request.get("stream_options")
+        usage_asked = isinstance(options, dict) and bool(options.get("include_usage"))
+        if streaming and not usage_asked and (options is None or isinstance(options, dict)):
+            # for the receipt's token counts only (malformed options go on for the backend
+            # to refuse)
+            request["stream_options"] = {**(options or {}), "include_usage": True}
         stats.started = time.monotonic()
         async with self.http.stream(
             "POST", self.model.api_url, json=request, headers=self._headers()
@@ -104,7 +129,7 @@ class OpenAIBackend:
                 stats.first_token_at = stats.finished_at = time.monotonic()
                 stats.chunks = 1
                 _usage(completion, stats)
-                yield completion
+                yield _as_asked(completion, asked_model)
                 return
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -119,7 +144,11 @@ class OpenAIBackend:
                 if _has_output(chunk):
                     stats.output_chunks += 1
                 _usage(chunk, stats)
-                yield chunk
+                if not usage_asked:
+                    if "usage" in chunk and not chunk.get("choices"):
+                        continue  # the usage-only chunk only the receipt asked for
+                    chunk.pop("usage", None)
+                yield _as_asked(chunk, asked_model)
             stats.finished_at = time.monotonic()
             if not stats.completion_tokens:
                 # A backend that ignores include_usage: one streamed delta is about one token.

@@ -30,7 +30,7 @@ import httpx
 from mor_workbench._version import __version__
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import ChainError, MorError
+from mor_workbench.errors import ChainError, ConfigurationError, MorError
 from mor_workbench.protocol import (
     ENCRYPTED_PROMPTS,
     Approval,
@@ -71,6 +71,9 @@ __all__ = ["ProviderServer"]
 
 log = logging.getLogger("mor_workbench.provider")
 APPROVAL_TTL_S = 600  # the contract's SIGNATURE_TTL (LibMarket): an approval's and a receipt's life
+MAX_CONNECTIONS = 256  # connections handled at once (each holds a socket and a task)
+FIRST_MESSAGE_TIMEOUT_S = 10.0  # from connect to a complete request: a 1 MiB prompt at ~1 Mbit/s
+MAX_CONNECTIONS_PER_PEER = 32  # one address's share of MAX_CONNECTIONS
 STATS_KEPT_AFTER_END_S = 86_400  # how long an ended, unclosed session's measurements are kept
 CLAIM_BACKOFF_MAX_S = 600.0
 _SESSIONS_PAGE = 100
@@ -97,6 +100,15 @@ class _SessionStats:
     output_tokens: int = 0
 
 
+@dataclass
+class _Connection:
+    """One accepted connection, from its peer's address, while it holds a slot."""
+
+    peer: str
+    requested: bool = False  # its request has arrived complete: it is being answered
+    evicted: bool = False  # dropped, still incomplete, to make room for a new connection
+
+
 @dataclass(frozen=True)
 class _Reservation:
     """A slot held for an approval until its session opens or the approval expires."""
@@ -117,8 +129,9 @@ class ProviderServer:
         models: list[ModelConfig],
         host: str = "127.0.0.1",
         port: int = 0,
-        max_concurrent: int = 256,
-        read_timeout: float = 30.0,
+        max_concurrent: int = MAX_CONNECTIONS,
+        first_message_timeout: float = FIRST_MESSAGE_TIMEOUT_S,
+        max_per_peer: int = MAX_CONNECTIONS_PER_PEER,
         max_message: int = 1024 * 1024,
         freshness_window_ms: int = 120_000,
         claim_interval: float | None = 30.0,
@@ -126,23 +139,38 @@ class ProviderServer:
         health_interval: float | None = None,
         health_probe_delay: float = 2.0,
     ) -> None:
-        """`claim_interval` (s) is the pause between claim rounds (None: no claimer; then call
+        """Connections: at most `max_concurrent` are handled at once (default 256) and at most
+        `max_per_peer` from one IP address (default 32; the next is refused with a signed error
+        naming the limit); a request must arrive complete within `first_message_timeout` s of
+        connecting (default 10 s: the whole request, however slowly its bytes trickle in), and
+        is at most `max_message` bytes. When every slot is taken, a new connection takes the
+        slot of the oldest one whose request is still incomplete (that one is told why and
+        closed), so connections that trickle bytes (slowloris) cannot lock out real consumers;
+        when every slot is answering a request, the new connection is refused as busy.
+
+        `claim_interval` (s) is the pause between claim rounds (None: no claimer; then call
         `claim_owed()`, which also releases what is kept about settled sessions); after a failed
         round the pause doubles, up to `claim_backoff_max` (s). `health_interval` (s) is the
         pause between health sweeps of the backends (the first at start), published in the
         pong (None, the default: no sweeps but those `refresh_health()` asks for, and no
         report before the first); `health_probe_delay` (s) spaces the probes of one sweep (see
         `mor_workbench.provider.health`)."""
+        if max_concurrent < 1 or max_per_peer < 1 or first_message_timeout <= 0:
+            raise ConfigurationError(
+                "max_concurrent and max_per_peer must be at least 1 and first_message_timeout "
+                f"above 0 s (got {max_concurrent}, {max_per_peer}, {first_message_timeout})"
+            )
         self.signer = signer
         self.chain = chain
         self.models = {m.model_id: m for m in models}
         self.host, self.port = host, port
-        self.read_timeout = read_timeout
+        self.max_concurrent = max_concurrent
+        self.first_message_timeout = first_message_timeout
+        self.max_per_peer = max_per_peer
         self.max_message = max_message
         self.version = f"mor-workbench/{__version__} {ENCRYPTED_PROMPTS}"
         self._key = signer.private_key_bytes()
         self._pubkey = public_key_of(self._key)
-        self._slots = asyncio.Semaphore(max_concurrent)
         self._model_slots = {
             m.model_id: asyncio.Semaphore(m.concurrent_slots) for m in models if m.concurrent_slots
         }
@@ -159,7 +187,9 @@ class ProviderServer:
         self._sync_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(240.0, connect=5.0))
         self._server: asyncio.base_events.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        # The connections holding a slot, oldest first (a dict keeps insertion order).
+        self._connections: dict[asyncio.Task[Any], _Connection] = {}
+        self._closing: set[asyncio.Task[Any]] = set()  # refused or evicted, being closed
         self.claim_interval = claim_interval
         self.claim_backoff_max = claim_backoff_max
         self._claimer: asyncio.Task[None] | None = None
@@ -179,6 +209,11 @@ class ProviderServer:
     def endpoint(self) -> str:
         """host:port as registered on chain."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Connections held now, each in one of the `max_concurrent` slots."""
+        return len(self._connections)
 
     async def start(self) -> ProviderServer:
         """Read our sessions from the chain, then listen (and claim, with a claim interval).
@@ -215,9 +250,10 @@ class ProviderServer:
                 await self._claimer
         if self._server is not None:
             self._server.close()
-        if self._connections:
-            await asyncio.wait(self._connections, timeout=5)
-            for task in self._connections:
+        tasks = [*self._connections, *self._closing]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+            for task in tasks:
                 task.cancel()
         if self._server is not None:
             # Last: from Python 3.12 this waits for every connection to be closed.
@@ -237,17 +273,62 @@ class ProviderServer:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        peername = writer.get_extra_info("peername")
+        connection = _Connection(str(peername[0]) if peername else "unknown")
+        refusal = self._admit(connection.peer)
+        if refusal is not None:
+            self._closing.add(task)
+            try:
+                await self._send_error(writer, "", refusal)
+            finally:
+                self._closing.discard(task)
+                await self._finish(reader, writer)
+            return
+        self._connections[task] = connection
         try:
-            async with self._slots:
-                await self._serve_one(reader, writer)
-        except (ConnectionError, asyncio.CancelledError):
+            await self._serve_one(reader, writer, connection)
+        except asyncio.CancelledError:
+            if connection.evicted:  # not a shutdown: tell the peer why before closing
+                task.uncancel()
+                await self._send_error(
+                    writer,
+                    "",
+                    "connection dropped: the provider is full and this request was still "
+                    "incomplete; send the whole request at once",
+                )
+        except ConnectionError:
             pass
         except Exception:  # a bug must not take the server down; the peer just loses this call
             log.exception("provider connection failed")
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
+            self._closing.discard(task)
             await self._finish(reader, writer)
+
+    def _admit(self, peer: str) -> str | None:
+        """Take a slot for a new connection from `peer`; why not, when it is refused.
+
+        Over `max_per_peer` from one address: refused. All `max_concurrent` slots taken: the
+        oldest connection still waiting for its complete request is evicted to make room (so
+        slow senders cannot hold every slot for the length of their deadline); when all are
+        being answered, refused as busy.
+        """
+        if sum(1 for c in self._connections.values() if c.peer == peer) >= self.max_per_peer:
+            return (
+                f"too many connections from {peer}: at most {self.max_per_peer} at a time; "
+                "wait for an answer before opening more"
+            )
+        if len(self._connections) >= self.max_concurrent:
+            oldest = next((t for t, c in self._connections.items() if not c.requested), None)
+            if oldest is None:
+                return (
+                    f"provider busy: all {self.max_concurrent} connections are being answered; "
+                    "try again shortly"
+                )
+            self._connections.pop(oldest).evicted = True
+            self._closing.add(oldest)
+            oldest.cancel()
+        return None
 
     async def _finish(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close, then discard what the peer still sends (briefly, boundedly) so closing
@@ -264,21 +345,34 @@ class ProviderServer:
                 discarded += len(data)
         writer.close()
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_one(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: _Connection,
+    ) -> None:
         decoder = Decoder(self.max_message)
         request_id = ""
         try:
-            request = await asyncio.wait_for(self._read_request(reader, decoder), self.read_timeout)
+            try:
+                request = await asyncio.wait_for(
+                    self._read_request(reader, decoder), self.first_message_timeout
+                )
+            except TimeoutError:
+                raise RemoteProtocolError(
+                    f"the request did not arrive complete within {self.first_message_timeout:g} s"
+                    " of connecting; send the whole request at once"
+                ) from None
+            connection.requested = True
             request_id = request.id
             await self._dispatch(request, writer)
-        except TimeoutError:
-            await self._send_error(writer, request_id, "request not received in time")
         except ProtocolError as exc:
             await self._send_error(writer, request_id, str(exc))
         except ChainError as exc:
             await self._send_error(writer, request_id, f"chain unavailable: {exc}")
 
     async def _read_request(self, reader: asyncio.StreamReader, decoder: Decoder) -> Request:
+        """The first complete message on the connection, as a request."""
         while True:
             data = await reader.read(65536)
             if not data:
@@ -505,7 +599,6 @@ class ProviderServer:
             raise RemoteProtocolError("the prompt is not a JSON object") from None
         if not isinstance(body, dict):
             raise RemoteProtocolError("the prompt is not a JSON object")
-        body["model"] = model.model_name
 
         async def send_chunk(payload: Any) -> None:
             box = ecies_encrypt(user_key, json.dumps(payload, separators=(",", ":")).encode())
