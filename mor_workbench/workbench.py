@@ -640,9 +640,9 @@ async def aconnect(
 
     Any other deployment: pass its addresses, `diamond='0x…', token='0x…'` (and `multicall`,
     default the canonical Multicall3 0xcA11…CA11), with `rpc_url`, or a `Network(...)` as
-    `network`; its chain id is read from the node. Before anything else is read, the Diamond,
+    `network`; its chain id is read from the node. Before anything else is read, its Diamond,
     token and Multicall3 are checked to hold contract code (`ConfigurationError` naming the
-    first that does not), and a preset's chain id is checked against the node's.
+    first that does not); a preset's chain id is checked against the node's instead.
 
     `require_tee=True` is `strategy={"tee": True}`: sessions open only on models tagged `tee`
     (see `Strategy.tee` for what that does and does not guarantee). Other `options` are
