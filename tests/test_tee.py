@@ -31,7 +31,8 @@ SECURE = "secure-llm"  # the extra model this file registers, tagged "TEE" (uppe
     [
         (["llm", "tee"], True),
         (["LLM", "TEE"], True),
-        ([" Tee "], True),
+        (["Tee"], True),
+        ([" tee "], False),  # the live IsTeeModel compares lower-cased tags, untrimmed
         (["llm"], False),
         (["tee-gpu"], False),  # folded into "tee" by proxy-router v7.0: no longer the tag
         (["guarantee"], False),

@@ -1,17 +1,27 @@
 """TEE models: which models are "secure" (tagged `tee`) and what we can say about their providers.
 
-The live network tags models that run in a trusted execution environment `tee` (any case; the
-proxy-router folded `tee-gpu` into `tee` in v7.0, and Desktop v7.3 sells them as "Secure").
-For such models the reference consumer (proxy-router `internal/attestation`) verifies, at
-session open and before every prompt, a quote from the provider's host: it fetches
-`https://<provider host>:29343/cpu`, checks that sha256 of the TLS certificate served there
-equals the first 32 bytes of the quote's report data, has the quote parsed by a third-party
-portal (SecretAI), and compares the measured registers with cosign-signed golden values.
+The tag rule is the live proxy-router's (`internal/blockchainapi/model_tags.go`, `IsTeeModel`):
+a model is a TEE model when one of its on-chain tags, lower-cased, is exactly `tee` (no
+trimming; since the v7 refactor, PRs #708/#709, `tee-gpu` no longer counts and the on-chain
+tag is the only source). Desktop v7.3 sells these models as "Secure".
 
-This library does not verify quotes: the parsing service and the golden values are outside
-what we can check offline, and the binding covers the :29343 endpoint, not the MOR-RPC channel
-we talk to. So every session reports `attested=False` with the reason, and nothing here ever
-calls a provider verified.
+For a TEE model the reference consumer runs `VerifyProviderQuick`
+(`internal/attestation/verifier.go`) at session open and before every prompt (Phase 1):
+fetch `https://<provider host>:29343/cpu` (TLS not CA-checked) for a quote (hex for Intel
+TDX, base64 for AMD SEV-SNP); POST `{"quote": …}` to the SecretAI portal
+(`…/api/quote-parse`, `…/quote-parse-sev` for SEV), which verifies it and returns its
+registers; check that the first 32 bytes of the quote's report data equal sha256 of the
+served certificate's SPKI (current VMs) or of the whole certificate (older ones); compare
+RTMR3 (TDX) or the launch measurement (SEV) with cosign-signed golden values for the
+provider's version (from its pong); cache sha256(quote) and the certificate digests so later
+prompts only re-fetch and compare. Phase 2 (the provider checking its own backend on :21434,
+snapshots on `GET /v1/models/attestation`) happens on the provider's side.
+
+This library does not verify quotes: the signature check is delegated by the reference to a
+third-party service, the golden values are fetched online, no verifier library is in our
+dependencies, and the binding covers the :29343 endpoint, not the MOR-RPC channel we talk
+to. So every session reports `attested=False` with the reason, and nothing here ever calls a
+provider verified.
 """
 
 from __future__ import annotations
@@ -31,8 +41,9 @@ UNVERIFIED = (
 
 
 def is_tee(tags: Iterable[str]) -> bool:
-    """Whether a model's on-chain tags mark it as a TEE ("secure") model: a `tee` tag, any case."""
-    return any(isinstance(t, str) and t.strip().lower() == TEE_TAG for t in tags)
+    """Whether a model's on-chain tags mark it as a TEE ("secure") model: a tag that is `tee`
+    in any case, as the live proxy-router's `IsTeeModel` reads them."""
+    return any(isinstance(t, str) and t.lower() == TEE_TAG for t in tags)
 
 
 def check_tee_model(name: str, tags: Iterable[str]) -> None:
