@@ -29,6 +29,7 @@ from mor_workbench.errors import (
 _LAZY = {
     "AsyncChatStream": "mor_workbench.session",
     "AsyncSession": "mor_workbench.session",
+    "Network": "mor_workbench.chain.networks",
     "ChatStream": "mor_workbench.session",
     "Session": "mor_workbench.session",
     "StreamPart": "mor_workbench.session",
@@ -51,6 +52,7 @@ __all__ = [
     "InsufficientFunds",
     "ModelNotFound",
     "MorError",
+    "Network",
     "NoProviderAvailable",
     "ProviderError",
     "ProviderStalled",

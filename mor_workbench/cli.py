@@ -137,26 +137,35 @@ def _print_settlement(before: dict[str, float], staked: float, after: dict[str, 
 def _provider(args: argparse.Namespace) -> int:
     from mor_workbench.chain.client import Chain
     from mor_workbench.chain.keys import load_signer
-    from mor_workbench.chain.networks import get_network
+    from mor_workbench.chain.networks import connect_chain, custom_network, get_network
     from mor_workbench.chain.rpc import RpcClient
     from mor_workbench.provider.config import load_models_config
     from mor_workbench.provider.server import ProviderServer
 
     models = load_models_config(args.config)
-    if args.network == "sandbox":
+    custom = args.diamond or args.token or args.multicall
+    if args.network == "sandbox" and not custom:
         info = sandbox.start(args.dir)
-        rpc, deployment = RpcClient(info.rpc_url), info.deployment
+        rpc = RpcClient(info.rpc_url)
         signer = info.signer(args.account) if args.account else load_signer()
+
+        async def open_chain() -> Chain:
+            return Chain(rpc, info.deployment)
     else:
-        preset = get_network(args.network)
+        if custom:
+            network = custom_network(args.network, args.diamond, args.token, args.multicall)
+        else:
+            network = get_network(args.network)
         url = args.rpc_url or os.environ.get("MOR_RPC_URL")
         if not url:
             raise ConfigurationError("pass --rpc-url or set MOR_RPC_URL")
-        rpc, deployment = RpcClient(url), preset.deployment
         signer = load_signer(keystore=args.keystore)
 
+        async def open_chain() -> Chain:  # chain id read from the node, addresses checked
+            return await connect_chain(network, url)
+
     async def serve() -> None:
-        chain = Chain(rpc, deployment)
+        chain = await open_chain()
         try:
             async with ProviderServer(
                 signer=signer,
@@ -173,7 +182,7 @@ def _provider(args: argparse.Namespace) -> int:
                 )
                 await asyncio.Event().wait()
         finally:
-            await rpc.aclose()
+            await chain.rpc.aclose()
 
     _run_service(serve())
     print(f"provider {signer.address} stopped", flush=True)
@@ -264,8 +273,24 @@ def main(argv: list[str] | None = None) -> int:
         "provider", help="serve models as a provider (MOR-RPC) from a models-config.json"
     )
     provider.add_argument("--config", required=True, help="models-config.json (live format)")
-    provider.add_argument("--network", default="sandbox", help="sandbox, base or base-sepolia")
+    provider.add_argument(
+        "--network",
+        default="sandbox",
+        help="sandbox, base or base-sepolia; with --diamond/--token, a label for that deployment",
+    )
     provider.add_argument("--rpc-url", default=None, help="RPC URL (or $MOR_RPC_URL)")
+    provider.add_argument(
+        "--diamond",
+        default=None,
+        help="any deployment: its Diamond address (with --token and --rpc-url; chain id from "
+        "the node)",
+    )
+    provider.add_argument("--token", default=None, help="any deployment: its MOR token address")
+    provider.add_argument(
+        "--multicall",
+        default=None,
+        help="any deployment: its Multicall3 (default the canonical 0xcA11…CA11)",
+    )
     provider.add_argument(
         "--keystore", default=None, help="encrypted keystore (else $MOR_PRIVATE_KEY)"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -25,9 +26,9 @@ from mor_workbench._portal import portal
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
 from mor_workbench.chain.listings import find_model
-from mor_workbench.chain.networks import get_network
-from mor_workbench.chain.rpc import RpcClient, redact_url
-from mor_workbench.errors import ChainError, ConfigurationError, MorError
+from mor_workbench.chain.networks import Network, connect_chain, custom_network, get_network
+from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.errors import ConfigurationError, MorError
 from mor_workbench.market import tables
 from mor_workbench.market.catalog import (
     ACTIVE_MODELS_URL,
@@ -39,6 +40,11 @@ from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
 from mor_workbench.readouts import Balance
 from mor_workbench.router import health
+from mor_workbench.router.attestation import (
+    Attestation,
+    attestation_for,
+    check_tee_model,
+)
 from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
@@ -124,6 +130,7 @@ class AsyncWorkbench:
         self._sessions: dict[str, AsyncSession] = {}  # sessions chat/stream reuse, by model
         self._opening: dict[str, asyncio.Lock] = {}
         self._session_listeners: list[Callable[[str, str], None]] = []
+        self._attestations: dict[str, Attestation] = {}  # by session id, for attestation()
         self._closed = False
 
     @property
@@ -219,16 +226,36 @@ class AsyncWorkbench:
             raise ConfigurationError("this workbench is closed: connect again")
         bid_id = _bid_bytes(bid) if bid is not None else None
         router = self.router
-        await self._check_chat_model(model)
+        tags = await self._check_chat_model(model)
         opened = await router.open(model, duration_s, direct_payment=direct, bid=bid_id)
         lease = Lease(model, duration_s, direct, opened, renew, self.max_failovers)
-        return AsyncSession(self.router, lease, timeout=self.timeout, deadline=self.deadline)
+        session = AsyncSession(self.router, lease, timeout=self.timeout, deadline=self.deadline)
+        self._attestations[session.id] = attestation_for(tags)
+        return session
 
-    async def _check_chat_model(self, model: str) -> None:
+    async def _check_chat_model(self, model: str) -> list[str]:
         """Refuse, before any transaction, a model that cannot chat (an embedding, speech-to-text
-        or text-to-speech model: `catalog.check_chat_model`) with a `ConfigurationError`."""
+        or text-to-speech model: `catalog.check_chat_model`) or, under a tee-only strategy, a
+        model not tagged `tee`, with a `ConfigurationError`. Returns the model's tags."""
         _, found = await find_model(self.chain, model)
         check_chat_model(found["name"], found["tags"])
+        if self.strategy.tee:
+            check_tee_model(found["name"], found["tags"])
+        return list(found["tags"])
+
+    def attestation(self, session: AsyncSession | Session | str) -> Attestation:
+        """What is known about the TEE status of a session this workbench opened (the session or
+        its id): `tee` (its model is tagged tee), `attested` (always False: this library does
+        not verify TDX/SEV-SNP quotes, see `router.attestation`) and `status`. Raises
+        `ConfigurationError` for a session this workbench did not open."""
+        session_id = session if isinstance(session, str) else session.id
+        try:
+            return self._attestations[session_id]
+        except KeyError:
+            raise ConfigurationError(
+                f"session {session_id} was not opened by this workbench: "
+                "pass a session from open_session() or wb.sessions()"
+            ) from None
 
     async def _session_for(self, model: str) -> AsyncSession:
         """This workbench's session for `model`, opened on first use (once, however many
@@ -567,6 +594,9 @@ class Workbench:
     def withdraw(self) -> float:
         return self._portal.run(self._inner.withdraw())
 
+    def attestation(self, session: Session | str) -> Attestation:
+        return self._inner.attestation(session)
+
     def chain_time(self) -> int:
         return self._portal.run(self._inner.chain_time())
 
@@ -589,7 +619,7 @@ class Workbench:
 
 
 async def aconnect(
-    network: str = "sandbox",
+    network: str | Network = "sandbox",
     *,
     rpc_url: str | list[str] | None = None,
     key: str | None = None,
@@ -598,24 +628,50 @@ async def aconnect(
     sandbox_dir: str | os.PathLike[str] | None = None,
     api_key: str | None = None,
     base_url: str | None = None,
+    diamond: str | None = None,
+    token: str | None = None,
+    multicall: str | None = None,
+    require_tee: bool = False,
     **options: Any,
 ) -> AsyncWorkbench:
     """An `AsyncWorkbench` on `network`: "sandbox" (local, started if needed), "base" or
     "base-sepolia" (needs `rpc_url` — one URL or several for failover — or $MOR_RPC_URL; a key
     is optional for read-only use), or "gateway" (the hosted API: `api_key` or $MOR_API_KEY,
-    market data from Base when an RPC URL is given). `options` are AsyncWorkbench's."""
-    if not isinstance(network, str):
-        raise ConfigurationError("network must be a name such as 'sandbox' or 'base'")
+    market data from Base when an RPC URL is given).
+
+    Any other deployment: pass its addresses, `diamond='0x…', token='0x…'` (and `multicall`,
+    default the canonical Multicall3 0xcA11…CA11), with `rpc_url`, or a `Network(...)` as
+    `network`; its chain id is read from the node. Before anything else is read, its Diamond,
+    token and Multicall3 are checked to hold contract code (`ConfigurationError` naming the
+    first that does not); a preset's chain id is checked against the node's instead.
+
+    `require_tee=True` is `strategy={"tee": True}`: sessions open only on models tagged `tee`
+    (see `Strategy.tee` for what that does and does not guarantee). Other `options` are
+    AsyncWorkbench's."""
+    if not isinstance(network, str | Network):
+        raise ConfigurationError(
+            "network must be a name such as 'sandbox' or 'base', or a mor.Network(...)"
+        )
     unknown = set(options) - _WORKBENCH_OPTIONS
     if unknown:
         raise ConfigurationError(
             f"unknown option {sorted(unknown)[0]!r}: use one of "
-            f"{', '.join(sorted(_WORKBENCH_OPTIONS))}"
+            f"{', '.join(sorted(_WORKBENCH_OPTIONS | _CONNECT_OPTIONS))}"
         )
+    if require_tee:
+        options["strategy"] = _with_tee(options.get("strategy"))
+    addresses = {"diamond": diamond, "token": token, "multicall": multicall}
+    given = {k: v for k, v in addresses.items() if v is not None}
+    if given and isinstance(network, Network):
+        raise ConfigurationError(
+            f"pass the addresses in the Network or as {', '.join(given)}=…, not both"
+        )
+    if given:
+        network = custom_network(network, diamond, token, multicall)
     if network == "gateway":
         gateway = Gateway(api_key, base_url=base_url)
         urls = rpc_url or os.environ.get(RPC_URL_ENV)
-        chain = await _chain_for("base", urls) if urls else None
+        chain = await connect_chain(get_network("base"), urls) if urls else None
         return AsyncWorkbench("gateway", chain, None, gateway=gateway, **options)
     if network == "sandbox":
         from mor_workbench import sandbox  # the dev sandbox (POSIX only) loads when asked for
@@ -630,17 +686,17 @@ async def aconnect(
         workbench = AsyncWorkbench("sandbox", Chain(rpc, info.deployment), account, **options)
         await workbench.recover()
         return workbench
+    preset = network if isinstance(network, Network) else get_network(network)
     urls = rpc_url or os.environ.get(RPC_URL_ENV)
     if not urls:
-        get_network(network)  # an unknown name is the first thing to report
         raise ConfigurationError(
-            f"connecting to {network} needs an RPC URL: "
+            f"connecting to {preset.name} needs an RPC URL: "
             f"pass rpc_url='https://…' or set {RPC_URL_ENV}"
         )
-    chain = await _chain_for(network, urls)
+    chain = await connect_chain(preset, urls)
     has_key = key or keystore or os.environ.get("MOR_PRIVATE_KEY")
     account = load_signer(key, keystore=keystore, password=password) if has_key else None
-    workbench = AsyncWorkbench(network, chain, account, **options)
+    workbench = AsyncWorkbench(preset.name, chain, account, **options)
     await workbench.recover()
     return workbench
 
@@ -653,29 +709,27 @@ _WORKBENCH_OPTIONS = {
     "deadline",
     "allowance",
 }
+_CONNECT_OPTIONS = {
+    "rpc_url",
+    "key",
+    "keystore",
+    "password",
+    "sandbox_dir",
+    "api_key",
+    "base_url",
+    "diamond",
+    "token",
+    "multicall",
+    "require_tee",
+}
 
 
-async def _chain_for(network: str, urls: str | list[str]) -> Chain:
-    """A chain client for a live network, checked to serve that network's chain id."""
-    preset = get_network(network)
-    rpc = RpcClient(urls)
-    chain = Chain(rpc, preset.deployment)
-    try:
-        chain_id = await chain.chain_id()
-    except ChainError:
-        await rpc.aclose()
-        raise
-    if chain_id != preset.chain_id:
-        await rpc.aclose()
-        where = ", ".join(redact_url(u) for u in rpc.urls)
-        raise ConfigurationError(
-            f"{where} serves chain id {chain_id}, but {network} is chain id {preset.chain_id}: "
-            f"use an RPC URL for {network}"
-        )
-    return chain
+def _with_tee(strategy: Strategy | str | dict | None) -> Strategy:
+    """`strategy` with its `tee` option on (`require_tee=True`)."""
+    return dataclasses.replace(Strategy.of(strategy), tee=True)
 
 
-def connect(network: str = "sandbox", **options: Any) -> Workbench:
+def connect(network: str | Network = "sandbox", **options: Any) -> Workbench:
     """A `Workbench` on `network`; see `aconnect` for the options. Sessions it opens are
     closed by `close()`, by `with`, or at interpreter exit at the latest."""
     workbench = Workbench(portal().run(aconnect(network, **options)))

@@ -26,6 +26,7 @@ from mor_workbench.chain.listings import (
     resolve_model,
 )
 from mor_workbench.market.catalog import model_type
+from mor_workbench.router.attestation import is_tee
 
 __all__ = [
     "bids",
@@ -69,6 +70,7 @@ _MODEL_COLUMNS = [
     "owner_short",
     "created_at",
     "type",
+    "tee",
     "id",
     "owner",
     "fee_wei",
@@ -79,7 +81,9 @@ _MODEL_COLUMNS = [
 
 async def models(chain: Chain) -> pd.DataFrame:
     """Active models: one row each, newest last; `type` is LLM, EMBEDDING, STT, TTS or
-    UNKNOWN, derived from the tags as the live proxy-router does (`catalog.model_type`)."""
+    UNKNOWN, derived from the tags as the live proxy-router does (`catalog.model_type`);
+    `tee` says the model is tagged `tee` (the live network's "secure" models: a claim by its
+    owner, not a verified attestation, see `router.attestation`)."""
     ids = await active_model_ids(chain)
     rows = []
     for model_id, m in (await models_by_id(chain, ids)).items():
@@ -88,6 +92,7 @@ async def models(chain: Chain) -> pd.DataFrame:
                 "id": hex32(model_id),
                 "name": m["name"],
                 "type": model_type(m["tags"]),
+                "tee": is_tee(m["tags"]),
                 "tags": list(m["tags"]),
                 "fee": mor(m["fee"]),
                 "stake": mor(m["stake"]),
@@ -106,6 +111,7 @@ async def models(chain: Chain) -> pd.DataFrame:
 _BID_COLUMNS = [
     "model",
     "type",
+    "tee",
     "provider_short",
     "id_short",
     "price_per_second",
@@ -121,7 +127,7 @@ _BID_COLUMNS = [
 
 async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
     """Active bids, of one model (name or id, see `resolve_model`) or of every active model,
-    cheapest first, with the model's `type`."""
+    cheapest first, with the model's `type` and `tee` (tagged tee, see `models`)."""
     if model is None:
         ids = await active_model_ids(chain)
         found = await models_by_id(chain, ids)
@@ -130,6 +136,7 @@ async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
         ids, found = [model_id], {model_id: one}
     names = {i: m["name"] for i, m in found.items()}
     types = {i: model_type(m["tags"]) for i, m in found.items()}
+    tee = {i: is_tee(m["tags"]) for i, m in found.items()}
     rows = []
     for bid_id, b in await active_bids(chain, ids):
         price = b["pricePerSecond"]
@@ -139,6 +146,7 @@ async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
                 "model_id": hex32(b["modelId"]),
                 "model": names.get(b["modelId"], ""),
                 "type": types.get(b["modelId"], "UNKNOWN"),
+                "tee": tee.get(b["modelId"], False),
                 "provider": b["provider"],
                 "price_per_second": mor(price),
                 "price_per_hour": mor(price * 3600),

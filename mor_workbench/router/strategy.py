@@ -42,7 +42,15 @@ class Strategy:
     (MOR) drops dearer bids. `health` is how the providers' self-reported model health gates
     opens: "permissive" (the live default), "preferred" or "strict" (rules in
     `mor_workbench.router.health`); a provider that reported it cannot serve the model is
-    never asked under any of them. Unknown values raise `ConfigurationError`."""
+    never asked under any of them. Unknown values raise `ConfigurationError`.
+
+    `tee=True` (or `connect(..., require_tee=True)`) opens sessions only on models tagged
+    `tee` on chain, the tag the live network gives its "secure" models; any other model is
+    refused with `ConfigurationError` before any transaction. What it guarantees: the model's
+    owner declared it runs in a trusted execution environment. What it does NOT guarantee: that
+    the provider you reach really runs in one. The reference consumer checks an Intel TDX /
+    AMD SEV-SNP quote before each prompt; this library does not verify quotes yet, so such a
+    session reports `attested: False` ("unverified", see `router.attestation`)."""
 
     order: Literal["weighted", "best"] = "weighted"
     top: int = 3
@@ -51,9 +59,12 @@ class Strategy:
     deny: frozenset[str] = frozenset()
     max_price_per_second: float | None = None
     health: HealthPolicy = DEFAULT_POLICY
+    tee: bool = False
 
     def __post_init__(self) -> None:
         check_policy(self.health)
+        if not isinstance(self.tee, bool):
+            raise ConfigurationError(f"strategy tee={self.tee!r} must be True or False")
         if self.order not in ("weighted", "best"):
             raise ConfigurationError(
                 f"strategy order {self.order!r} is not known: use 'weighted' or 'best'"
