@@ -105,9 +105,7 @@ def providers(market: Market, chain: Chain, routes) -> dict[str, MemoryProvider]
 
 
 @pytest.fixture
-def make_router(
-    market: Market, chain: Chain, routes, tmp_path: Path
-) -> Callable[..., Router]:
+def make_router(market: Market, chain: Chain, routes, tmp_path: Path) -> Callable[..., Router]:
     """A router of the consumer on the market over the in-memory transport; its journal at
     `journal` (default: this test's one journal file). A second router on the same file is
     the next process; pass `chain=` a fresh `Chain` for a fresh nonce cache."""
