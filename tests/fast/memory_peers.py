@@ -78,6 +78,7 @@ class MemoryProvider:
     chain: Chain
     routes: dict[str, PeerHandler]
     mode: Mode = "answer"
+    asked: list[str] = field(default_factory=list)  # the kinds of request received, in order
     prompts: list[dict[str, Any]] = field(default_factory=list)  # bodies received, decrypted
     stalled: asyncio.Event = field(default_factory=asyncio.Event)  # set when a prompt stalls
     _last_approval_ms: int = 0
@@ -104,6 +105,7 @@ class MemoryProvider:
         (raw,) = Decoder().feed(data)
         request = Request.from_json(raw)
         params = request.params
+        self.asked.append(type(params).__name__)
         if isinstance(params, PingReq):
             yield self._result(request, PongRes(params.nonce, f"memory/1 {ENCRYPTED_PROMPTS}"))
         elif isinstance(params, SessionReq):
