@@ -26,6 +26,7 @@ from mor_workbench.errors import ConfigurationError
 from mor_workbench.protocol import ProtocolError
 from mor_workbench.protocol.messages import ModelHealth, PongRes
 from mor_workbench.router import peer
+from mor_workbench.router.transport import TCP, PeerTransport
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -114,22 +115,37 @@ class Checked:
 
 
 async def check(
-    endpoint: str, signer: Signer, provider: str, timeout: float = PING_TIMEOUT_S
+    endpoint: str,
+    signer: Signer,
+    provider: str,
+    timeout: float = PING_TIMEOUT_S,
+    *,
+    transport: PeerTransport = TCP,
 ) -> Checked:
-    """Ping one provider (its pong verified as `provider`'s); a failure becomes the reason."""
+    """Ping one provider (its pong verified as `provider`'s) over `transport`; a failure
+    becomes the reason."""
     try:
-        return Checked(await peer.ping(endpoint, signer, provider, timeout=timeout))
+        pong = await peer.ping(endpoint, signer, provider, timeout=timeout, transport=transport)
+        return Checked(pong)
     except (peer.ProviderError, ProtocolError, OSError, TimeoutError) as exc:
         return Checked(None, f"ping failed: {str(exc) or type(exc).__name__}")
 
 
 async def check_all(
-    bids: Sequence[B], signer: Signer, timeout: float = PING_TIMEOUT_S
+    bids: Sequence[B],
+    signer: Signer,
+    timeout: float = PING_TIMEOUT_S,
+    *,
+    transport: PeerTransport = TCP,
 ) -> dict[str, Checked]:
-    """Ping every provider of `bids` once, concurrently; by lower-case provider address."""
+    """Ping every provider of `bids` once, concurrently, over `transport`; by lower-case
+    provider address."""
     endpoints = {b.provider.lower(): (b.endpoint, b.provider) for b in bids}
     answers = await asyncio.gather(
-        *(check(endpoint, signer, provider, timeout) for endpoint, provider in endpoints.values())
+        *(
+            check(endpoint, signer, provider, timeout, transport=transport)
+            for endpoint, provider in endpoints.values()
+        )
     )
     return dict(zip(endpoints, answers, strict=True))
 

@@ -3,6 +3,9 @@ chain, send prompts and read the verified, decrypted answer, and get the close r
 
 Every reply is checked: the provider's key must belong to the bid's provider address, every
 chunk must be signed by that key, approvals must be for us, this chain and this bid.
+
+Every exchange takes `transport=`: TCP unless a test passes an in-memory one
+(`mor_workbench.router.transport.MockTransport`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from mor_workbench.protocol import (
     sign,
     verify,
 )
-from mor_workbench.router.transport import call, call_once
+from mor_workbench.router.transport import TCP, PeerTransport, call, call_once
 
 __all__ = [
     "Approved",
@@ -83,7 +86,14 @@ class Approved:
     bid_id: bytes
 
 
-async def ping(endpoint: str, signer: Signer, provider: str, *, timeout: float = 5.0) -> PongRes:
+async def ping(
+    endpoint: str,
+    signer: Signer,
+    provider: str,
+    *,
+    timeout: float = 5.0,
+    transport: PeerTransport = TCP,
+) -> PongRes:
     """Ping a provider (waiting at most `timeout` s); the pong must be signed by `provider`.
 
     The pong's health report (`models`, proxy-router v7.4+) is kept whether or not the
@@ -98,6 +108,7 @@ async def ping(endpoint: str, signer: Signer, provider: str, *, timeout: float =
         endpoint,
         Request(_request_id(), sign(PingReq(nonce), key)),
         PongRes,
+        transport=transport,
         connect_timeout=timeout,
         first_reply_timeout=timeout,
     )
@@ -131,13 +142,24 @@ def encrypt_prompts_for(pong: PongRes, *, require_encrypted_prompts: bool = Fals
 
 
 async def request_approval(
-    endpoint: str, signer: Signer, provider: str, bid_id: bytes, spend: int, chain_id: int
+    endpoint: str,
+    signer: Signer,
+    provider: str,
+    bid_id: bytes,
+    spend: int,
+    chain_id: int,
+    *,
+    transport: PeerTransport = TCP,
 ) -> Approved:
     """session.request: the approval must come from `provider` for us, this chain and bid."""
     key = signer.private_key_bytes()
     req = sign(SessionReq(signer.address, signer.public_key_65, spend, _now_ms(), bid_id), key)
     replies = await call_once(
-        endpoint, Request(_request_id(), req), SessionRes, first_reply_timeout=15.0
+        endpoint,
+        Request(_request_id(), req),
+        SessionRes,
+        transport=transport,
+        first_reply_timeout=15.0,
     )
     if not replies:
         raise ProviderError("the provider closed the connection without answering")
@@ -290,6 +312,7 @@ async def prompt(
     encrypt: bool,
     first_reply_timeout: float = 90.0,
     idle_timeout: float = 60.0,
+    transport: PeerTransport = TCP,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
     completion), stopping at "[DONE]". Timeouts in seconds.
@@ -312,6 +335,7 @@ async def prompt(
         endpoint,
         req,
         SessionPromptRes,
+        transport=transport,
         first_reply_timeout=first_reply_timeout,
         idle_timeout=idle_timeout,
     ):
@@ -378,13 +402,23 @@ def prompt_error(message: str, status: int = 400) -> ProviderError:
 
 
 async def report(
-    endpoint: str, signer: Signer, session_id: bytes, provider_pubkey: bytes, provider: str
+    endpoint: str,
+    signer: Signer,
+    session_id: bytes,
+    provider_pubkey: bytes,
+    provider: str,
+    *,
+    transport: PeerTransport = TCP,
 ) -> tuple[bytes, bytes]:
     """The provider's signed close receipt: (receipt bytes, EIP-191 signature)."""
     key = signer.private_key_bytes()
     req = sign(SessionReportReq("0x" + session_id.hex(), _now_ms()), key)
     replies = await call_once(
-        endpoint, Request(_request_id(), req), SessionReportRes, first_reply_timeout=15.0
+        endpoint,
+        Request(_request_id(), req),
+        SessionReportRes,
+        transport=transport,
+        first_reply_timeout=15.0,
     )
     if not replies or replies[0].error is not None:
         raise ProviderError(replies[0].error.message if replies else "no report")

@@ -43,6 +43,7 @@ from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
 from mor_workbench.router.states import SessionEvent
 from mor_workbench.router.strategy import Cooldowns, Strategy
+from mor_workbench.router.transport import TCP, PeerTransport
 
 __all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router", "rank_bids"]
 
@@ -111,7 +112,10 @@ async def rank_bids(chain: Chain, model: str) -> list[RankedBid]:
 
 
 class Router:
-    """Sessions and prompts for one account on one chain."""
+    """Sessions and prompts for one account on one chain.
+
+    `transport` carries every exchange with a provider: TCP, as on the live network, unless a
+    test passes an in-memory one (`mor_workbench.router.transport.MockTransport`)."""
 
     def __init__(
         self,
@@ -124,8 +128,10 @@ class Router:
         housekeeping_s: float = 30.0,
         standing_allowance: int = 0,
         on_change: Callable[[str, OpenSession], None] | None = None,
+        transport: PeerTransport = TCP,
     ) -> None:
         self.chain = chain
+        self.transport = transport
         # told "opened" or "closed" with the session, on this router's loop, after each change
         self.on_change = on_change
         self.standing_allowance = standing_allowance  # wei the Diamond may spend without asking
@@ -165,7 +171,7 @@ class Router:
         policy (one ping per provider, concurrently, before any transaction): the bids to ask
         in order, each with its pong, and the providers skipped with why. `ranked` are all the
         model's bids (a model with one provider opens permissively)."""
-        checked = await health.check_all(candidates, self.signer)
+        checked = await health.check_all(candidates, self.signer, transport=self.transport)
         for provider, answer in checked.items():
             if answer.pong is None:  # unreachable: a failure, so others go first for a while
                 self.failed(provider)
@@ -256,6 +262,7 @@ class Router:
             bid.bid_id,
             amount,
             self.chain.deployment.chain_id,
+            transport=self.transport,
         )
         entry = self.journal.record(
             JournalEntry(
@@ -320,6 +327,7 @@ class Router:
             encrypt=session.encrypt,
             first_reply_timeout=timeout,
             idle_timeout=timeout,
+            transport=self.transport,
         ):
             yield payload
 
@@ -367,6 +375,7 @@ class Router:
                     session.session_id,
                     session.provider_pubkey,
                     session.provider,
+                    transport=self.transport,
                 )
             except _PEER_FAILURES:
                 if attempt:
