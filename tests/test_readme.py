@@ -127,8 +127,8 @@ class Reader:
     def run_command(self, line: str, number: int) -> None:
         argv = shlex.split(line, comments=True)
         where = f"README.md:{number}: {line.strip()}"
-        if argv[0] == "make":
-            self.check(["make", "-n", *argv[1:]], where)
+        if argv[0] == "make":  # a dry run, outside any make that runs this test
+            self.check(["make", "-n", *argv[1:]], where, drop=("MAKEFLAGS", "MFLAGS", "MAKELEVEL"))
         elif argv[:2] == [".venv/bin/mor-workbench", "serve"]:
             self.serve(argv, where)
         elif argv[0].startswith(".venv/bin/"):
@@ -140,11 +140,12 @@ class Reader:
                 pytrace=False,
             )
 
-    def check(self, argv: list[str], where: str) -> None:
+    def check(self, argv: list[str], where: str, drop: tuple[str, ...] = ()) -> None:
+        """Run a command to its end; it must exit 0. `drop` names variables to unset for it."""
         done = subprocess.run(
             argv,
             cwd=ROOT,
-            env=self.env,
+            env={name: value for name, value in self.env.items() if name not in drop},
             capture_output=True,
             text=True,
             timeout=COMMAND_LIMIT_S,
