@@ -39,6 +39,7 @@ Every failure is sorted once, where it happens, into one of two kinds:
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 __all__ = [
@@ -66,7 +67,42 @@ __all__ = [
 
 
 class MorError(Exception):
-    """Root of every mor-workbench error, so callers can catch one type."""
+    """Root of every mor-workbench error, so callers can catch one type.
+
+    In IPython and Jupyter it shows as one line, its type and message, with a hint that
+    `%tb` prints the full traceback (the frames of the workbench's private event loop are
+    noise to a notebook user; the message already says what to fix). The hook is IPython's
+    `_render_traceback_` protocol; elsewhere (scripts, pytest) tracebacks are untouched.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        """The lines IPython shows for this error: one, unless `%tb` asked for them all."""
+        if _asked_for_by_tb_magic():
+            from IPython.core.getipython import get_ipython  # loaded: IPython is calling us
+
+            shell = get_ipython()
+            if shell is not None:
+                return shell.InteractiveTB.structured_traceback(
+                    type(self), self, self.__traceback__
+                )
+        message = " ".join(str(self).split())
+        return [
+            f"\x1b[0;31m{type(self).__name__}\x1b[0m: {message} "
+            "\x1b[2m(%tb for the full traceback)\x1b[0m"
+        ]
+
+
+def _asked_for_by_tb_magic() -> bool:
+    """Whether IPython's `%tb` magic (IPython/core/magics/execution.py) is the caller."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if (
+            frame.f_code.co_name == "tb"
+            and frame.f_globals.get("__name__") == "IPython.core.magics.execution"
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 # ----- the request is at fault -----
