@@ -164,9 +164,7 @@ async def _open_session(router: Router, market, server: ProviderServer) -> OpenS
     """The router's own opening (ping, approval, journal, openSession) on provider:balanced's
     bid, at `server`'s endpoint instead of the one the sandbox registered on chain."""
     (bid,) = [b for b in await router.rank(MODEL) if b.provider == market["provider"].address]
-    session = await router._open_on(dataclasses.replace(bid, endpoint=server.endpoint), 600, False)
-    router.opened[session.session_id] = session
-    return session
+    return await router.open_on(dataclasses.replace(bid, endpoint=server.endpoint), 600)
 
 
 async def test_the_connection_over_the_per_address_cap_is_refused(market) -> None:

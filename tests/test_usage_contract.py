@@ -108,10 +108,7 @@ async def test_the_providers_own_model_name_never_reaches_the_consumer(
         ) as server:
             (bid,) = [b for b in await router.rank(MODEL) if b.provider == provider.address]
             # the router's own opening, at this server rather than the endpoint on chain
-            session = await router._open_on(
-                dataclasses.replace(bid, endpoint=server.endpoint), 600, False
-            )
-            router.opened[session.session_id] = session
+            session = await router.open_on(dataclasses.replace(bid, endpoint=server.endpoint), 600)
             body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 5}
             streamed = [p async for p in router.stream(session, {**body, "stream": True})]
             (whole,) = [p async for p in router.stream(session, body)]

@@ -218,11 +218,25 @@ class Router:
                 self.failed(candidate.provider)
                 tried.append((candidate.provider, str(exc) or type(exc).__name__))
                 continue
-            self.opened[session.session_id] = session
-            self._start_housekeeping()
-            self._changed("opened", session)
-            return session
+            return self._adopt(session)
         raise NoProviderAvailable(model, tried)
+
+    async def open_on(
+        self, bid: RankedBid, duration_s: int, *, direct_payment: bool = False
+    ) -> OpenSession:
+        """Open a session on exactly `bid`, at `bid.endpoint` (no ranking, no failover): for
+        tools and tests that reach a provider somewhere other than its endpoint on chain. The
+        same checks as `open` (duration limits, the pong's signature, the approval's) apply."""
+        await self.check_duration(duration_s)
+        pong = await peer.ping(bid.endpoint, self.signer, bid.provider, transport=self.transport)
+        return self._adopt(await self._open_on(bid, pong, duration_s, direct_payment))
+
+    def _adopt(self, session: OpenSession) -> OpenSession:
+        """A session this router just opened: kept, closed when its time is up, announced."""
+        self.opened[session.session_id] = session
+        self._start_housekeeping()
+        self._changed("opened", session)
+        return session
 
     async def check_duration(self, duration_s: int) -> None:
         """Refuse a duration the contract would refuse, naming the limit: at least
