@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import mor_workbench as mor
 from mor_workbench import sandbox
 from mor_workbench.chain.anvil import Anvil
 
@@ -34,3 +35,12 @@ def sandbox_info(sandbox_dir: Path) -> sandbox.SandboxInfo:
     info = sandbox.status(sandbox_dir)
     assert info is not None
     return info
+
+
+@pytest.fixture
+def wb(sandbox_info, tmp_path, monkeypatch) -> Iterator[mor.Workbench]:
+    """A workbench on the shared sandbox, with a journal home of this test's own."""
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
+    workbench = mor.connect("sandbox", sandbox_dir=sandbox_info.directory)
+    yield workbench
+    workbench.close()

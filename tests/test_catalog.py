@@ -29,14 +29,6 @@ Reply = Callable[[], tuple[int, bytes]]
 
 
 @pytest.fixture
-def wb(sandbox_info, tmp_path, monkeypatch) -> Iterator[mor.Workbench]:
-    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
-    workbench = mor.connect("sandbox", sandbox_dir=sandbox_info.directory)
-    yield workbench
-    workbench.close()
-
-
-@pytest.fixture
 def serve() -> Iterator[Callable[[Reply], str]]:
     """Serve one reply (status, body) at http://127.0.0.1:<port>/active_models.json."""
     servers: list[ThreadingHTTPServer] = []

@@ -4,21 +4,11 @@ and end."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 import mor_workbench as mor
 
 MODEL = "llama-3.2"
-
-
-@pytest.fixture
-def wb(sandbox_info, tmp_path, monkeypatch) -> Iterator[mor.Workbench]:
-    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
-    workbench = mor.connect("sandbox", sandbox_dir=sandbox_info.directory)
-    yield workbench
-    workbench.close()
 
 
 def test_a_session_is_closed_by_its_id_through_the_facade(wb) -> None:

@@ -19,14 +19,6 @@ from mor_workbench.sandbox.market import PROVIDERS
 from mor_workbench.serve import make_app
 
 
-@pytest.fixture
-def wb(sandbox_info, tmp_path, monkeypatch) -> Iterator[mor.Workbench]:
-    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
-    workbench = mor.connect("sandbox", sandbox_dir=sandbox_info.directory)
-    yield workbench
-    workbench.close()
-
-
 def _model_id(wb: mor.Workbench, name: str) -> str:
     models = wb.models()
     (found,) = models.loc[models["name"] == name, "id"]

@@ -5,7 +5,6 @@ transaction."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,14 +14,6 @@ from mor_workbench.market.catalog import model_type
 from mor_workbench.sandbox.market import MODELS
 
 EMBEDDING = "text-embedding-bge-m3"
-
-
-@pytest.fixture
-def wb(sandbox_info, tmp_path, monkeypatch) -> Iterator[mor.Workbench]:
-    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
-    workbench = mor.connect("sandbox", sandbox_dir=sandbox_info.directory)
-    yield workbench
-    workbench.close()
 
 
 def _nonce(wb: mor.Workbench) -> int:

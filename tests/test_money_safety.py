@@ -24,14 +24,6 @@ HERE = Path(__file__).parent
 MODEL = "llama-3.2"
 
 
-@pytest.fixture
-def wb(sandbox_info, tmp_path, monkeypatch) -> Iterator[mor.Workbench]:
-    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
-    workbench = mor.connect("sandbox", sandbox_dir=sandbox_info.directory)
-    yield workbench
-    workbench.close()
-
-
 def _rpc(wb: mor.Workbench, method: str, *params: object) -> object:
     async def ask() -> object:
         rpc = RpcClient(wb.aio.chain.rpc.urls)
