@@ -313,3 +313,13 @@ def test_sessions_widget_keeps_up_with_the_other_surfaces(wb, widgets) -> None:
     wait_until(lambda: chat.session == {})
     sessions.wait(30)
     assert sessions.error == "" and chat.error == ""
+
+
+def test_the_chat_widget_offers_only_chat_models(wb) -> None:
+    chat = Chat(wb, model=MODEL, max_tokens=20)
+    chat.wait(timeout=60)
+    types = wb.models().set_index("name")["type"]
+    assert chat.model_names and MODEL in chat.model_names
+    assert all(types[name] in ("LLM", "UNKNOWN") for name in chat.model_names)
+    assert "text-embedding-bge-m3" not in chat.model_names
+    chat.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 import traitlets
 
+from mor_workbench.market.catalog import CHAT_TYPES
 from mor_workbench.market.tables import short
 from mor_workbench.session import AsyncSession
 from mor_workbench.widgets._base import MorWidget, asset, jsonable, one_line, records
@@ -123,7 +124,8 @@ class Chat(MorWidget):
 
     async def _load(self) -> None:
         models = await self._aio.models()
-        self.model_names = list(models["name"])
+        chat_models = models[models["type"].isin(CHAT_TYPES)]  # embedding, speech: not here
+        self.model_names = list(chat_models["name"])
         if not self.model and self.model_names:
             self.model = self.model_names[0]
         else:
