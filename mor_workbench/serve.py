@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import pandas as pd
 from aiohttp import web
 
 from mor_workbench.errors import (
@@ -39,7 +38,6 @@ __all__ = ["make_app", "morpheus_headers", "serve"]
 
 log = logging.getLogger(__name__)
 
-OWNED_BY = "morpheus"
 WORKBENCH_KEY = web.AppKey("workbench", AsyncWorkbench)
 API_KEY = web.AppKey("api_key", str)
 
@@ -108,23 +106,9 @@ async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
     return web.json_response(refused.body, status=refused.status)
 
 
-async def _model_cards(workbench: AsyncWorkbench) -> list[dict[str, Any]]:
-    """The served models as OpenAI model objects: the marketplace's active models by name
-    (in gateway mode the gateway's own list, since the gateway is what answers)."""
-    if workbench.gateway is not None:
-        return await workbench.gateway.models()
-    frame = await workbench.models()
-    cards: dict[str, dict[str, Any]] = {}
-    for name, created in zip(frame["name"], frame["created_at"], strict=True):
-        stamp = 0 if pd.isna(created) else int(created.timestamp())
-        card = {"id": name, "object": "model", "created": stamp, "owned_by": OWNED_BY}
-        cards.setdefault(name, card)  # two models may share a name: list it once
-    return list(cards.values())
-
-
 async def _list_models(request: web.Request) -> web.Response:
     """OpenAI's model list (GET /v1/models)."""
-    cards = await _model_cards(request.app[WORKBENCH_KEY])
+    cards = await request.app[WORKBENCH_KEY].model_cards()
     return web.json_response({"object": "list", "data": cards})
 
 
@@ -132,7 +116,7 @@ async def _retrieve_model(request: web.Request) -> web.Response:
     """OpenAI's model object (GET /v1/models/{id}); a 404 `model_not_found` error when no
     served model has that id."""
     wanted = request.match_info["model"]
-    for card in await _model_cards(request.app[WORKBENCH_KEY]):
+    for card in await request.app[WORKBENCH_KEY].model_cards():
         if card.get("id") == wanted:
             return web.json_response(card)
     raise _Refused(

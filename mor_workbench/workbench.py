@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -23,12 +22,13 @@ from openai.types.chat import ChatCompletion
 
 from mor_workbench._home import workbench_home
 from mor_workbench._portal import portal
+from mor_workbench.backends import Backend, GatewayBackend, MarketplaceBackend
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
 from mor_workbench.chain.listings import find_model
 from mor_workbench.chain.networks import Network, connect_chain, custom_network, get_network
 from mor_workbench.chain.rpc import RpcClient
-from mor_workbench.errors import ConfigurationError, MorError
+from mor_workbench.errors import ConfigurationError
 from mor_workbench.market import tables
 from mor_workbench.market.catalog import (
     ACTIVE_MODELS_URL,
@@ -48,7 +48,6 @@ from mor_workbench.router.attestation import (
 from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
-from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import OpenSession, Router, rank_bids
 from mor_workbench.router.scoring import explain_score
 from mor_workbench.router.strategy import Strategy
@@ -120,13 +119,21 @@ class AsyncWorkbench:
         self.allowance_wei = int(allowance * 10**18)
         self._chain = chain
         self.account = account
-        self.gateway = gateway
         self.strategy = Strategy.of(strategy)
         self.require_encrypted_prompts = require_encrypted_prompts
         self.timeout = timeout
         self.max_failovers = max_failovers
         self.deadline = deadline
-        self._router: Router | None = None
+        self.backend: Backend = (
+            GatewayBackend(gateway)
+            if gateway is not None
+            else MarketplaceBackend(
+                make_router=self._make_router,
+                session_for=self._session_for,
+                models=self.models,
+                describe=self._describe_chain,
+            )
+        )
         self._sessions: dict[str, AsyncSession] = {}  # sessions chat/stream reuse, by model
         self._opening: dict[str, asyncio.Lock] = {}
         self._session_listeners: list[Callable[[str, str], None]] = []
@@ -145,35 +152,35 @@ class AsyncWorkbench:
 
     @property
     def router(self) -> Router:
-        """The router for this account (sessions are journaled per chain and account)."""
-        if self.gateway is not None:
-            raise ConfigurationError(
-                "gateway mode has no sessions of its own (the gateway holds them): "
-                "use chat/stream/complete, or connect to a network with a key"
-            )
+        """The router for this account (sessions are journaled per chain, deployment and
+        account); `ConfigurationError` in gateway mode or without a key."""
+        return self.backend.router
+
+    def _make_router(self) -> Router:
         if self.account is None:
             raise ConfigurationError(
                 "a read-only workbench cannot open sessions: connect with key=… or MOR_PRIVATE_KEY"
             )
-        if self._router is None:
-            deployment = self.chain.deployment
-            path = journal_path(
-                workbench_home() / "journal",
-                deployment.chain_id,
-                deployment.diamond,
-                self.account.address,
-            )
-            journal = SessionJournal(path)
-            self._router = Router(
-                self.chain,
-                self.account,
-                journal,
-                strategy=self.strategy,
-                require_encrypted_prompts=self.require_encrypted_prompts,
-                standing_allowance=self.allowance_wei,
-                on_change=self._sessions_changed,
-            )
-        return self._router
+        deployment = self.chain.deployment
+        path = journal_path(
+            workbench_home() / "journal",
+            deployment.chain_id,
+            deployment.diamond,
+            self.account.address,
+        )
+        return Router(
+            self.chain,
+            self.account,
+            SessionJournal(path),
+            strategy=self.strategy,
+            require_encrypted_prompts=self.require_encrypted_prompts,
+            standing_allowance=self.allowance_wei,
+            on_change=self._sessions_changed,
+        )
+
+    def _describe_chain(self) -> str:
+        who = self.account.address if self.account else "read-only"
+        return f"{self.network} chain={self.chain.deployment.chain_id} {who}"
 
     def on_sessions_changed(self, callback: Callable[[str, str], None]) -> Callable[[], None]:
         """Call `callback(event, session_id)` whenever this workbench opens or closes a session
@@ -200,13 +207,7 @@ class AsyncWorkbench:
     async def recover(self) -> dict[str, int]:
         """Settle what an earlier process of this account left (run by connect): sessions
         still open are closed and released on-hold stakes withdrawn. Failures only warn."""
-        if self.account is None or self.gateway is not None:
-            return {}
-        try:
-            return await self.router.recover()
-        except MorError as exc:
-            warnings.warn(f"could not settle earlier sessions yet: {exc}", stacklevel=2)
-            return {}
+        return await self.backend.recover()
 
     async def open_session(
         self,
@@ -275,18 +276,13 @@ class AsyncWorkbench:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ConfigurationError("the request body needs a model, e.g. model='llama-3.2'")
-        record = record or CallRecord(model)
-        if self.gateway is not None:
-            record.provider = "gateway"
-            async for payload in self.gateway.payloads(body):
-                record.observe(payload)
-                yield payload
-            record.finished = time.monotonic()
-            return
-        check_prompt_fits(body)  # before a session is opened for a request no provider can read
-        session = await self._session_for(model)
-        async for payload in session.payloads(body, record):
+        async for payload in self.backend.payloads(body, record or CallRecord(model)):
             yield payload
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        """The models this workbench serves, as OpenAI model objects (`/v1/models`): the
+        marketplace's active models by name, or the gateway's own list."""
+        return await self.backend.model_cards()
 
     def stream(
         self,
@@ -362,9 +358,7 @@ class AsyncWorkbench:
         """Ids (0x hex) of the sessions this account can close from here: those this workbench
         opened and those its journal holds open (an earlier or another process's); [] for a
         read-only or gateway workbench."""
-        if self.account is None or self.gateway is not None:
-            return []
-        return ["0x" + session_id.hex() for session_id in self.router.closable()]
+        return self.backend.closable()
 
     async def close_session(self, session_id: str) -> bool:
         """Close one session by its id (0x hex) with the provider's receipt; True when the
@@ -388,12 +382,7 @@ class AsyncWorkbench:
         return await self.chain.block_timestamp()
 
     def __repr__(self) -> str:
-        if self.gateway is not None:
-            return f"<{type(self).__name__} gateway {self.gateway.base_url}>"
-        who = self.account.address if self.account else "read-only"
-        return (
-            f"<{type(self).__name__} {self.network} chain={self.chain.deployment.chain_id} {who}>"
-        )
+        return f"<{type(self).__name__} {self.backend.describe()}>"
 
     @property
     def address(self) -> str | None:
@@ -501,15 +490,7 @@ class AsyncWorkbench:
             return
         self._closed = True
         self._sessions.clear()
-        if self._router is not None:
-            await self._router.drain()
-            for opened in list(self._router.opened.values()):
-                try:
-                    await self._router.close(opened)
-                except MorError as exc:  # journaled: the next connect closes it
-                    warnings.warn(f"session left for the next start: {exc}", stacklevel=2)
-        if self.gateway is not None:
-            await self.gateway.aclose()
+        await self.backend.aclose()
         if self._chain is not None:
             await self._chain.rpc.aclose()
 

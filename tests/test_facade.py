@@ -33,3 +33,17 @@ def test_the_chain_clock_and_withdraw(wb) -> None:
     assert wb.chain_time() >= before > 0
     assert wb.withdraw() >= 0.0
     assert wb.balance()["mor_on_hold_available"] == 0.0  # what was released came back
+
+
+def test_the_workbench_holds_one_backend_and_never_asks_which(wb, monkeypatch) -> None:
+    """Gateway or marketplace is one `Backend` behind the façade: the verbs delegate to it."""
+    from mor_workbench.backends import GatewayBackend, MarketplaceBackend
+    from mor_workbench.router.gateway import Gateway
+
+    assert isinstance(wb.aio.backend, MarketplaceBackend)
+    cards = wb._portal.run(wb.aio.model_cards())
+    assert {c["id"] for c in cards} >= {"llama-3.2"} and all(c["object"] == "model" for c in cards)
+    gateway = GatewayBackend(Gateway("sk-test", base_url="http://127.0.0.1:9/v1"))
+    assert gateway.closable() == [] and gateway.describe() == "gateway http://127.0.0.1:9/v1"
+    with pytest.raises(mor.ConfigurationError, match="gateway holds them"):
+        gateway.router  # noqa: B018
