@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-import numpy as np
 import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -38,10 +37,11 @@ from IPython.display import display
 
 from mor_workbench.errors import MorError
 from mor_workbench.market.tables import short
+from mor_workbench.readouts import call_footer
 from mor_workbench.session import Session
 from mor_workbench.workbench import Workbench, connect
 
-__all__ = ["Answer", "MorMagics", "expand", "footer", "load_ipython_extension"]
+__all__ = ["Answer", "MorMagics", "expand", "load_ipython_extension"]
 
 FORMATS = ("markdown", "code", "html", "text", "json")
 NETWORKS = ("sandbox", "base", "base-sepolia", "gateway")
@@ -287,35 +287,6 @@ def _answer_bundle(text: str, fmt: str, *, final: bool, waiting: str) -> dict[st
                 shown = json.dumps(parse_json(text), indent=2, ensure_ascii=False)
         return {"text/markdown": _fenced(shown, "json"), "text/plain": shown}
     return {"text/markdown": text, "text/plain": text}
-
-
-def footer(model: str, info: dict[str, Any], usage: dict[str, int]) -> str:
-    """One line under an answer: model, provider, session, TTFT (streamed answers only),
-    tokens/s labelled with what it is measured over, tokens, MOR cost."""
-    parts = [model]
-    provider = info.get("provider") or ""
-    if provider == "gateway":
-        parts.append("via the gateway")
-    elif provider:
-        parts.append(f"provider {short(provider)}")
-    if info.get("session_id"):
-        parts.append(f"session {short(info['session_id'])}")
-    if info.get("ttft_s") is not None:
-        parts.append(f"TTFT {info['ttft_s']:.2f} s")
-    if info.get("tokens_per_s") is not None:
-        over = "generation" if info.get("tokens_per_s_basis") == "generation" else "end to end"
-        parts.append(f"{info['tokens_per_s']:.1f} tokens/s ({over})")
-    completion = usage.get("completion_tokens", info.get("completion_tokens", 0))
-    prompt = usage.get("prompt_tokens", 0)
-    tokens = f"{prompt} + {completion} tokens" if prompt else f"{completion} tokens"
-    parts.append(tokens)
-    if info.get("cost_mor") is not None and provider != "gateway":
-        cost = np.format_float_positional(info["cost_mor"], precision=3, fractional=False)
-        parts.append(f"{cost.rstrip('.')} MOR")
-    failovers = len(info.get("failovers") or ())
-    if failovers:
-        parts.append(f"{failovers} failover{'s' if failovers > 1 else ''}")
-    return " | ".join(parts)
 
 
 def _footer_bundle(line: str) -> dict[str, str]:
@@ -688,7 +659,7 @@ class MorMagics(Magics):
                 final = bundle(text, args.format, final=True, reasoning=stream.reasoning)
                 sys.stdout.write(final["text/plain"])
             print()
-            print(footer(model, stream.info, stream.usage))
+            print(call_footer(stream.info, stream.usage, model=model))
             return text
 
         def shown(final: bool) -> dict[str, str]:
@@ -707,7 +678,7 @@ class MorMagics(Magics):
             handle.update(shown(True), raw=True)
             raise
         handle.update(shown(True), raw=True)
-        display(_footer_bundle(footer(model, stream.info, stream.usage)), raw=True)
+        display(_footer_bundle(call_footer(stream.info, stream.usage, model=model)), raw=True)
         return stream.text
 
 

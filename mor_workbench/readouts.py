@@ -13,9 +13,44 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar
 
+import numpy as np
+
 from mor_workbench.market.tables import short
 
-__all__ = ["Balance", "CallInfo", "Readout", "SessionInfo"]
+__all__ = ["Balance", "CallInfo", "Readout", "SessionInfo", "call_footer"]
+
+
+def call_footer(
+    info: dict[str, Any], usage: dict[str, int] | None = None, *, model: str | None = None
+) -> str:
+    """One line under an answer, the same on every surface (`%%mor`, the Chat widget): model
+    (when given), provider, session, TTFT (streamed answers only), tokens/s labelled with what
+    it is measured over, tokens, MOR cost, failovers. `info` is a call's record
+    (`stream.info`), `usage` its OpenAI usage when known."""
+    usage = usage or {}
+    parts = [model] if model else []
+    provider = info.get("provider") or ""
+    if provider == "gateway":
+        parts.append("via the gateway")
+    elif provider:
+        parts.append(f"provider {short(provider)}")
+    if info.get("session_id"):
+        parts.append(f"session {short(info['session_id'])}")
+    if info.get("ttft_s") is not None:
+        parts.append(f"TTFT {info['ttft_s']:.2f} s")
+    if info.get("tokens_per_s") is not None:
+        over = "generation" if info.get("tokens_per_s_basis") == "generation" else "end to end"
+        parts.append(f"{info['tokens_per_s']:.1f} tokens/s ({over})")
+    completion = usage.get("completion_tokens", info.get("completion_tokens", 0))
+    prompt = usage.get("prompt_tokens", 0)
+    parts.append(f"{prompt} + {completion} tokens" if prompt else f"{completion} tokens")
+    if info.get("cost_mor") is not None and provider != "gateway":
+        cost = np.format_float_positional(info["cost_mor"], precision=3, fractional=False)
+        parts.append(f"{cost.rstrip('.')} MOR")
+    failovers = len(info.get("failovers") or ())
+    if failovers:
+        parts.append(f"{failovers} failover{'s' if failovers > 1 else ''}")
+    return " | ".join(parts)
 
 
 def short_hex(value: str) -> str:

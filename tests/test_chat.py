@@ -254,11 +254,11 @@ def test_a_second_workbench_on_the_same_account_leaves_the_first_ones_sessions_o
 
 
 def test_the_chat_widgets_footer_says_what_tokens_per_second_is_measured_over() -> None:
-    from mor_workbench.widgets.chat import footer_text
+    from mor_workbench.readouts import call_footer as footer_text
 
     streamed = {"provider": "0x" + "ab" * 20, "ttft_s": 0.25, "tokens_per_s": 40.0}
     line = footer_text({**streamed, "tokens_per_s_basis": "generation"})
-    assert "TTFT 0.25 s" in line and "40.0 tok/s (generation)" in line
+    assert "TTFT 0.25 s" in line and "40.0 tokens/s (generation)" in line
     whole = {"provider": "0x" + "ab" * 20, "ttft_s": None, "tokens_per_s": 12.5}
     line = footer_text({**whole, "tokens_per_s_basis": "end_to_end"})
-    assert "TTFT" not in line and "12.5 tok/s (end to end)" in line
+    assert "TTFT" not in line and "12.5 tokens/s (end to end)" in line

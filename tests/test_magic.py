@@ -19,8 +19,9 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import mor_workbench as mor
 from mor_workbench import magic
-from mor_workbench.magic import Answer, MorMagics, bundle, expand, extract_code, footer
+from mor_workbench.magic import Answer, MorMagics, bundle, expand, extract_code
 from mor_workbench.market.tables import short
+from mor_workbench.readouts import call_footer
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -320,15 +321,17 @@ def test_rendering_units() -> None:
     assert pretty == '{\n  "a": [\n    1\n  ]\n}'
     assert bundle("x", "text", final=True) == {"text/plain": "x"}
     info = {"provider": "gateway", "ttft_s": None, "tokens_per_s": None, "cost_mor": 0.0}
-    assert footer("m", info, {"completion_tokens": 3}) == "m | via the gateway | 3 tokens"
+    assert (
+        call_footer(info, {"completion_tokens": 3}, model="m") == "m | via the gateway | 3 tokens"
+    )
 
 
 def test_the_footer_says_what_tokens_per_second_is_measured_over() -> None:
     streamed = {"streamed": True, "ttft_s": 0.25, "tokens_per_s": 40.0}
-    line = footer("m", {**streamed, "tokens_per_s_basis": "generation"}, {})
+    line = call_footer({**streamed, "tokens_per_s_basis": "generation"}, {}, model="m")
     assert "TTFT 0.25 s" in line and "40.0 tokens/s (generation)" in line
     whole = {"streamed": False, "ttft_s": None, "tokens_per_s": 12.5}
-    line = footer("m", {**whole, "tokens_per_s_basis": "end_to_end"}, {})
+    line = call_footer({**whole, "tokens_per_s_basis": "end_to_end"}, {}, model="m")
     assert "TTFT" not in line and "12.5 tokens/s (end to end)" in line
 
 

@@ -143,7 +143,7 @@ def test_chat_round_trip_streams_into_messages_with_a_footer(wb, widgets) -> Non
     info = answer["info"]
     assert info["provider"] and info["completion_tokens"] > 0 and info["cost_mor"] > 0
     footer = answer["footer"]
-    for part in ("session 0x", "TTFT", "tok/s", "tokens", "MOR", info["provider"][:6]):
+    for part in ("session 0x", "TTFT", "tokens/s", "tokens", "MOR", info["provider"][:6]):
         assert part in footer
     assert chat.session["id"] == info["session_id"]
     assert chat.session["ends_at"] > time.time()

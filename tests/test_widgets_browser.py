@@ -205,7 +205,7 @@ def test_chat_round_trip_streams_into_the_page(page: Page) -> None:
     chat.locator('[data-testid="chat-send"]').click()
     expect(chat.locator('[data-testid="chat-user"]')).to_have_text("Hello from the browser")
     footer = chat.locator('[data-testid="chat-footer"]')
-    expect(footer).to_contain_text("tok/s")
+    expect(footer).to_contain_text("tokens/s")
     expect(footer).to_contain_text("MOR")
     answer = chat.locator('[data-testid="chat-assistant"]').inner_text()
     seen = page.evaluate("() => window.morSeen")

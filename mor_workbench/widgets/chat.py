@@ -12,30 +12,15 @@ import traitlets
 
 from mor_workbench.market.catalog import CHAT_TYPES
 from mor_workbench.market.tables import short
+from mor_workbench.readouts import call_footer
 from mor_workbench.session import AsyncSession
 from mor_workbench.widgets._base import MorWidget, asset, jsonable, one_line, records
 from mor_workbench.workbench import AsyncWorkbench, Workbench
 
-__all__ = ["Chat", "footer_text"]
+__all__ = ["Chat"]
 
 UPDATE_EVERY_S = 0.05  # streamed text reaches the browser at most this often
 RENEW_BEFORE_S = 20  # a session this close to its end is replaced before the next prompt
-
-
-def footer_text(info: dict[str, Any]) -> str:
-    """One line under an answer: provider, session, TTFT, tokens/s (labelled with what it is
-    measured over: generation or end to end), tokens, MOR cost."""
-    parts = [short(info.get("provider") or "?"), f"session {short(info.get('session_id') or '?')}"]
-    if info.get("ttft_s") is not None:
-        parts.append(f"TTFT {info['ttft_s']:.2f} s")
-    if info.get("tokens_per_s") is not None:
-        over = "generation" if info.get("tokens_per_s_basis") == "generation" else "end to end"
-        parts.append(f"{info['tokens_per_s']:.1f} tok/s ({over})")
-    parts.append(f"{info.get('completion_tokens', 0)} tokens")
-    parts.append(f"{info.get('cost_mor') or 0:.6f} MOR")
-    if info.get("failovers"):
-        parts.append(f"{len(info['failovers'])} failover(s)")
-    return " · ".join(parts)
 
 
 class Chat(MorWidget):
@@ -232,7 +217,7 @@ class Chat(MorWidget):
                 **reply,
                 "content": stream.text,
                 "reasoning": stream.reasoning,
-                "footer": footer_text(info),
+                "footer": call_footer(info),
                 "info": info,
                 "streaming": False,
             }
@@ -241,7 +226,7 @@ class Chat(MorWidget):
             text = stream.text if stream is not None else reply["content"]
             thought = stream.reasoning if stream is not None else reply["reasoning"]
             info = jsonable(stream.info) if stream is not None else {}
-            note = footer_text(info) + " · stopped" if info.get("provider") else "stopped"
+            note = call_footer(info) + " | stopped" if info.get("provider") else "stopped"
             reply = {
                 **reply,
                 "content": text,
