@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import html
 import json
 import os
@@ -35,7 +34,6 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.display import display
 
-from mor_workbench.errors import MorError
 from mor_workbench.market.tables import short
 from mor_workbench.readouts import call_footer
 from mor_workbench.session import Session
@@ -294,12 +292,6 @@ def _footer_bundle(line: str) -> dict[str, str]:
     return {"text/html": f"<small><i>{html}</i></small>", "text/plain": line}
 
 
-def _one_line(error: BaseException) -> list[str]:
-    """How a MorError shows in a notebook: its type and message on one red line."""
-    message = " ".join(str(error).split())
-    return [f"\x1b[0;31m{type(error).__name__}\x1b[0m: {message}"]
-
-
 # ----- the magics -----
 
 
@@ -323,14 +315,11 @@ class MorMagics(Magics):
     @line_cell_magic
     def mor(self, line: str, cell: str | None = None) -> Any:
         """The Morpheus marketplace: `%mor help` says everything."""
-        try:
-            if cell is None:
-                return self._command(line)
-            return self._ask(line, cell)
-        except MorError as error:
-            # one line, no traceback; the cell still fails (so notebooks fail in CI)
-            error._render_traceback_ = functools.partial(_one_line, error)  # type: ignore[attr-defined]
-            raise
+        # a MorError shows as one line (MorError._render_traceback_); the cell still fails,
+        # so notebooks fail in CI
+        if cell is None:
+            return self._command(line)
+        return self._ask(line, cell)
 
     @property
     def wb(self) -> Workbench:
