@@ -33,6 +33,7 @@ from mor_workbench.provider.transport import (
     FIRST_MESSAGE_TIMEOUT_S,
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_PEER,
+    ConnectionLimits,
     TcpTransport,
 )
 
@@ -83,6 +84,12 @@ class ProviderServer:
         pong (None, the default: no sweeps but those `refresh_health()` asks for, and no
         report before the first); `health_probe_delay` (s) spaces the probes of one sweep (see
         `mor_workbench.provider.health`)."""
+        limits = ConnectionLimits(
+            max_concurrent=max_concurrent,
+            first_message_timeout=first_message_timeout,
+            max_per_peer=max_per_peer,
+            max_message=max_message,
+        )
         self.signer = signer
         self.chain = chain
         self.models = {m.model_id: m for m in models}
@@ -107,15 +114,7 @@ class ProviderServer:
             max_message=max_message,
             freshness_window_ms=freshness_window_ms,
         )
-        self.transport = TcpTransport(
-            self.handler,
-            host=host,
-            port=port,
-            max_concurrent=max_concurrent,
-            first_message_timeout=first_message_timeout,
-            max_per_peer=max_per_peer,
-            max_message=max_message,
-        )
+        self.transport = TcpTransport(self.handler, host=host, port=port, limits=limits)
         self.claimer = Claimer(
             chain=chain,
             signer=signer,
@@ -145,21 +144,21 @@ class ProviderServer:
 
     @property
     def max_concurrent(self) -> int:
-        return self.transport.max_concurrent
+        return self.transport.limits.max_concurrent
 
     @property
     def max_per_peer(self) -> int:
-        return self.transport.max_per_peer
+        return self.transport.limits.max_per_peer
 
     @property
     def first_message_timeout(self) -> float:
         """Seconds from connecting to a complete request."""
-        return self.transport.first_message_timeout
+        return self.transport.limits.first_message_timeout
 
     @property
     def max_message(self) -> int:
         """Bytes: the largest request taken."""
-        return self.transport.max_message
+        return self.transport.limits.max_message
 
     @property
     def claim_interval(self) -> float | None:

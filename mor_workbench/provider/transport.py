@@ -24,6 +24,7 @@ __all__ = [
     "FIRST_MESSAGE_TIMEOUT_S",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_PEER",
+    "ConnectionLimits",
     "TcpTransport",
 ]
 
@@ -32,6 +33,27 @@ MAX_CONNECTIONS = 256  # connections handled at once (each holds a socket and a 
 FIRST_MESSAGE_TIMEOUT_S = 10.0  # from connect to a complete request: a 1 MiB prompt at ~1 Mbit/s
 MAX_CONNECTIONS_PER_PEER = 32  # one address's share of MAX_CONNECTIONS
 _READ_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How much the transport takes: at most `max_concurrent` connections at once and
+    `max_per_peer` from one IP address, each request complete within `first_message_timeout`
+    s of connecting and at most `max_message` bytes (see `ProviderServer` for the defaults'
+    reasons). Raises `ConfigurationError` for a limit below 1 or a timeout of 0 s or less."""
+
+    max_concurrent: int = MAX_CONNECTIONS
+    first_message_timeout: float = FIRST_MESSAGE_TIMEOUT_S
+    max_per_peer: int = MAX_CONNECTIONS_PER_PEER
+    max_message: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 1 or self.max_per_peer < 1 or self.first_message_timeout <= 0:
+            raise ConfigurationError(
+                "max_concurrent and max_per_peer must be at least 1 and first_message_timeout "
+                f"above 0 s (got {self.max_concurrent}, {self.max_per_peer}, "
+                f"{self.first_message_timeout})"
+            )
 
 
 @dataclass
@@ -47,29 +69,11 @@ class TcpTransport:
     """Listens on `host`:`port` (0: any free port) and hands each request to `handler`."""
 
     def __init__(
-        self,
-        handler: RequestHandler,
-        *,
-        host: str,
-        port: int,
-        max_concurrent: int = MAX_CONNECTIONS,
-        first_message_timeout: float = FIRST_MESSAGE_TIMEOUT_S,
-        max_per_peer: int = MAX_CONNECTIONS_PER_PEER,
-        max_message: int = 1024 * 1024,
+        self, handler: RequestHandler, *, host: str, port: int, limits: ConnectionLimits
     ) -> None:
-        """See `ProviderServer` for the limits. Raises `ConfigurationError` for a limit below 1
-        (or a timeout of 0 s or less)."""
-        if max_concurrent < 1 or max_per_peer < 1 or first_message_timeout <= 0:
-            raise ConfigurationError(
-                "max_concurrent and max_per_peer must be at least 1 and first_message_timeout "
-                f"above 0 s (got {max_concurrent}, {max_per_peer}, {first_message_timeout})"
-            )
         self.handler = handler
         self.host, self.port = host, port
-        self.max_concurrent = max_concurrent
-        self.first_message_timeout = first_message_timeout
-        self.max_per_peer = max_per_peer
-        self.max_message = max_message
+        self.limits = limits
         self._server: asyncio.base_events.Server | None = None
         # The connections holding a slot, oldest first (a dict keeps insertion order).
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
@@ -77,13 +81,13 @@ class TcpTransport:
 
     @property
     def connections(self) -> int:
-        """Connections held now, each in one of the `max_concurrent` slots."""
+        """Connections held now, each in one of the `limits.max_concurrent` slots."""
         return len(self._connections)
 
     async def start(self) -> None:
         """Listen; `port` is then the port bound."""
         self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.port, limit=self.max_message
+            self._on_connection, self.host, self.port, limit=self.limits.max_message
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -145,16 +149,17 @@ class TcpTransport:
         slow senders cannot hold every slot for the length of their deadline); when all are
         being answered, refused as busy.
         """
-        if sum(1 for c in self._connections.values() if c.peer == peer) >= self.max_per_peer:
+        limits = self.limits
+        if sum(1 for c in self._connections.values() if c.peer == peer) >= limits.max_per_peer:
             return (
-                f"too many connections from {peer}: at most {self.max_per_peer} at a time; "
+                f"too many connections from {peer}: at most {limits.max_per_peer} at a time; "
                 "wait for an answer before opening more"
             )
-        if len(self._connections) >= self.max_concurrent:
+        if len(self._connections) >= limits.max_concurrent:
             oldest = next((t for t, c in self._connections.items() if not c.requested), None)
             if oldest is None:
                 return (
-                    f"provider busy: all {self.max_concurrent} connections are being answered; "
+                    f"provider busy: all {limits.max_concurrent} connections are being answered; "
                     "try again shortly"
                 )
             self._connections.pop(oldest).evicted = True
@@ -170,7 +175,7 @@ class TcpTransport:
                 writer.write_eof()
             deadline = time.monotonic() + 1.0
             discarded = 0
-            while discarded < 8 * self.max_message and time.monotonic() < deadline:
+            while discarded < 8 * self.limits.max_message and time.monotonic() < deadline:
                 data = await asyncio.wait_for(reader.read(_READ_SIZE), deadline - time.monotonic())
                 if not data:
                     break
@@ -187,14 +192,15 @@ class TcpTransport:
             writer.write(response.encode())
             await writer.drain()
 
+        deadline_s = self.limits.first_message_timeout
         try:
             request = await asyncio.wait_for(
-                self._read_request(reader, Decoder(self.max_message)), self.first_message_timeout
+                self._read_request(reader, Decoder(self.limits.max_message)), deadline_s
             )
         except TimeoutError:
             await self._refuse(
                 writer,
-                f"the request did not arrive complete within {self.first_message_timeout:g} s"
+                f"the request did not arrive complete within {deadline_s:g} s"
                 " of connecting; send the whole request at once",
             )
             return
