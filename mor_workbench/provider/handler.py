@@ -107,7 +107,8 @@ class RequestHandler:
     async def handle(self, request: Request | bytes, send: Send) -> None:
         """Answer one request (or the bytes of one, at most `max_message`) through `send`: its
         responses, or one signed error saying what was wrong with it (a malformed, stale,
-        replayed or forged request, a closed session, the chain unreachable, …)."""
+        replayed or forged request, a closed session, the chain unreachable, …). Raises
+        `ConnectionError` when `send` does while answering (the requester is gone)."""
         request_id = request.id if isinstance(request, Request) else ""
         try:
             if not isinstance(request, Request):

@@ -125,6 +125,7 @@ class ProviderServer:
 
     @property
     def host(self) -> str:
+        """The address listened on."""
         return self.transport.host
 
     @property
@@ -144,10 +145,12 @@ class ProviderServer:
 
     @property
     def max_concurrent(self) -> int:
+        """Connections handled at once."""
         return self.transport.limits.max_concurrent
 
     @property
     def max_per_peer(self) -> int:
+        """Connections handled at once from one IP address."""
         return self.transport.limits.max_per_peer
 
     @property
