@@ -27,6 +27,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.protocol import Response, SessionPromptRes, ecies_encrypt, sign
 from mor_workbench.provider.config import ModelConfig
+from mor_workbench.provider.handler import RequestHandler, Send
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.sandbox.model_server import ModelServer
 
@@ -62,11 +63,11 @@ def _chunk(text: str, *, stream: bool = True) -> dict[str, Any]:
     return {"id": "chatcmpl-bad", "object": kind, "created": 0, "model": "m", "choices": [choice]}
 
 
-class MisbehavingProvider(ProviderServer):
-    """`ProviderServer` whose prompt answers break MOR-RPC as `fault` says (None: honest)."""
+class MisbehavingHandler(RequestHandler):
+    """`RequestHandler` whose prompt answers break MOR-RPC as `fault` says (None: honest)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.fault: Fault | None = None
         self.pace_s = 0.5
         self.prompts = 0  # session.prompt requests answered with a fault
@@ -79,12 +80,12 @@ class MisbehavingProvider(ProviderServer):
         send_chunk: Callable[[Any], Awaitable[None]],
         user_key: bytes,
         request_id: str,
-        writer: asyncio.StreamWriter,
+        send_response: Send,
     ) -> None:
         fault = self.fault
         if fault is None:
             await super()._forward(
-                session_id, model, body, send_chunk, user_key, request_id, writer
+                session_id, model, body, send_chunk, user_key, request_id, send_response
             )
             return
         self.prompts += 1
@@ -92,7 +93,7 @@ class MisbehavingProvider(ProviderServer):
 
         async def send(message: str, key: bytes | None = None) -> SessionPromptRes:
             signed = sign(SessionPromptRes(message, _now_ms()), key or self._key)
-            await self._send(writer, Response(request_id, result=signed))
+            await send_response(Response(request_id, result=signed))
             return signed
 
         def boxed(plaintext: bytes) -> str:
@@ -109,7 +110,7 @@ class MisbehavingProvider(ProviderServer):
             await send(valid, key=Account.create().key)
         elif fault == "replay":
             first = await send(valid)
-            await self._send(writer, Response(request_id, result=first))
+            await send_response(Response(request_id, result=first))
         elif fault == "huge":
             await send("0x" + "00" * (HUGE_BYTES // 2))
         elif fault in ("endless", "slow-endless"):
@@ -123,6 +124,34 @@ class MisbehavingProvider(ProviderServer):
             await asyncio.sleep(3600)
         if fault not in ("stall-first", "stall-between"):
             await asyncio.sleep(3600)  # hold the connection: the consumer must give up on it
+
+
+class MisbehavingProvider(ProviderServer):
+    """`ProviderServer` with a `MisbehavingHandler`: set `fault` (and `pace_s`) on it."""
+
+    handler_class = MisbehavingHandler
+    handler: MisbehavingHandler
+
+    @property
+    def fault(self) -> Fault | None:
+        return self.handler.fault
+
+    @fault.setter
+    def fault(self, fault: Fault | None) -> None:
+        self.handler.fault = fault
+
+    @property
+    def pace_s(self) -> float:
+        return self.handler.pace_s
+
+    @pace_s.setter
+    def pace_s(self, pace_s: float) -> None:
+        self.handler.pace_s = pace_s
+
+    @property
+    def prompts(self) -> int:
+        """session.prompt requests answered with a fault."""
+        return self.handler.prompts
 
 
 class _Loop:

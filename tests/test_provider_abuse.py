@@ -16,6 +16,7 @@ import pytest
 from mor_workbench.chain import listings
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.errors import ConfigurationError
 from mor_workbench.market import tables
 from mor_workbench.protocol import Decoder, PingReq, PongRes, Request, Response, sign
 from mor_workbench.provider.config import ModelConfig
@@ -221,3 +222,11 @@ async def test_a_full_provider_drops_its_oldest_incomplete_connection_for_a_new_
     assert "the provider is full" in await error_of(held[1][0])  # the ping took the next
     for _, writer in held:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    "limit", [{"max_concurrent": 0}, {"max_per_peer": 0}, {"first_message_timeout": 0.0}]
+)
+async def test_a_limit_that_would_refuse_everyone_is_refused_at_construction(market, limit) -> None:
+    with pytest.raises(ConfigurationError, match="must be at least 1 and first_message_timeout"):
+        await market["server"](**limit)

@@ -104,7 +104,7 @@ async def ask(m, session_id: bytes, provider_key: bytes) -> list:
 
 async def close(m, session_id: bytes) -> Receipt:
     """Close with the provider's receipt, as the router does; the receipt."""
-    provider_key = m["server"]._pubkey
+    provider_key = m["server"].public_key
     receipt, signature = await peer.report(
         m["server"].endpoint, m["consumer"], session_id, provider_key, m["provider"].address
     )
@@ -128,7 +128,7 @@ async def test_the_sandbox_provider_takes_33_open_close_cycles_on_32_slots(
     """The issue's example as it was seen: the sandbox daemon's own provider (32 slots per
     model) answered "Provider at capacity" after 32 open/close cycles on one bid."""
     endpoint = (await market["chain"].call("getProvider", market["provider"].address))["endpoint"]
-    daemon = {**market, "server": _Endpoint(endpoint, market["server"]._pubkey)}
+    daemon = {**market, "server": _Endpoint(endpoint, market["server"].public_key)}
     for _ in range(33):
         session_id, _ = await open_session(daemon)
         await close(daemon, session_id)
@@ -138,7 +138,7 @@ class _Endpoint:
     """The parts of a provider these helpers use, for a provider running elsewhere."""
 
     def __init__(self, endpoint: str, pubkey: bytes) -> None:
-        self.endpoint, self._pubkey = endpoint, pubkey
+        self.endpoint, self.public_key = endpoint, pubkey
 
 
 async def test_capacity_counts_sessions_really_open(market) -> None:
@@ -177,8 +177,9 @@ async def test_what_a_provider_keeps_per_session_is_released_once_settled(market
         receipt = await close(market, session_id)
         assert receipt.output_tokens > 0 and receipt.tps_scaled1000 > 0  # kept while open
     await server.claim_owed()  # a claim round settles what it follows
-    assert not server._open and not server._stats and not server._owed
-    assert not any(server._reservations.values())
+    capacity = server.capacity
+    assert not capacity.open and not capacity.stats and not capacity.owed
+    assert not any(capacity.reservations.values())
 
 
 async def test_receipts_and_approvals_are_stamped_on_the_chain_clock(market) -> None:
@@ -202,7 +203,7 @@ async def test_a_claim_round_lets_go_of_a_session_closed_early(market) -> None:
     session_id, provider_key = await open_session(market)
     assert await ask(market, session_id, provider_key)
     await server.claim_owed()  # follows the open session
-    assert session_id in server._stats
+    assert session_id in server.capacity.stats
     await close(market, session_id)
     await server.claim_owed()
-    assert session_id not in server._stats and session_id not in server._open
+    assert session_id not in server.capacity.stats and session_id not in server.capacity.open

@@ -1,0 +1,278 @@
+"""The provider's request handling, sans-IO: one MOR-RPC request in, its signed responses out
+through a `send` callback — no socket, so any transport (TCP, or the router's in-memory
+`MockTransport` in tests) can carry it.
+
+Stricter than the live provider: a requester's key must belong to the address it claims,
+requests must be fresh and unreplayed on our clock, and a prompt must come from the user of an
+open, unexpired session on one of our own bids (checked on chain). Prompts may arrive
+ECIES-encrypted (advertised in the pong's version); answers go out as signed, ECIES-encrypted
+chunks. What the contract checks against block.timestamp (approval and receipt timestamps) is
+stamped on the chain's clock; the MOR-RPC envelopes keep the wall clock the live protocol's
+freshness checks expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+
+from mor_workbench._version import __version__
+from mor_workbench.chain.client import Chain
+from mor_workbench.chain.keys import Signer
+from mor_workbench.errors import ChainError
+from mor_workbench.protocol import (
+    ENCRYPTED_PROMPTS,
+    Approval,
+    Decoder,
+    PingReq,
+    PongRes,
+    ProtocolError,
+    Receipt,
+    RemoteProtocolError,
+    ReplayGuard,
+    Request,
+    Response,
+    RpcError,
+    SessionPromptReq,
+    SessionPromptRes,
+    SessionReportReq,
+    SessionReportRes,
+    SessionReq,
+    SessionRes,
+    address_of,
+    ecies_decrypt,
+    ecies_encrypt,
+    encode_approval,
+    encode_receipt,
+    eth_sign,
+    public_key_of,
+    sign,
+    sign_error,
+    verify,
+)
+from mor_workbench.protocol.signing import recover_public_key
+from mor_workbench.provider.backend import BackendError, BackendStream, OpenAIBackend
+from mor_workbench.provider.capacity import Capacity, SessionStats
+from mor_workbench.provider.config import ModelConfig
+from mor_workbench.provider.health import HealthProbe
+
+__all__ = ["RequestHandler", "Send"]
+
+Send = Callable[[Response], Awaitable[None]]
+"""Delivers one response to the requester (raises `ConnectionError` when it is gone)."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RequestHandler:
+    """Answers MOR-RPC requests for `models` as the provider `signer`, checking sessions on
+    `chain` through `capacity`; pongs carry `health`'s report."""
+
+    def __init__(
+        self,
+        *,
+        signer: Signer,
+        chain: Chain,
+        models: Mapping[bytes, ModelConfig],
+        capacity: Capacity,
+        health: HealthProbe,
+        http: httpx.AsyncClient,
+        max_message: int,
+        freshness_window_ms: int,
+    ) -> None:
+        """`max_message` (bytes): the largest request taken as bytes; `freshness_window_ms`:
+        how old a signed request may be (and how long its signature is remembered against
+        replay)."""
+        self.signer = signer
+        self.chain = chain
+        self.models = models
+        self.capacity = capacity
+        self.health = health
+        self.max_message = max_message
+        self.version = f"mor-workbench/{__version__} {ENCRYPTED_PROMPTS}"
+        self._http = http
+        self._key = signer.private_key_bytes()
+        self.public_key = public_key_of(self._key)
+        self._replay = ReplayGuard(freshness_window_ms)  # bounded by its window and size
+        self._last_approval_ms = 0
+        self._chain_lead_ms = 0  # the most the chain's clock was seen ahead of ours
+
+    async def handle(self, request: Request | bytes, send: Send) -> None:
+        """Answer one request (or the bytes of one, at most `max_message`) through `send`: its
+        responses, or one signed error saying what was wrong with it (a malformed, stale,
+        replayed or forged request, a closed session, the chain unreachable, …). Raises
+        `ConnectionError` when `send` does while answering (the requester is gone)."""
+        request_id = request.id if isinstance(request, Request) else ""
+        try:
+            if not isinstance(request, Request):
+                request = self._decode(request)
+                request_id = request.id
+            await self._dispatch(request, send)
+        except ProtocolError as exc:
+            await self._send_error(send, request_id, str(exc))
+        except ChainError as exc:
+            await self._send_error(send, request_id, f"chain unavailable: {exc}")
+
+    def error(self, request_id: str, message: str) -> Response:
+        """A signed error answering `request_id` ("" before a request was read)."""
+        return Response(request_id, error=sign_error(RpcError(message, 400, _now_ms()), self._key))
+
+    def _decode(self, data: bytes) -> Request:
+        objects = Decoder(self.max_message).feed(data)
+        if not objects:
+            raise RemoteProtocolError("connection closed before a full request")
+        return Request.from_json(objects[0])
+
+    async def _send_error(self, send: Send, request_id: str, message: str) -> None:
+        with contextlib.suppress(ConnectionError):
+            await send(self.error(request_id, message))
+
+    async def _dispatch(self, request: Request, send: Send) -> None:
+        params = request.params
+        if isinstance(params, PingReq):
+            # the report rides outside the signature (see PongRes), None before the first sweep
+            pong = sign(PongRes(params.nonce, self.version, models=self.health.report), self._key)
+            await send(Response(request.id, result=pong))
+        elif isinstance(params, SessionReq):
+            await send(Response(request.id, result=await self._approve(params)))
+        elif isinstance(params, SessionPromptReq):
+            await self._prompt(request.id, params, send)
+        elif isinstance(params, SessionReportReq):
+            await send(Response(request.id, result=await self._report(params)))
+
+    # ----- session.request -----
+    async def _approve(self, req: SessionReq) -> SessionRes:
+        verify(req, public_key=req.key)
+        if address_of(req.key).lower() != req.user.lower():
+            raise RemoteProtocolError("the key in the request does not belong to its user")
+        self._replay.check(req.signature, req.timestamp, _now_ms())
+        bid = await self.chain.call("getBid", req.bid_id)
+        if bid["provider"] != self.signer.address or bid["deletedAt"] or not bid["createdAt"]:
+            raise RemoteProtocolError("this bid is not an active bid of this provider")
+        self.capacity.remember_bid(req.bid_id, bid["modelId"])
+        model = self.models.get(bid["modelId"])
+        if model is None:
+            raise RemoteProtocolError("this provider does not serve the bid's model")
+        await self.capacity.reserve(model, req.user, req.bid_id)
+        # Milliseconds, as live providers sign (our contract reads them as such for the TTL),
+        # on the chain's clock (the contract checks it against block.timestamp), strictly
+        # increasing so two approvals never share bytes (one approval, one session).
+        self._last_approval_ms = max(await self._contract_time_ms(), self._last_approval_ms + 1)
+        approval = encode_approval(
+            Approval(req.bid_id, self.chain.deployment.chain_id, req.user, self._last_approval_ms)
+        )
+        return sign(
+            SessionRes(
+                self.public_key, approval, eth_sign(approval, self._key), req.user, _now_ms()
+            ),
+            self._key,
+        )
+
+    async def _contract_time_ms(self) -> int:
+        """The time (ms) to sign into what the contract checks: the wall clock moved forward by
+        the most the chain's clock was seen ahead of it (the pending block's timestamp, which
+        anvil sets to its current time, a warp included; else the latest block's).
+
+        The contract refuses an approval or receipt stamped more than SIGNATURE_TTL before
+        block.timestamp (SessionFacet: _checkApproval, closeSession) and never one from later,
+        so this is accepted by a chain ahead of the wall clock (anvil after evm_increaseTime)
+        and by one whose latest block is old (an idle anvil, a lagging node); and it moves on
+        in milliseconds with the wall clock, so approvals made while no block is mined do not
+        share a timestamp (which would give two approvals one session id).
+        """
+        block = await self.chain.rpc.request("eth_getBlockByNumber", ["pending", False])
+        chain_s = int(block["timestamp"], 16) if block else await self.chain.block_timestamp()
+        now_ms = _now_ms()
+        # In whole seconds, as block timestamps (and anvil's warps) are.
+        self._chain_lead_ms = max(self._chain_lead_ms, (chain_s - now_ms // 1000) * 1000)
+        return now_ms + self._chain_lead_ms
+
+    # ----- session.prompt -----
+    async def _prompt(self, request_id: str, req: SessionPromptReq, send: Send) -> None:
+        user_key = recover_public_key(req)
+        self._replay.check(req.signature, req.timestamp, _now_ms())
+        model = self.models.get(await self.capacity.session_model(req.session_id, user_key))
+        if model is None:
+            raise RemoteProtocolError("this provider no longer serves the session's model")
+        text = req.message
+        if text.startswith("0x"):
+            try:
+                text = ecies_decrypt(self._key, bytes.fromhex(text[2:])).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise RemoteProtocolError("the encrypted prompt is not valid") from None
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise RemoteProtocolError("the prompt is not a JSON object") from None
+        if not isinstance(body, dict):
+            raise RemoteProtocolError("the prompt is not a JSON object")
+
+        async def send_chunk(payload: Any) -> None:
+            box = ecies_encrypt(user_key, json.dumps(payload, separators=(",", ":")).encode())
+            chunk = sign(SessionPromptRes("0x" + box.hex(), _now_ms()), self._key)
+            await send(Response(request_id, result=chunk))
+
+        async with self.capacity.prompt_slot(model.model_id):
+            await self._forward(req.session_id, model, body, send_chunk, user_key, request_id, send)
+
+    async def _forward(
+        self,
+        session_id: bytes,
+        model: ModelConfig,
+        body: dict[str, Any],
+        send_chunk: Callable[[Any], Awaitable[None]],
+        user_key: bytes,
+        request_id: str,
+        send: Send,
+    ) -> None:
+        """Stream the backend's answer to `body` as sealed chunks, and measure it."""
+        stats = BackendStream()
+        try:
+            async for chunk in OpenAIBackend(model, self._http).complete(body, stats):
+                await send_chunk(chunk)
+        except BackendError as exc:
+            box = ecies_encrypt(user_key, json.dumps(exc.body).encode())
+            error = sign_error(RpcError("0x" + box.hex(), exc.status, _now_ms()), self._key)
+            await send(Response(request_id, error=error))
+            return
+        except httpx.HTTPError as exc:
+            raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None
+        if body.get("stream"):
+            await send_chunk("[DONE]")
+        self.capacity.record(session_id, stats)
+
+    # ----- session.report -----
+    async def _report(self, req: SessionReportReq) -> SessionReportRes:
+        user_key = recover_public_key(req)
+        self._replay.check(req.signature, req.timestamp, _now_ms())
+        try:
+            session_id = bytes.fromhex(req.message.removeprefix("0x"))
+        except ValueError:
+            raise RemoteProtocolError(
+                "the report request's message must be the session id"
+            ) from None
+        raw = await self.chain.call("getSession", session_id)
+        if address_of(user_key) != raw["user"]:
+            raise RemoteProtocolError("the request is not signed by the session's user")
+        if await self.capacity.bid_model(raw["bidId"]) is None:
+            raise RemoteProtocolError("this session belongs to another provider")
+        record = self.capacity.stats.get(session_id, SessionStats())
+        receipt = encode_receipt(
+            Receipt(
+                session_id,
+                self.chain.deployment.chain_id,
+                await self._contract_time_ms() // 1000,  # closeSession checks it (s)
+                record.tps_total // max(record.answers, 1),
+                record.ttft_total_ms // max(record.answers, 1),
+                record.input_tokens,
+                record.output_tokens,
+            )
+        )
+        return sign(SessionReportRes(receipt, eth_sign(receipt, self._key), _now_ms()), self._key)
