@@ -63,6 +63,7 @@ __all__ = [
     "RpcUnavailable",
     "SandboxError",
     "SessionExpired",
+    "one_line",
 ]
 
 
@@ -85,11 +86,18 @@ class MorError(Exception):
                 return shell.InteractiveTB.structured_traceback(
                     type(self), self, self.__traceback__
                 )
-        message = " ".join(str(self).split())
+        message = one_line(self)
         return [
             f"\x1b[0;31m{type(self).__name__}\x1b[0m: {message} "
             "\x1b[2m(%tb for the full traceback)\x1b[0m"
         ]
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An error as one readable line: its message with line breaks folded (its type when it
+    has none), cut to `limit` characters with an ellipsis. Every surface shows errors so."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _asked_for_by_tb_magic() -> bool:

@@ -9,19 +9,14 @@ import logging
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import MorError
+from mor_workbench.errors import MorError, one_line
 from mor_workbench.provider.capacity import Capacity
 
-__all__ = ["CLAIM_BACKOFF_MAX_S", "STATS_KEPT_AFTER_END_S", "Claimer", "one_line"]
+__all__ = ["CLAIM_BACKOFF_MAX_S", "STATS_KEPT_AFTER_END_S", "Claimer"]
 
 log = logging.getLogger("mor_workbench.provider")
 CLAIM_BACKOFF_MAX_S = 600.0
 STATS_KEPT_AFTER_END_S = 86_400  # how long an ended, unclosed session's measurements are kept
-
-
-def one_line(exc: BaseException) -> str:
-    """An error as one log line: its message on one line, or its type."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class Claimer:

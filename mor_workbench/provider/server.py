@@ -22,10 +22,10 @@ import httpx
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
-from mor_workbench.errors import MorError
+from mor_workbench.errors import MorError, one_line
 from mor_workbench.protocol.messages import ModelHealth
 from mor_workbench.provider.capacity import Capacity
-from mor_workbench.provider.claims import CLAIM_BACKOFF_MAX_S, Claimer, one_line
+from mor_workbench.provider.claims import CLAIM_BACKOFF_MAX_S, Claimer
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.handler import RequestHandler
 from mor_workbench.provider.health import HealthProbe

@@ -23,6 +23,7 @@ import pandas as pd
 import traitlets
 
 from mor_workbench._portal import portal
+from mor_workbench.errors import one_line
 from mor_workbench.workbench import AsyncWorkbench, Workbench
 
 SLOW_S = 3.0  # after this long a job says it is still waiting
@@ -43,12 +44,6 @@ def asset(*names: str) -> str:
     """Front-end sources by file name; ES modules are joined, shared helpers first, because
     anywidget loads one module per widget and cannot resolve relative imports."""
     return "\n".join((STATIC / name).read_text(encoding="utf-8") for name in names)
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An error as one readable line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def jsonable(value: Any) -> Any:
@@ -199,7 +194,7 @@ class MorWidget(anywidget.AnyWidget):
 
     def _fail(self, what: str, exc: BaseException) -> None:
         self.last_exception = exc
-        self.error = f"{what} failed: {one_line(exc)}"
+        self.error = f"{what} failed: {one_line(exc, 300)}"
         if self.status.startswith(what):
             self.status = ""
 

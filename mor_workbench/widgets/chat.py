@@ -10,11 +10,12 @@ from typing import Any
 
 import traitlets
 
+from mor_workbench.errors import one_line
 from mor_workbench.market.catalog import CHAT_TYPES
 from mor_workbench.market.tables import short
 from mor_workbench.readouts import call_footer
 from mor_workbench.session import AsyncSession
-from mor_workbench.widgets._base import MorWidget, asset, jsonable, one_line, records
+from mor_workbench.widgets._base import MorWidget, asset, jsonable, records
 from mor_workbench.workbench import AsyncWorkbench, Workbench
 
 __all__ = ["Chat"]
@@ -241,7 +242,7 @@ class Chat(MorWidget):
             text = stream.text if stream is not None else ""
             thought = stream.reasoning if stream is not None else ""
             reply = {**reply, "content": text, "reasoning": thought, "streaming": False}
-            error = {"role": "error", "content": one_line(exc), "footer": "", "info": {}}
+            error = {"role": "error", "content": one_line(exc, 300), "footer": "", "info": {}}
             self.messages = [*base, reply, error] if text or thought else [*base, error]
             raise
         self.messages = [*base, reply]

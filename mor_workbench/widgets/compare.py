@@ -9,8 +9,9 @@ from typing import Any
 import pandas as pd
 import traitlets
 
+from mor_workbench.errors import one_line
 from mor_workbench.session import AsyncSession
-from mor_workbench.widgets._base import MorWidget, asset, jsonable, one_line, records
+from mor_workbench.widgets._base import MorWidget, asset, jsonable, records
 from mor_workbench.workbench import AsyncWorkbench, Workbench
 
 __all__ = ["Compare"]
@@ -127,7 +128,7 @@ class Compare(MorWidget):
             self._update(index, state="stopped")
             raise
         except Exception as exc:
-            self._update(index, state="failed", error=one_line(exc))
+            self._update(index, state="failed", error=one_line(exc, 300))
         finally:
             if session is not None:
                 if self.keep_sessions:
@@ -136,4 +137,4 @@ class Compare(MorWidget):
                     try:
                         await session.close()
                     except Exception as exc:  # journaled: the workbench closes it later
-                        self._update(index, error=f"closing failed: {one_line(exc)}")
+                        self._update(index, error=f"closing failed: {one_line(exc, 300)}")
