@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 import mor_workbench as mor
@@ -52,6 +53,15 @@ def users_server() -> Iterator[str]:
             process.wait()
 
 
+def _direct(base_url: str, model: str, prompt: str, **params: object) -> str:
+    """What the user's server answers when asked directly (the openai client, its key)."""
+    client = openai.OpenAI(base_url=base_url, api_key=USERS_KEY)
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], **params
+    )
+    return reply.choices[0].message.content or ""
+
+
 @pytest.fixture(scope="module")
 def key_in_environment() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
@@ -79,9 +89,13 @@ def test_sandbox_models_are_answered_by_the_users_server(box: Path, users_server
         reply = wb.complete(
             [{"role": "user", "content": "Say hello"}], model="llama-3.2", max_tokens=20
         )
-        # the user's server serves only its own names and requires its key: it answered
-        assert reply.model == USERS_MODEL
-        assert reply.choices[0].message.content
+        # the answer is what the user's server says to its own model (it requires its key,
+        # and its text depends on the model it was asked for); the client sees the name it
+        # asked for, never the backend's own
+        assert reply.model == "llama-3.2"
+        assert reply.choices[0].message.content == _direct(
+            users_server, USERS_MODEL, "Say hello", max_tokens=20
+        )
         assert reply.morpheus["cost_mor"] >= 0
 
 
@@ -103,12 +117,12 @@ def test_a_restart_keeps_the_choice_and_simulated_goes_back(box: Path, users_ser
     assert chosen.pid != restarted.pid and chosen.backend == Backend(users_server, "another-model")
     with mor.connect("sandbox", sandbox_dir=box) as wb:
         reply = wb.complete([{"role": "user", "content": "Hi"}], model="mistral-small")
-        assert reply.model == "another-model"
+        assert reply.choices[0].message.content == _direct(users_server, "another-model", "Hi")
     back = sandbox.start(box, backend="simulated")
     assert back.backend is None
     with mor.connect("sandbox", sandbox_dir=box) as wb:
         reply = wb.complete([{"role": "user", "content": "Hi"}], model="mistral-small")
-        assert reply.model == "mistral-small"
+        assert reply.choices[0].message.content != _direct(users_server, "another-model", "Hi")
 
 
 @pytest.mark.parametrize(

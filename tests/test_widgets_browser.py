@@ -22,6 +22,7 @@ import nbformat
 import pytest
 
 import mor_workbench as mor
+from mor_workbench import sandbox
 from mor_workbench.sandbox.market import MODELS, PROVIDERS
 
 CHROMIUM = shutil.which("chromium")
@@ -93,6 +94,16 @@ def wait_for_server(url: str, server: subprocess.Popen[bytes], log: Path) -> Non
         except OSError:
             time.sleep(0.3)
     pytest.fail(f"JupyterLab did not answer in 60 s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def sandbox_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A sandbox of this module's own: the Sessions widget shows every open session of the
+    account, so no other test's session may be open there."""
+    directory = tmp_path_factory.mktemp("browser-sandbox")
+    sandbox.start(directory)
+    yield directory
+    sandbox.reset(directory)
 
 
 @pytest.fixture(scope="module")
