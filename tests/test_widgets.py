@@ -86,6 +86,9 @@ def test_explorer_fills_models_bids_providers_and_scatter(wb, widgets) -> None:
     shown = explorer._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]
     assert shown["model_id"] == explorer._shown.model_id  # the table with the scatter under it
     assert explorer._shown.children == (explorer, explorer.plot)
+    explorer.view = "bids"  # each bid says why it ranks where it does
+    assert "why" in [c["key"] for c in explorer.columns]
+    assert all(r["why"] for r in explorer.rows)
     explorer.view = "providers"
     assert len(explorer.rows) == len(PROVIDERS)
     assert all(r["bids"] == len(MODELS) for r in explorer.rows)

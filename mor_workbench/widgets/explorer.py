@@ -36,6 +36,7 @@ COLUMNS: dict[str, list[dict[str, str]]] = {
         {"key": "provider_short", "label": "provider", "kind": "code"},
         {"key": "price_per_hour", "label": "MOR/h", "kind": "mor"},
         {"key": "score", "label": "score", "kind": "num"},
+        {"key": "why", "label": "why", "kind": "text"},
         {"key": "tps", "label": "tok/s", "kind": "num"},
         {"key": "ttft_ms", "label": "TTFT ms", "kind": "num"},
         {"key": "success_rate", "label": "success", "kind": "pct"},
