@@ -103,7 +103,7 @@ class AsyncWorkbench:
         chain: Chain | None,
         account: Signer | None,
         *,
-        gateway: Gateway | None = None,
+        backend: Backend | None = None,
         strategy: Strategy | str | dict | None = None,
         require_encrypted_prompts: bool = False,
         timeout: float = 60.0,
@@ -124,15 +124,13 @@ class AsyncWorkbench:
         self.timeout = timeout
         self.max_failovers = max_failovers
         self.deadline = deadline
-        self.backend: Backend = (
-            GatewayBackend(gateway)
-            if gateway is not None
-            else MarketplaceBackend(
-                make_router=self._make_router,
-                session_for=self._session_for,
-                models=self.models,
-                describe=self._describe_chain,
-            )
+        # where calls go: the marketplace through our own sessions unless told otherwise
+        # (connect("gateway") passes a GatewayBackend)
+        self.backend: Backend = backend or MarketplaceBackend(
+            make_router=self._make_router,
+            session_for=self._session_for,
+            models=self.models,
+            describe=self._describe_chain,
         )
         self._sessions: dict[str, AsyncSession] = {}  # sessions chat/stream reuse, by model
         self._opening: dict[str, asyncio.Lock] = {}
@@ -653,7 +651,7 @@ async def aconnect(
         gateway = Gateway(api_key, base_url=base_url)
         urls = rpc_url or os.environ.get(RPC_URL_ENV)
         chain = await connect_chain(get_network("base"), urls) if urls else None
-        return AsyncWorkbench("gateway", chain, None, gateway=gateway, **options)
+        return AsyncWorkbench("gateway", chain, None, backend=GatewayBackend(gateway), **options)
     if network == "sandbox":
         from mor_workbench import sandbox  # the dev sandbox (POSIX only) loads when asked for
 
