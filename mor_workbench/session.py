@@ -219,7 +219,6 @@ class AsyncSession:
         self.lease = lease
         self.timeout = timeout
         self.deadline = deadline  # s for one provider's whole answer; None: run_call's default
-        self._closed = False
 
     @property
     def model(self) -> str:
@@ -240,7 +239,7 @@ class AsyncSession:
     @property
     def closed(self) -> bool:
         """True once closed by us (or by housekeeping when its time was up)."""
-        return self._closed or self.opened.session_id in self._router.closed
+        return self._router.is_closed(self.opened)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"ends {self.ends_at:%H:%M:%S} UTC"
@@ -315,7 +314,6 @@ class AsyncSession:
         used today is held until the next UTC midnight (the contract's day-lock)."""
         if not self.closed:
             await self._router.close(self.opened)
-        self._closed = True
 
     async def __aenter__(self) -> AsyncSession:
         return self

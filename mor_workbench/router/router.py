@@ -41,7 +41,7 @@ from mor_workbench.protocol import (
 from mor_workbench.router import health, peer
 from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
-from mor_workbench.router.states import SessionEvent
+from mor_workbench.router.states import SessionEvent, SessionState
 from mor_workbench.router.strategy import Cooldowns, Strategy
 from mor_workbench.router.transport import TCP, PeerTransport
 
@@ -142,7 +142,6 @@ class Router:
         self.housekeeping_s = housekeeping_s
         self.cooldowns = Cooldowns()
         self.opened: dict[bytes, OpenSession] = {}  # sessions this router opened, still open
-        self.closed: set[bytes] = set()
         self.expired: set[bytes] = set()  # closed by housekeeping because their time was up
         self._tasks: set[asyncio.Task[Any]] = set()
         self._housekeeper: asyncio.Task[None] | None = None
@@ -362,7 +361,6 @@ class Router:
         await self.chain.transact(self.signer, "closeSession", *signed)
         self.journal.transition(session.approval_hash, CLOSED)
         self.opened.pop(session.session_id, None)
-        self.closed.add(session.session_id)
         self._changed("closed", session)
         return undisputed
 
@@ -403,10 +401,18 @@ class Router:
             endpoints.append(registered)
         return None
 
+    def is_closed(self, session: OpenSession) -> bool:
+        """Whether `session` is done with, as its journal row says (closing, closed or
+        abandoned): the journal is the one owner of a session's state."""
+        entry = self.journal.get(session.approval_hash)
+        return entry is not None and entry.state not in (SessionState.OPENING, SessionState.OPEN)
+
     def close_soon(self, session: OpenSession) -> None:
-        """Close `session` in the background (after a failover); `drain()` waits for it."""
+        """Close `session` in the background (after a failover); `drain()` waits for it. It
+        counts as closed at once (its journal row moves to closing), so it is never reused."""
         self.opened.pop(session.session_id, None)
-        self.closed.add(session.session_id)
+        if not self.is_closed(session):
+            self.journal.transition(session.approval_hash, CLOSE)
         task = asyncio.create_task(self._close_quietly(session))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
