@@ -4,9 +4,9 @@ not pay, in rounds, with a pause that doubles after each failed round."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from mor_workbench._tasks import cancel_and_wait
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import MorError, one_line
@@ -47,11 +47,8 @@ class Claimer:
 
     async def stop(self) -> None:
         """Stop claiming (a round under way is cancelled)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _claim_forever(self, interval: float) -> None:
         """Claim rounds every `interval` s; after a failed round, one log line with the reason

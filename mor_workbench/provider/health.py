@@ -20,12 +20,12 @@ pacing is 2 s, `MODEL_HEALTH_CHECK_PROBE_DELAY`), and on demand with `refresh()`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import httpx
 
+from mor_workbench._tasks import cancel_and_wait
 from mor_workbench.chain import listings
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.errors import MorError
@@ -138,11 +138,8 @@ class HealthProbe:
             self._task = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -11,7 +11,6 @@ updated after each step; `recover()` closes or settles whatever a previous proce
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -20,6 +19,7 @@ from typing import Any
 
 from eth_utils import keccak
 
+from mor_workbench._tasks import cancel_and_wait
 from mor_workbench.chain import listings
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
@@ -425,11 +425,8 @@ class Router:
 
     async def drain(self) -> None:
         """Wait for background closes; stop housekeeping."""
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeper
-            self._housekeeper = None
+        await cancel_and_wait(self._housekeeper)
+        self._housekeeper = None
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
