@@ -43,7 +43,7 @@ from mor_workbench.errors import MorError
 from mor_workbench.router.journal import SessionJournal
 from mor_workbench.sandbox.paths import HOME_ENV
 
-MODELS = ("llama-3.2", "qwen-2.5-coder", "mistral-small", "deepseek-r1")
+MODELS = ("llama-3.3-70b", "qwen3-235b", "mistral-31-24b", "gpt-oss-120b")
 PROMPT = "Explain RAID 5 in one line."
 READY = "ready"
 WORK_S = 2.5  # a kill lands uniformly within this many seconds of a consumer being ready

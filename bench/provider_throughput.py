@@ -25,7 +25,7 @@ from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.market import tables
 from mor_workbench.router import peer
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 
 
 def process_cpu(pid: int) -> float:

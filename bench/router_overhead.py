@@ -52,7 +52,7 @@ from mor_workbench.sandbox.model_server import LatencyProfile, ModelServer
 from mor_workbench.session import AsyncSession
 from mor_workbench.workbench import aconnect
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 PRICE_WEI = 10**11  # per second; any price will do, the session is opened on this bid
 WARMUP = 10  # sequential requests per path and mode, plus one burst at the top concurrency
 

@@ -88,7 +88,7 @@ def _demo(args: argparse.Namespace) -> int:
             )
         before = wb.balance()
         print(f"Balance before: {before['mor']:.6f} MOR, {before['eth']:.4f} ETH\n")
-        with wb.open_session("llama-3.2", duration="10m") as session:
+        with wb.open_session("llama-3.3-70b", duration="10m") as session:
             info = session.info()
             print(
                 f"Session {info['id'][:10]}… with provider {info['provider'][:10]}… at "

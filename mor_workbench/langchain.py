@@ -7,8 +7,8 @@ how the call went (provider, session, bid, cost) in `response_metadata["morpheus
 
     from mor_workbench.langchain import ChatMorpheus
 
-    llm = ChatMorpheus(model="llama-3.2")                 # connects to the sandbox on first use
-    llm = ChatMorpheus(model="llama-3.2", workbench=wb)   # or reuses a workbench of yours
+    llm = ChatMorpheus(model="llama-3.3-70b")                 # connects to the sandbox on first use
+    llm = ChatMorpheus(model="llama-3.3-70b", workbench=wb)   # or reuses a workbench of yours
 
 Models that connect themselves share one workbench per connection settings in the process
 (and so one session per marketplace model), however many are built.
@@ -112,7 +112,7 @@ class ChatMorpheus(BaseChatModel):
     """
 
     model: str
-    """The marketplace model to use, e.g. "llama-3.2" (a per-call `model=` overrides it)."""
+    """The marketplace model to use, e.g. "llama-3.3-70b" (a per-call `model=` overrides it)."""
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | str | None = None

@@ -74,7 +74,7 @@ HELP = """\
                               or every open session of this account
   %mor alias [NAME MODEL [OPTIONS...]]
                               name a model with default options, e.g.
-                              %mor alias fast llama-3.2 --max-tokens 200; alone: list them
+                              %mor alias fast llama-3.3-70b --max-tokens 200; alone: list them
   %mor unalias NAME           forget an alias
   %mor reset [MODEL]          forget the --chat conversation with MODEL (or all of them)
   %mor workbench              the Workbench these magics use, for Python code: the one
@@ -428,7 +428,7 @@ class MorMagics(Magics):
 
     def _cmd_bids(self, rest: list[str]) -> pd.DataFrame:
         if len(rest) != 1:
-            raise UsageError("%mor bids: name one model, e.g. %mor bids llama-3.2")
+            raise UsageError("%mor bids: name one model, e.g. %mor bids llama-3.3-70b")
         return self.wb.bids(rest[0])
 
     def _cmd_providers(self, rest: list[str]) -> pd.DataFrame:
@@ -491,7 +491,9 @@ class MorMagics(Magics):
             ]
             return pd.DataFrame(rows, columns=["alias", "model", "options"])
         if len(rest) < 2:
-            raise UsageError("%mor alias: give a name and a model, e.g. %mor alias fast llama-3.2")
+            raise UsageError(
+                "%mor alias: give a name and a model, e.g. %mor alias fast llama-3.3-70b"
+            )
         name, model, options = rest[0], rest[1], rest[2:]
         if not re.fullmatch(r"[\w.-]+", name):
             raise UsageError(f"%mor alias: {name!r} is not a usable name (letters, digits, ._-)")
@@ -553,7 +555,7 @@ class MorMagics(Magics):
                     f"%%mor: session {session.id[:10]} is for {session.aio.model}, not {model}"
                 )
         if model is None:
-            raise UsageError("%%mor: name a model, e.g. %%mor llama-3.2 (see %mor models)")
+            raise UsageError("%%mor: name a model, e.g. %%mor llama-3.3-70b (see %mor models)")
         unresolved: list[str] = []
         prompt = expand(cell, self.shell.user_ns, unresolved).strip()
         if not prompt:

@@ -273,7 +273,7 @@ class AsyncWorkbench:
         body; body["model"] picks the model, sessions are automatic."""
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise ConfigurationError("the request body needs a model, e.g. model='llama-3.2'")
+            raise ConfigurationError("the request body needs a model, e.g. model='llama-3.3-70b'")
         async for payload in self.backend.payloads(body, record or CallRecord(model)):
             yield payload
 

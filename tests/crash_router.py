@@ -51,7 +51,7 @@ async def main(directory: str, journal: str, step: str) -> None:
             return await transact(signer, fn, *args, **kwargs)
 
         chain.transact = killing_transact  # type: ignore[method-assign]
-    session = await router.open("llama-3.2", 600)
+    session = await router.open("llama-3.3-70b", 600)
     await router.close(session)
 
 

@@ -21,12 +21,12 @@ def wb(sandbox_dir, tmp_path, monkeypatch):
 
 
 def test_chat_opens_then_reuses_a_session_and_close_settles_it(wb, sandbox_dir) -> None:
-    first = wb.chat("Hello", model="llama-3.2")
+    first = wb.chat("Hello", model="llama-3.3-70b")
     assert isinstance(first, str) and first
-    session = wb.aio._sessions["llama-3.2"]
-    deltas = list(wb.stream("Tell me more", model="llama-3.2", max_tokens=5))
+    session = wb.aio._sessions["llama-3.3-70b"]
+    deltas = list(wb.stream("Tell me more", model="llama-3.3-70b", max_tokens=5))
     assert deltas and len("".join(deltas).split()) <= 5
-    assert wb.aio._sessions["llama-3.2"] is session  # reused, not reopened
+    assert wb.aio._sessions["llama-3.3-70b"] is session  # reused, not reopened
     wb.close()  # closes the sessions this workbench opened
     with mor.connect("sandbox", sandbox_dir=sandbox_dir) as again:
         row = again.sessions().set_index("id").loc[session.id]
@@ -34,8 +34,8 @@ def test_chat_opens_then_reuses_a_session_and_close_settles_it(wb, sandbox_dir) 
 
 
 def test_session_context_manager(wb) -> None:
-    with wb.open_session("qwen-2.5-coder", duration="6m") as session:
-        assert session.info()["model"] == "qwen-2.5-coder"
+    with wb.open_session("qwen3-235b", duration="6m") as session:
+        assert session.info()["model"] == "qwen3-235b"
         assert session.chat("write a loop", system="You write code.")
         session_id = session.id
     row = wb.sessions().set_index("id").loc[session_id]
@@ -54,7 +54,7 @@ def test_read_only_workbench_cannot_open_sessions() -> None:
             mor.connect("base-sepolia", rpc_url=node.url) as ro,
             pytest.raises(mor.ConfigurationError, match="read-only"),
         ):
-            ro.open_session("llama-3.2")
+            ro.open_session("llama-3.3-70b")
     finally:
         node.stop()
 
@@ -74,7 +74,7 @@ def test_bad_durations_are_named(bad) -> None:
 
 def test_balance_shows_stake_while_open_and_back_after(wb) -> None:
     before = wb.balance()
-    session = wb.open_session("mistral-small", duration="6m")
+    session = wb.open_session("mistral-31-24b", duration="6m")
     during = wb.balance()
     assert during["mor_staked"] > 0
     assert during["mor"] == pytest.approx(
@@ -99,7 +99,7 @@ def test_too_little_mor_is_a_typed_error_with_the_amounts(wb, sandbox_dir) -> No
         mor.connect("sandbox", sandbox_dir=sandbox_dir, key=poor.key.hex()) as broke,
         pytest.raises(mor.InsufficientFunds) as caught,
     ):
-        broke.open_session("llama-3.2", duration="10m")
+        broke.open_session("llama-3.3-70b", duration="10m")
     error = caught.value
     assert error.token == "MOR" and error.available == 0 and error.needed > 0
     assert "fund the account" in str(error) and poor.key.hex()[2:] not in str(error)
@@ -123,24 +123,24 @@ def test_complete_returns_an_openai_chat_completion_with_usage_and_metadata(wb) 
             },
         }
     ]
-    called = wb.complete(messages, model="llama-3.2", tools=tools, tool_choice="required")
+    called = wb.complete(messages, model="llama-3.3-70b", tools=tools, tool_choice="required")
     assert isinstance(called, ChatCompletion)
     call = called.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and "city" in call.function.arguments
-    plain = wb.complete(messages, model="llama-3.2", max_tokens=7, seed=3)
+    plain = wb.complete(messages, model="llama-3.3-70b", max_tokens=7, seed=3)
     assert plain.choices[0].finish_reason == "length"
     assert plain.usage.completion_tokens == 7
     assert plain.usage.total_tokens == plain.usage.prompt_tokens + 7
     info = plain.morpheus
-    assert info["provider"] == wb.aio._sessions["llama-3.2"].provider
-    assert info["session_id"] == wb.aio._sessions["llama-3.2"].id
+    assert info["provider"] == wb.aio._sessions["llama-3.3-70b"].provider
+    assert info["session_id"] == wb.aio._sessions["llama-3.3-70b"].id
     assert info["cost_mor"] > 0 and info["failovers"] == []
     with pytest.raises(mor.ConfigurationError, match="use stream"):
-        wb.complete(messages, model="llama-3.2", stream=True)
+        wb.complete(messages, model="llama-3.3-70b", stream=True)
 
 
 def test_a_stream_reports_usage_and_how_it_went(wb) -> None:
-    stream = wb.stream("Count the rivers", model="mistral-small", max_tokens=6)
+    stream = wb.stream("Count the rivers", model="mistral-31-24b", max_tokens=6)
     text = "".join(stream)
     assert text == stream.text
     assert stream.usage["completion_tokens"] == 6
@@ -158,7 +158,7 @@ def test_a_completion_reports_its_speed_end_to_end_and_no_ttft(wb) -> None:
     speed is over the whole call (it used to be 45,000-195,000 tokens/s, with a TTFT equal
     to the whole call)."""
     messages = [{"role": "user", "content": "Describe a harbor."}]
-    info = wb.complete(messages, model="llama-3.2", max_tokens=20).morpheus
+    info = wb.complete(messages, model="llama-3.3-70b", max_tokens=20).morpheus
     assert info["streamed"] is False and info["ttft_s"] is None
     assert info["tokens_per_s_basis"] == "end_to_end"
     assert info["completion_tokens"] == 20
@@ -171,8 +171,8 @@ def test_a_completion_reports_its_speed_end_to_end_and_no_ttft(wb) -> None:
 def test_twenty_concurrent_chats_on_three_providers(wb) -> None:
     import asyncio
 
-    bids = wb.bids("llama-3.2")
-    sessions = [wb.open_session("llama-3.2", duration="6m", bid=b) for b in bids["id"]]
+    bids = wb.bids("llama-3.3-70b")
+    sessions = [wb.open_session("llama-3.3-70b", duration="6m", bid=b) for b in bids["id"]]
     assert len({s.info()["provider"] for s in sessions}) == 3
     prompts = [f"Question number {i}: what is a router?" for i in range(20)]
 
@@ -194,7 +194,7 @@ def test_concurrent_calls_share_one_automatic_session(wb) -> None:
 
     async def ask() -> list[str]:
         return await asyncio.gather(
-            *(wb.aio.chat(f"hello {i}", model="deepseek-r1", max_tokens=3) for i in range(10))
+            *(wb.aio.chat(f"hello {i}", model="gpt-oss-120b", max_tokens=3) for i in range(10))
         )
 
     assert all(wb._portal.run(ask()))
@@ -205,8 +205,8 @@ def test_sessions_are_closed_at_interpreter_exit(wb, sandbox_dir, tmp_path) -> N
     script = (
         "import mor_workbench as mor\n"
         f"wb = mor.connect('sandbox', sandbox_dir={str(sandbox_dir)!r})\n"
-        "wb.chat('hi', model='qwen-2.5-coder', max_tokens=2)\n"
-        "print(wb.aio._sessions['qwen-2.5-coder'].id)\n"  # and exit without closing
+        "wb.chat('hi', model='qwen3-235b', max_tokens=2)\n"
+        "print(wb.aio._sessions['qwen3-235b'].id)\n"  # and exit without closing
     )
     import os
     import subprocess
@@ -223,7 +223,7 @@ def test_sessions_are_closed_at_interpreter_exit(wb, sandbox_dir, tmp_path) -> N
 
 def test_direct_payment_session_lasts_the_duration_asked_and_pays_the_provider(wb) -> None:
     before = wb.balance()
-    with wb.open_session("llama-3.2", duration="2h", direct_payment=True) as session:
+    with wb.open_session("llama-3.3-70b", duration="2h", direct_payment=True) as session:
         assert session.chat("Hello")
         row = wb.sessions().set_index("id").loc[session.id]
         assert row["direct_payment"] and row["is_active"]
@@ -243,14 +243,14 @@ def test_direct_payment_session_lasts_the_duration_asked_and_pays_the_provider(w
 def test_a_second_workbench_on_the_same_account_leaves_the_first_ones_sessions_open(
     wb, sandbox_dir
 ) -> None:
-    wb.chat("Hello", model="llama-3.2")
-    session = wb.aio._sessions["llama-3.2"]
+    wb.chat("Hello", model="llama-3.3-70b")
+    session = wb.aio._sessions["llama-3.3-70b"]
     with mor.connect("sandbox", sandbox_dir=sandbox_dir) as other:  # e.g. the %mor magic
         assert other.aio.router.opened == {}
         row = other.sessions().set_index("id").loc[session.id]
         assert row["is_active"]  # not settled as if its owner had crashed
-    assert wb.chat("Still there?", model="llama-3.2")
-    assert wb.aio._sessions["llama-3.2"] is session
+    assert wb.chat("Still there?", model="llama-3.3-70b")
+    assert wb.aio._sessions["llama-3.3-70b"] is session
 
 
 def test_the_chat_widgets_footer_says_what_tokens_per_second_is_measured_over() -> None:

@@ -54,9 +54,9 @@ def test_a_deployment_given_by_its_addresses_reads_tables_and_chats(sandbox_info
         assert wb.network == "custom"
         assert wb.address == sandbox_info.signer("consumer").address
         models = wb.models()
-        assert "llama-3.2" in set(models["name"])
-        assert len(wb.bids("llama-3.2")) >= 1
-        answer = wb.chat("Say something.", model="llama-3.2", max_tokens=16)
+        assert "llama-3.3-70b" in set(models["name"])
+        assert len(wb.bids("llama-3.3-70b")) >= 1
+        answer = wb.chat("Say something.", model="llama-3.3-70b", max_tokens=16)
         assert isinstance(answer, str) and answer
 
 
@@ -68,7 +68,7 @@ def test_a_network_object_is_accepted(sandbox_info) -> None:
         assert wb.network == "my-fork"
         assert wb.aio.chain.deployment.chain_id == 31337
         assert wb.address is None  # no key: read-only
-        assert "llama-3.2" in set(wb.models()["name"])
+        assert "llama-3.3-70b" in set(wb.models()["name"])
 
 
 @pytest.mark.parametrize("role", ["diamond", "token", "multicall"])
@@ -115,14 +115,14 @@ def test_a_custom_deployment_needs_an_rpc_url(sandbox_info) -> None:
 def models_config(sandbox_info, tmp_path) -> Path:
     async def model_id() -> str:
         chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
-        found, _ = await listings.resolve_model(chain, "llama-3.2")
+        found, _ = await listings.resolve_model(chain, "llama-3.3-70b")
         await chain.rpc.aclose()
         return "0x" + found.hex()
 
     config = tmp_path / "models-config.json"
     model = {
         "modelId": asyncio.run(model_id()),
-        "modelName": "llama-3.2",
+        "modelName": "llama-3.3-70b",
         "apiType": "openai",
         "apiUrl": "http://127.0.0.1:9/v1/chat/completions",
     }

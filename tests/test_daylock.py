@@ -51,7 +51,7 @@ def _on_hold(wb: mor.Workbench) -> tuple[int, int]:
 
 @pytest.mark.parametrize("direct_payment", [False, True], ids=["staking", "direct-payment"])
 def test_a_natural_close_holds_the_used_stake_until_the_next_utc_day(wb, direct_payment) -> None:
-    session = wb.open_session("llama-3.2", duration="5m", direct_payment=direct_payment)
+    session = wb.open_session("llama-3.3-70b", duration="5m", direct_payment=direct_payment)
     assert session.chat("hi")
     sid = bytes.fromhex(session.id[2:])
     opened = _call(wb, "getSession", sid)

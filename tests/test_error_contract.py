@@ -17,7 +17,7 @@ from mor_workbench import errors
 from mor_workbench.sandbox.model_server import ModelServer
 from mor_workbench.serve import make_app
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 # requests the simulated model server refuses, each naming a different parameter
 BAD_REQUESTS = [
     {"n": 2},

@@ -16,7 +16,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import mor_workbench as mor
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-MISTAKE = 'wb.open_session("llama-3.2", duration="60s")'  # under the contract's 5 minutes
+MISTAKE = 'wb.open_session("llama-3.3-70b", duration="60s")'  # under the contract's 5 minutes
 LOOP_FRAMES = ("anyio", "asyncio", "concurrent/futures", "_portal.py")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import mor_workbench as mor
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 
 
 def test_a_session_is_closed_by_its_id_through_the_facade(wb) -> None:
@@ -42,7 +42,9 @@ def test_the_workbench_holds_one_backend_and_never_asks_which(wb, monkeypatch) -
 
     assert isinstance(wb.aio.backend, MarketplaceBackend)
     cards = wb._portal.run(wb.aio.model_cards())
-    assert {c["id"] for c in cards} >= {"llama-3.2"} and all(c["object"] == "model" for c in cards)
+    assert {c["id"] for c in cards} >= {"llama-3.3-70b"} and all(
+        c["object"] == "model" for c in cards
+    )
     gateway = GatewayBackend(Gateway("sk-test", base_url="http://127.0.0.1:9/v1"))
     assert gateway.closable() == [] and gateway.describe() == "gateway http://127.0.0.1:9/v1"
     with pytest.raises(mor.ConfigurationError, match="gateway holds them"):

@@ -25,7 +25,7 @@ from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 PROMPT = "Tell me about routers and rivers."
 
 

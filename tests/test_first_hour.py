@@ -54,10 +54,10 @@ def test_the_slowest_dearest_per_answer_provider_no_longer_ranks_first(fresh) ->
 
 
 def test_bids_say_why_each_bid_ranks_where_it_does(fresh) -> None:
-    bids = fresh.bids("llama-3.2")
+    bids = fresh.bids("llama-3.3-70b")
     stats = fresh.stats().set_index(["model", "provider"])
     pairs = zip(bids["provider"], bids["why"], strict=True)
-    why = {stats.loc[("llama-3.2", p), "tps"]: w for p, w in pairs}
+    why = {stats.loc[("llama-3.3-70b", p), "tps"]: w for p, w in pairs}
     fast, balanced, slow = (PROFILES[n].tokens_per_second for n in ("fast", "balanced", "slow"))
     assert why[fast].startswith("fast (tps 0.68)") and "reliable (success 1.00)" in why[fast]
     assert why[fast].endswith("dearest")
@@ -97,7 +97,7 @@ def test_balance_shows_rounded_mor_with_units_and_keeps_exact_values(fresh) -> N
 
 
 def test_session_and_stream_info_show_short_addresses_ms_and_mor(fresh) -> None:
-    with fresh.open_session("llama-3.2", duration="10m") as session:
+    with fresh.open_session("llama-3.3-70b", duration="10m") as session:
         info = session.info()
         provider = info["provider"]
         assert len(provider) == 42 and info["price_per_second"] > 0  # exact values

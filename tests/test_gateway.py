@@ -16,7 +16,7 @@ KEY = "sk-GATEWAY.0123456789abcdef0123456789abcdef"
 
 @pytest.fixture
 def gateway_url() -> Iterator[str]:
-    server = ModelServer(["llama-3.2"], profile=PROFILES["fast"], api_key=KEY)
+    server = ModelServer(["llama-3.3-70b"], profile=PROFILES["fast"], api_key=KEY)
     portal().run(server.start())
     yield server.base_url
     portal().run(server.stop())
@@ -25,11 +25,11 @@ def gateway_url() -> Iterator[str]:
 def test_chat_stream_and_complete_go_to_the_gateway(gateway_url, monkeypatch) -> None:
     monkeypatch.setenv("MOR_API_KEY", KEY)  # the key from the environment
     with mor.connect("gateway", base_url=gateway_url) as wb:
-        answer = wb.chat("Hello", model="llama-3.2")
-        stream = wb.stream("Hello", model="llama-3.2")
+        answer = wb.chat("Hello", model="llama-3.3-70b")
+        stream = wb.stream("Hello", model="llama-3.3-70b")
         assert "".join(stream) == answer  # deterministic answers: same prompt, same text
         assert stream.info["provider"] == "gateway" and stream.usage["completion_tokens"] > 0
-        completion = wb.complete([{"role": "user", "content": "Hello"}], model="llama-3.2")
+        completion = wb.complete([{"role": "user", "content": "Hello"}], model="llama-3.3-70b")
         assert completion.choices[0].message.content == answer
         assert completion.usage.total_tokens > 0
         assert KEY not in repr(wb) and gateway_url in repr(wb)
@@ -41,7 +41,7 @@ def test_a_wrong_key_is_one_clear_line_without_the_key(gateway_url) -> None:
         mor.connect("gateway", api_key=wrong, base_url=gateway_url) as wb,
         pytest.raises(mor.ConfigurationError, match="refused the API key") as caught,
     ):
-        wb.chat("Hello", model="llama-3.2")
+        wb.chat("Hello", model="llama-3.3-70b")
     assert wrong not in str(caught.value) and "MOR_API_KEY" in str(caught.value)
 
 
@@ -52,6 +52,6 @@ def test_gateway_mode_needs_a_key_and_has_no_sessions(gateway_url, monkeypatch) 
         mor.connect("gateway", base_url=gateway_url)
     with mor.connect("gateway", api_key=KEY, base_url=gateway_url) as wb:
         with pytest.raises(mor.ConfigurationError, match="gateway holds them"):
-            wb.open_session("llama-3.2")
+            wb.open_session("llama-3.3-70b")
         with pytest.raises(mor.ConfigurationError, match="rpc_url"):
             wb.models()  # market data comes from chain reads: Base needs an RPC URL

@@ -26,8 +26,8 @@ from mor_workbench.router import health, peer
 from mor_workbench.sandbox.model_server import ModelServer
 from mor_workbench.sandbox.model_server.profiles import LatencyProfile
 
-MODEL = "llama-3.2"
-SANDBOX_MODELS = ("llama-3.2", "qwen-2.5-coder", "mistral-small", "deepseek-r1")
+MODEL = "llama-3.3-70b"
+SANDBOX_MODELS = ("llama-3.3-70b", "qwen3-235b", "mistral-31-24b", "gpt-oss-120b")
 KEY = bytes.fromhex("81f44a49c40f206517efbbcca783d808914841200e0ac9a769368e1b2741e227")
 MODEL_ID = bytes.fromhex("ab" * 32)
 

@@ -18,7 +18,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.rpc import RpcClient
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 PROMPT = "Tell me about routers and rivers."
 TIMEOUT_S = 3.0
 

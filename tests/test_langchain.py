@@ -31,7 +31,7 @@ from mor_workbench.langchain import ChatMorpheus, close_shared_workbenches
 from mor_workbench.sandbox.paths import SandboxPaths
 from mor_workbench.serve import make_app
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ class TestChatMorpheusUnit(ChatModelUnitTests):
 
     @property
     def model_override_value(self) -> str:
-        return "qwen-2.5-coder"
+        return "qwen3-235b"
 
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
@@ -93,7 +93,7 @@ class TestChatMorpheusIntegration(ChatModelIntegrationTests):
 
     @property
     def model_override_value(self) -> str:
-        return "qwen-2.5-coder"
+        return "qwen3-235b"
 
 
 # ----- what the suites leave open -----
@@ -225,9 +225,9 @@ def test_stop_max_tokens_and_model_kwargs_reach_the_provider(workbench) -> None:
 
 
 def test_a_per_call_model_goes_to_that_models_session(workbench) -> None:
-    answer = ChatMorpheus(model=MODEL, workbench=workbench).invoke("Hi", model="mistral-small")
-    assert answer.response_metadata["model_name"] == "mistral-small"
-    assert answer.response_metadata["morpheus"]["model"] == "mistral-small"
+    answer = ChatMorpheus(model=MODEL, workbench=workbench).invoke("Hi", model="mistral-31-24b")
+    assert answer.response_metadata["model_name"] == "mistral-31-24b"
+    assert answer.response_metadata["morpheus"]["model"] == "mistral-31-24b"
 
 
 class Pick(BaseModel):

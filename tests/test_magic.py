@@ -68,8 +68,8 @@ def cell_ok(ip: Any, source: str) -> Any:
 
 def test_tables_are_dataframes(shell, mags) -> None:
     models = cell_ok(shell, "%mor models").result
-    assert isinstance(models, pd.DataFrame) and "llama-3.2" in set(models["name"])
-    bids = cell_ok(shell, "%mor bids llama-3.2").result
+    assert isinstance(models, pd.DataFrame) and "llama-3.3-70b" in set(models["name"])
+    bids = cell_ok(shell, "%mor bids llama-3.3-70b").result
     assert isinstance(bids, pd.DataFrame) and len(bids) and "score" in bids
     providers = cell_ok(shell, "%mor providers").result
     assert isinstance(providers, pd.DataFrame) and len(providers)
@@ -80,7 +80,7 @@ def test_tables_are_dataframes(shell, mags) -> None:
 
 
 def test_mor_amounts_are_rounded_and_wei_stays_exact(shell, mags) -> None:
-    session = cell_ok(shell, "%mor open llama-3.2 --duration 7m").result
+    session = cell_ok(shell, "%mor open llama-3.3-70b --duration 7m").result
     try:
         shown = cell_ok(shell, "%mor sessions").result
         raw = mags.workbench.sessions()
@@ -138,13 +138,13 @@ def test_help_lists_every_command(shell, mags, capsys) -> None:
 
 
 def test_cell_answers_stores_and_shows_a_footer(shell, mags, capsys) -> None:
-    cell_ok(shell, "%%mor llama-3.2 --max-tokens 30 -o answer\nSay hello to the marketplace.")
+    cell_ok(shell, "%%mor llama-3.3-70b --max-tokens 30 -o answer\nSay hello to the marketplace.")
     answer = shell.user_ns["_mor"]
     assert isinstance(answer, Answer) and answer
     assert shell.user_ns["answer"] is answer
     # the sandbox's models answer deterministically: the same prompt through the API agrees
     expected = mags.workbench.chat(
-        "Say hello to the marketplace.", model="llama-3.2", max_tokens=30
+        "Say hello to the marketplace.", model="llama-3.3-70b", max_tokens=30
     )
     assert str(answer) == expected
     out = capsys.readouterr().out
@@ -161,7 +161,7 @@ def test_the_answer_streams_into_a_display_handle(shell, mags, monkeypatch) -> N
     monkeypatch.setattr(magic, "UPDATE_EVERY_S", 0.0)  # redraw on every delta
     monkeypatch.setattr(shell, "display_pub", CapturingDisplayPublisher())
     mags.live_display = True
-    cell_ok(shell, "%%mor llama-3.2\nTell me about staking.")
+    cell_ok(shell, "%%mor llama-3.3-70b\nTell me about staking.")
     outputs = shell.display_pub.outputs
     first, *updates, last = outputs
     display_id = first["transient"]["display_id"]
@@ -180,14 +180,14 @@ def test_interpolation_expands_known_names_only(shell, mags) -> None:
     failed = run(shell, "{}['missing']")
     assert not failed.success
     source = (
-        "%%mor llama-3.2 --max-tokens 8\n"
+        "%%mor llama-3.3-70b --max-tokens 8\n"
         'x={x} cell={In[N]} y1={y[1]} d={"a": 1} f"{undefined}" {{x}} {Out[9999]}'
     ).replace("N", str(numbered.execution_count))
     cell_ok(shell, source)
     sent = mags.last_request["messages"][-1]["content"]
     assert sent == 'x=42 cell=x = 42 y1=20 d={"a": 1} f"{undefined}" {x} {Out[9999]}'
-    assert shell.user_ns["_mor"] == mags.workbench.chat(sent, model="llama-3.2", max_tokens=8)
-    cell_ok(shell, f"%%mor llama-3.2 --max-tokens 4\nWhy? {{Err[{failed.execution_count}]}}")
+    assert shell.user_ns["_mor"] == mags.workbench.chat(sent, model="llama-3.3-70b", max_tokens=8)
+    cell_ok(shell, f"%%mor llama-3.3-70b --max-tokens 4\nWhy? {{Err[{failed.execution_count}]}}")
     sent = mags.last_request["messages"][-1]["content"]
     assert "KeyError: 'missing'" in sent and "Traceback" in sent
 
@@ -196,7 +196,7 @@ def test_a_history_reference_that_finds_nothing_warns(shell, mags, capsys) -> No
     fine = cell_ok(shell, "ok = 1")
     capsys.readouterr()
     source = (
-        f"%%mor llama-3.2 --max-tokens 4\nFix {{Err[{fine.execution_count}]}} in {{Out[9999]}}"
+        f"%%mor llama-3.3-70b --max-tokens 4\nFix {{Err[{fine.execution_count}]}} in {{Out[9999]}}"
         " and {In[99999]}; {undefined} and {{Out[1]}} are not history"
     )
     cell_ok(shell, source)
@@ -209,12 +209,12 @@ def test_a_history_reference_that_finds_nothing_warns(shell, mags, capsys) -> No
 
 
 def test_a_mor_cells_value_is_its_answer(shell, mags, capsys) -> None:
-    asked = cell_ok(shell, "%%mor llama-3.2 --max-tokens 6\nName a colour.")
+    asked = cell_ok(shell, "%%mor llama-3.3-70b --max-tokens 6\nName a colour.")
     answer = shell.user_ns["_mor"]
     assert asked.result is None  # shown as it streamed, not displayed a second time
     assert shell.user_ns["Out"][asked.execution_count] is answer
     capsys.readouterr()
-    cell_ok(shell, f"%%mor llama-3.2 --max-tokens 4\nWhy {{Out[{asked.execution_count}]}}?")
+    cell_ok(shell, f"%%mor llama-3.3-70b --max-tokens 4\nWhy {{Out[{asked.execution_count}]}}?")
     assert mags.last_request["messages"][-1]["content"] == f"Why {answer}?"
     assert capsys.readouterr().err == ""
 
@@ -229,9 +229,9 @@ def test_expand_unit() -> None:
 
 
 def test_chat_keeps_the_conversation(shell, mags) -> None:
-    cell_ok(shell, "%%mor llama-3.2 --chat --max-tokens 12\nWho are you?")
+    cell_ok(shell, "%%mor llama-3.3-70b --chat --max-tokens 12\nWho are you?")
     first = str(shell.user_ns["_mor"])
-    cell_ok(shell, "%%mor llama-3.2 --chat --max-tokens 12 --system 'Be brief.'\nAnd then?")
+    cell_ok(shell, "%%mor llama-3.3-70b --chat --max-tokens 12 --system 'Be brief.'\nAnd then?")
     history = [
         {"role": "user", "content": "Who are you?"},
         {"role": "assistant", "content": first},
@@ -240,28 +240,28 @@ def test_chat_keeps_the_conversation(shell, mags) -> None:
     assert mags.last_request["messages"] == [{"role": "system", "content": "Be brief."}, *history]
     second = shell.user_ns["_mor"]
     assert second == mags.workbench.chat(
-        history, model="llama-3.2", system="Be brief.", max_tokens=12
+        history, model="llama-3.3-70b", system="Be brief.", max_tokens=12
     )
-    assert mags.conversations["llama-3.2"][-1] == {"role": "assistant", "content": second}
-    cell_ok(shell, "%%mor llama-3.2 --max-tokens 5\nAlone?")  # without --chat: no history
+    assert mags.conversations["llama-3.3-70b"][-1] == {"role": "assistant", "content": second}
+    cell_ok(shell, "%%mor llama-3.3-70b --max-tokens 5\nAlone?")  # without --chat: no history
     assert mags.last_request["messages"] == [{"role": "user", "content": "Alone?"}]
-    cell_ok(shell, "%mor reset llama-3.2")
-    assert "llama-3.2" not in mags.conversations
+    cell_ok(shell, "%mor reset llama-3.3-70b")
+    assert "llama-3.3-70b" not in mags.conversations
 
 
 def test_alias_supplies_model_and_options(shell, mags) -> None:
-    cell_ok(shell, "%mor alias fast llama-3.2 --max-tokens 3 --temperature 0.5")
+    cell_ok(shell, "%mor alias fast llama-3.3-70b --max-tokens 3 --temperature 0.5")
     cell_ok(shell, "%%mor fast\nHello")
-    assert mags.last_request["model"] == "llama-3.2"
+    assert mags.last_request["model"] == "llama-3.3-70b"
     assert mags.last_request["max_tokens"] == 3 and mags.last_request["temperature"] == 0.5
     assert shell.user_ns["_mor"].usage["completion_tokens"] <= 3
     cell_ok(shell, "%%mor fast --max-tokens 6\nHello")  # the cell's options win
     assert mags.last_request["max_tokens"] == 6
     listed = cell_ok(shell, "%mor alias").result
     assert listed.to_dict("records") == [
-        {"alias": "fast", "model": "llama-3.2", "options": "--max-tokens 3 --temperature 0.5"}
+        {"alias": "fast", "model": "llama-3.3-70b", "options": "--max-tokens 3 --temperature 0.5"}
     ]
-    assert not run(shell, "%mor alias broken llama-3.2 --max-tokens many").success
+    assert not run(shell, "%mor alias broken llama-3.3-70b --max-tokens many").success
     cell_ok(shell, "%mor unalias fast")
     assert "fast" not in mags.aliases
 
@@ -271,7 +271,7 @@ def test_format_code_fills_the_next_cell(shell, mags, monkeypatch) -> None:
     monkeypatch.setattr(
         shell, "set_next_input", lambda s, replace=False: calls.append((s, replace))
     )
-    cell_ok(shell, "%%mor qwen-2.5-coder -f code --max-tokens 15\nA loop in Python")
+    cell_ok(shell, "%%mor qwen3-235b -f code --max-tokens 15\nA loop in Python")
     answer = shell.user_ns["_mor"]
     assert calls == [(answer.data, False)] and answer.data == answer.strip()
     assert answer.format == "code"
@@ -280,7 +280,7 @@ def test_format_code_fills_the_next_cell(shell, mags, monkeypatch) -> None:
 def test_format_code_asks_for_code_only_and_strips_fences(shell, mags, monkeypatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(shell, "set_next_input", lambda s, replace=False: calls.append(s))
-    cell_ok(shell, "%%mor qwen-2.5-coder -f code --max-tokens 8 --system 'Use Python.'\nA loop")
+    cell_ok(shell, "%%mor qwen3-235b -f code --max-tokens 8 --system 'Use Python.'\nA loop")
     system = mags.last_request["messages"][0]
     assert system == {"role": "system", "content": f"Use Python.\n\n{magic.CODE_ONLY}"}
     assert "code only" in magic.CODE_ONLY and "fences" in magic.CODE_ONLY
@@ -292,7 +292,7 @@ def test_format_json_asks_for_json_mode_and_shows_the_parsed_value(
 ) -> None:
     monkeypatch.setattr(shell, "display_pub", CapturingDisplayPublisher())
     mags.live_display = True  # as in a notebook
-    cell_ok(shell, "%%mor llama-3.2 -f json\nTwo facts about the marketplace")
+    cell_ok(shell, "%%mor llama-3.3-70b -f json\nTwo facts about the marketplace")
     answer = shell.user_ns["_mor"]
     assert mags.last_request["response_format"] == {"type": "json_object"}
     system = mags.last_request["messages"][0]
@@ -305,7 +305,9 @@ def test_format_json_asks_for_json_mode_and_shows_the_parsed_value(
 
 
 def test_format_json_and_params(shell, mags) -> None:
-    cell_ok(shell, '%%mor llama-3.2 -f json -p \'response_format={"type": "json_object"}\'\nJSON')
+    cell_ok(
+        shell, '%%mor llama-3.3-70b -f json -p \'response_format={"type": "json_object"}\'\nJSON'
+    )
     answer = shell.user_ns["_mor"]
     assert mags.last_request["response_format"] == {"type": "json_object"}
     assert isinstance(answer.data, dict) and "answer" in answer.data
@@ -345,15 +347,15 @@ def test_unknown_model_is_one_line_naming_the_models(shell, mags, capsys) -> Non
     lines = [ln for ln in ANSI.sub("", captured.out + captured.err).splitlines() if ln.strip()]
     assert len(lines) == 1, lines
     assert "Traceback" not in lines[0] and "no-such-model" in lines[0]
-    assert "llama-3.2" in lines[0] and "qwen-2.5-coder" in lines[0]
+    assert "llama-3.3-70b" in lines[0] and "qwen3-235b" in lines[0]
 
 
 @pytest.mark.parametrize(
     ("source", "says"),
     [
-        ("%%mor llama-3.2 --bogus\nhi", "unrecognized arguments: --bogus"),
-        ("%%mor llama-3.2 -f yaml\nhi", "invalid choice"),
-        ("%%mor llama-3.2\n   ", "the cell is empty"),
+        ("%%mor llama-3.3-70b --bogus\nhi", "unrecognized arguments: --bogus"),
+        ("%%mor llama-3.3-70b -f yaml\nhi", "invalid choice"),
+        ("%%mor llama-3.3-70b\n   ", "the cell is empty"),
         ("%%mor\nhi", "name a model"),
         ("%mor frobnicate", "unknown command 'frobnicate'"),
         ("%mor connect mars", "invalid choice"),
@@ -382,11 +384,11 @@ def test_unexpected_errors_still_raise(shell, mags, monkeypatch) -> None:
 
 
 def test_open_ask_and_close_a_session(shell, mags) -> None:
-    session = cell_ok(shell, "%mor open mistral-small --duration 6m").result
+    session = cell_ok(shell, "%mor open mistral-31-24b --duration 6m").result
     assert isinstance(session, mor.Session) and session.id in mags.sessions
     cell_ok(shell, f"%%mor --session {session.id[:12]} --max-tokens 5\nHi")
     assert shell.user_ns["_mor"].info["session_id"] == session.id
-    assert shell.user_ns["_mor"].model == "mistral-small"
+    assert shell.user_ns["_mor"].model == "mistral-31-24b"
     cell_ok(shell, f"%mor close {session.id}")
     assert session.closed and session.id not in mags.sessions
     row = mags.workbench.sessions().set_index("id").loc[session.id]
@@ -396,12 +398,12 @@ def test_open_ask_and_close_a_session(shell, mags) -> None:
 def test_a_cell_asks_through_the_session_opened_for_its_model(shell, mags) -> None:
     """%mor open MODEL then %%mor MODEL: one session (one stake), not a second automatic one."""
     known = set(mags.workbench.sessions()["id"])
-    session = cell_ok(shell, "%mor open deepseek-r1 --duration 6m").result
-    cell_ok(shell, "%%mor deepseek-r1 --max-tokens 3\nHi")
+    session = cell_ok(shell, "%mor open gpt-oss-120b --duration 6m").result
+    cell_ok(shell, "%%mor gpt-oss-120b --max-tokens 3\nHi")
     assert shell.user_ns["_mor"].info["session_id"] == session.id
     assert set(mags.workbench.sessions()["id"]) - known == {session.id}
     cell_ok(shell, f"%mor close {session.id}")
-    cell_ok(shell, "%%mor deepseek-r1 --max-tokens 3\nAgain")  # closed: an automatic one
+    cell_ok(shell, "%%mor gpt-oss-120b --max-tokens 3\nAgain")  # closed: an automatic one
     assert shell.user_ns["_mor"].info["session_id"] != session.id
 
 
@@ -421,13 +423,13 @@ def test_the_notebooks_own_workbench_is_used_instead_of_connecting(
     fresh.live_display = False
     shell.user_ns["wb"] = mine
     try:
-        fresh.mor("mistral-small --max-tokens 3", "Hi")
+        fresh.mor("mistral-31-24b --max-tokens 3", "Hi")
         assert fresh.workbench is mine
         assert "the notebook's workbench wb" in capsys.readouterr().out
-        assert shell.user_ns["_mor"].info["session_id"] == mine.aio._sessions["mistral-small"].id
-        session = fresh.mor("open llama-3.2 --duration 6m")
+        assert shell.user_ns["_mor"].info["session_id"] == mine.aio._sessions["mistral-31-24b"].id
+        session = fresh.mor("open llama-3.3-70b --duration 6m")
         assert session.aio.opened.session_id in mine.aio.router.opened  # opened through wb
-        fresh.mor("llama-3.2 --max-tokens 3", "Hi")
+        fresh.mor("llama-3.3-70b --max-tokens 3", "Hi")
         assert shell.user_ns["_mor"].info["session_id"] == session.id
     finally:
         del shell.user_ns["wb"]
@@ -479,7 +481,7 @@ def test_through_a_real_kernel(sandbox_dir: Path, tmp_path: Path) -> None:
             f"%mor connect sandbox --dir {shlex.quote(str(sandbox_dir))}"
         )
         assert reply["status"] == "ok"
-        reply, messages = execute("%%mor llama-3.2\nWhat does a provider stake?")
+        reply, messages = execute("%%mor llama-3.3-70b\nWhat does a provider stake?")
         assert reply["status"] == "ok"
         kinds = [m["msg_type"] for m in messages]
         shown = [m for m in messages if m["msg_type"] == "display_data"]
@@ -496,7 +498,7 @@ def test_through_a_real_kernel(sandbox_dir: Path, tmp_path: Path) -> None:
 
         reply, messages = execute("%%mor no-such-model\nhi")
         assert reply["status"] == "error" and reply["ename"] == "ModelNotFound"
-        assert len(reply["traceback"]) == 1 and "llama-3.2" in reply["traceback"][0]
+        assert len(reply["traceback"]) == 1 and "llama-3.3-70b" in reply["traceback"][0]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)

@@ -19,11 +19,11 @@ def wb(sandbox_dir, tmp_path, monkeypatch):
 
 
 def test_history_lists_the_sessions_opened_in_the_window(wb) -> None:
-    with wb.open_session("qwen-2.5-coder", duration="6m") as session:
+    with wb.open_session("qwen3-235b", duration="6m") as session:
         session.chat("hi", max_tokens=2)
     recent = wb.history(days=1, progress=False)
     row = recent.set_index("id").loc[session.id]
-    assert row["model"] == "qwen-2.5-coder" and row["provider"] == session.info()["provider"]
+    assert row["model"] == "qwen3-235b" and row["provider"] == session.info()["provider"]
     assert row["planned_s"] >= 360 and 0 <= row["used_s"] < row["planned_s"]
     assert recent["opened_at"].is_monotonic_increasing
     # this young sandbox's sessions all fall in the window: the consumer's rows are its own
@@ -34,7 +34,7 @@ def test_history_lists_the_sessions_opened_in_the_window(wb) -> None:
 
 
 def test_compare_measures_every_provider_side_by_side(wb) -> None:
-    table = wb.compare("Describe a harbor.", "llama-3.2", runs=2, max_tokens=12)
+    table = wb.compare("Describe a harbor.", "llama-3.3-70b", runs=2, max_tokens=12)
     assert len(table) == len(PROVIDERS) and set(table["errors"]) == {0}
     assert (table["runs"] == 2).all()
     assert (table["ttft_p50_s"] > 0).all() and (table["ttft_p90_s"] >= table["ttft_p50_s"]).all()
@@ -51,7 +51,7 @@ def test_compare_measures_every_provider_side_by_side(wb) -> None:
 
 
 def test_figures_are_drawn_from_the_tables(wb) -> None:
-    bids = wb.bids("llama-3.2")
+    bids = wb.bids("llama-3.3-70b")
     assert isinstance(mor.plots.price_vs_score(bids), go.Figure)
     joined = mor.plots.effective_token_prices(wb.bids(), wb.stats())
     measured = joined.dropna(subset=["mor_per_1k_tokens"])

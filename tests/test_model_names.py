@@ -26,42 +26,42 @@ def _model_id(wb: mor.Workbench, name: str) -> str:
 
 
 def test_names_match_in_any_case(wb) -> None:
-    expected = list(wb.bids("llama-3.2")["id"])
-    for typed in ("LLaMA-3.2", "LLAMA-3.2", "Llama-3.2"):
+    expected = list(wb.bids("llama-3.3-70b")["id"])
+    for typed in ("LLaMA-3.3-70B", "LLAMA-3.3-70B", "Llama-3.3-70b"):
         assert list(wb.bids(typed)["id"]) == expected
-        assert set(wb.bids(typed)["model"]) == {"llama-3.2"}
+        assert set(wb.bids(typed)["model"]) == {"llama-3.3-70b"}
 
 
 def test_a_web_variant_is_a_model_of_its_own(wb) -> None:
-    web = wb.bids("llama-3.2:web")
-    assert set(web["model"]) == {"llama-3.2:web"} and len(web) == len(PROVIDERS)
-    assert set(web["model_id"]) == {_model_id(wb, "llama-3.2:web")}
-    assert set(web["id"]).isdisjoint(wb.bids("llama-3.2")["id"])
-    assert list(wb.bids("LLAMA-3.2:WEB")["id"]) == list(web["id"])
+    web = wb.bids("llama-3.3-70b:web")
+    assert set(web["model"]) == {"llama-3.3-70b:web"} and len(web) == len(PROVIDERS)
+    assert set(web["model_id"]) == {_model_id(wb, "llama-3.3-70b:web")}
+    assert set(web["id"]).isdisjoint(wb.bids("llama-3.3-70b")["id"])
+    assert list(wb.bids("LLAMA-3.3-70B:WEB")["id"]) == list(web["id"])
     # no provider sells qwen with web search: never the plain model in its place
     with pytest.raises(mor.ConfigurationError) as missing:
-        wb.bids("qwen-2.5-coder:web")
+        wb.bids("qwen3-235b:web")
     assert str(missing.value) == (
-        "no active model 'qwen-2.5-coder:web': no provider offers 'qwen-2.5-coder' with web "
-        "search; did you mean 'qwen-2.5-coder' (without web search)?"
+        "no active model 'qwen3-235b:web': no provider offers 'qwen3-235b' with web "
+        "search; did you mean 'qwen3-235b' (without web search)?"
     )
 
 
 def test_a_near_miss_is_answered_with_suggestions(wb) -> None:
     with pytest.raises(
-        mor.ConfigurationError, match=r"^no active model 'lama-3\.2': did you mean "
+        mor.ConfigurationError, match=r"^no active model 'lama-3\.3-70b': did you mean "
     ):
-        wb.bids("lama-3.2")
+        wb.bids("lama-3.3-70b")
     with pytest.raises(mor.ConfigurationError) as miss:
-        wb.chat("hi", model="mistral-smal")
-    assert str(miss.value) == "no active model 'mistral-smal': did you mean 'mistral-small'?"
-    with pytest.raises(mor.ConfigurationError, match=r"'lama-3\.2'.*'llama-3\.2'"):
-        wb.open_session("lama-3.2", duration="6m")
+        wb.chat("hi", model="mistral-31-24")
+    assert str(miss.value) == "no active model 'mistral-31-24': did you mean 'mistral-31-24b'?"
+    with pytest.raises(mor.ConfigurationError, match=r"'lama-3\.3-70b'.*'llama-3\.3-70b'"):
+        wb.open_session("lama-3.3-70b", duration="6m")
 
 
 def test_ids_still_resolve_and_an_unknown_id_is_named(wb) -> None:
-    model_id = _model_id(wb, "mistral-small")
-    assert set(wb.bids(model_id)["model"]) == {"mistral-small"}
+    model_id = _model_id(wb, "mistral-31-24b")
+    assert set(wb.bids(model_id)["model"]) == {"mistral-31-24b"}
     unknown = "0x" + "ab" * 32
     with pytest.raises(mor.ConfigurationError, match=f"^no active model with id {unknown}"):
         wb.bids(unknown)
@@ -80,13 +80,13 @@ async def test_serve_answers_a_near_miss_with_a_404_and_the_suggestion(
         api = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
         with pytest.raises(openai.NotFoundError) as caught:
             await api.chat.completions.create(
-                model="lama-3.2", messages=[{"role": "user", "content": "hi"}]
+                model="lama-3.3-70b", messages=[{"role": "user", "content": "hi"}]
             )
     finally:
         await runner.cleanup()
         await workbench.close()
     assert caught.value.code == "model_not_found"
-    assert "did you mean 'llama-3.2'" in caught.value.message
+    assert "did you mean 'llama-3.3-70b'" in caught.value.message
 
 
 @pytest.fixture

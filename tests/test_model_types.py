@@ -53,10 +53,10 @@ def test_models_and_bids_carry_each_models_type(wb) -> None:
     for spec in MODELS:
         assert models.loc[spec.name, "type"] == model_type(spec.tags)
     assert models.loc[EMBEDDING, "type"] == "EMBEDDING"
-    assert models.loc["llama-3.2", "type"] == "LLM"
+    assert models.loc["llama-3.3-70b", "type"] == "LLM"
     bids = wb.bids()
     assert set(bids.loc[bids["model"] == EMBEDDING, "type"]) == {"EMBEDDING"}
-    assert set(bids.loc[bids["model"] == "llama-3.2", "type"]) == {"LLM"}
+    assert set(bids.loc[bids["model"] == "llama-3.3-70b", "type"]) == {"LLM"}
     assert set(wb.bids(EMBEDDING)["type"]) == {"EMBEDDING"}
 
 
@@ -81,4 +81,4 @@ def test_a_non_chat_model_is_refused_before_any_transaction(wb) -> None:
 
 
 def test_a_chat_model_still_chats(wb) -> None:
-    assert wb.chat("hi", model="llama-3.2", max_tokens=3)
+    assert wb.chat("hi", model="llama-3.3-70b", max_tokens=3)

@@ -21,7 +21,7 @@ from mor_workbench.router.journal import SessionJournal, journal_path
 from mor_workbench.router.router import Router
 
 HERE = Path(__file__).parent
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 
 
 def _rpc(wb: mor.Workbench, method: str, *params: object) -> object:

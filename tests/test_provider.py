@@ -39,7 +39,7 @@ from mor_workbench.router import peer
 from mor_workbench.router.transport import call_once
 from mor_workbench.sandbox.model_server import ModelServer
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 
 
 async def rpc(endpoint: str, request: Request | bytes, expect) -> list[Response]:

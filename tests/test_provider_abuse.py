@@ -26,7 +26,7 @@ from mor_workbench.router.journal import SessionJournal
 from mor_workbench.router.router import OpenSession, Router
 from mor_workbench.sandbox.model_server import ModelServer
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 TRICKLE_S = 2.0  # the attackers' pause between bytes
 
 

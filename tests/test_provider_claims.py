@@ -23,7 +23,7 @@ def test_sandbox_provider_claims_an_unclosed_session_after_its_end(tmp_path) -> 
     async def scenario() -> None:
         chain = Chain(RpcClient(info.rpc_url), info.deployment)
         consumer, provider = info.signer("consumer"), info.signer("provider:balanced")
-        bids = await tables.bids(chain, "llama-3.2")
+        bids = await tables.bids(chain, "llama-3.3-70b")
         bid = bids[bids["provider"] == provider.address].iloc[0]
         endpoint = (await chain.call("getProvider", provider.address))["endpoint"]
         approved = await peer.request_approval(

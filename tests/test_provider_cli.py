@@ -23,7 +23,7 @@ from mor_workbench.router import peer
 def models_config(sandbox_info, tmp_path) -> Path:
     async def model_id() -> str:
         chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
-        found, _ = await listings.resolve_model(chain, "llama-3.2")
+        found, _ = await listings.resolve_model(chain, "llama-3.3-70b")
         await chain.rpc.aclose()
         return "0x" + found.hex()
 
@@ -34,7 +34,7 @@ def models_config(sandbox_info, tmp_path) -> Path:
                 "models": [
                     {
                         "modelId": asyncio.run(model_id()),
-                        "modelName": "llama-3.2",
+                        "modelName": "llama-3.3-70b",
                         "apiType": "openai",
                         "apiUrl": "http://127.0.0.1:9/v1/chat/completions",
                         "concurrentSlots": 2,

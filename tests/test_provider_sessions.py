@@ -26,7 +26,7 @@ from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router import peer
 from mor_workbench.sandbox.model_server import ModelServer
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 SLOTS = 2
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 

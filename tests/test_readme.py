@@ -177,7 +177,7 @@ class Reader:
                 pytest.fail(
                     f"{where}: never answered: {server.communicate()[0][-2000:]}", pytrace=False
                 )
-            assert "llama-3.2" in {m["id"] for m in models["data"]}, where
+            assert "llama-3.3-70b" in {m["id"] for m in models["data"]}, where
             server.send_signal(signal.SIGTERM)
             output = server.communicate(timeout=COMMAND_LIMIT_S)[0]
             assert server.returncode == 0, f"{where}: SIGTERM gave {server.returncode}: {output}"

@@ -26,8 +26,8 @@ from mor_workbench.serve import make_app
 from mor_workbench.session import AsyncChatStream, StreamPart
 from mor_workbench.widgets import Chat
 
-REASONER = "deepseek-r1"  # tagged "reasoning" in the sandbox market
-PLAIN = "llama-3.2"
+REASONER = "gpt-oss-120b"  # tagged "reasoning" in the sandbox market
+PLAIN = "llama-3.3-70b"
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
 
 
@@ -227,16 +227,16 @@ def ask(ip, source):
 def test_magic_prints_the_reasoning_above_the_answer_in_a_terminal(shell, capsys):
     ip, mags = shell
     mags.live_display = False
-    answer = ask(ip, "%%mor deepseek-r1 -p seed=21\nWhy is the sky blue?")
+    answer = ask(ip, "%%mor gpt-oss-120b -p seed=21\nWhy is the sky blue?")
     whole = mags.workbench.complete(QUESTION, model=REASONER, seed=21).choices[0].message
     assert str(answer) == whole.content and answer.reasoning == whole.reasoning_content
     out = capsys.readouterr().out
     assert f"Reasoning:\n{answer.reasoning}\n\n{answer}" in out
 
-    ask(ip, "%%mor deepseek-r1 --no-stream -p seed=21\nWhy is the sky blue?")
+    ask(ip, "%%mor gpt-oss-120b --no-stream -p seed=21\nWhy is the sky blue?")
     assert f"Reasoning:\n{answer.reasoning}\n\n{answer}" in capsys.readouterr().out
 
-    plain = ask(ip, "%%mor llama-3.2 --max-tokens 10\nWhy is the sky blue?")
+    plain = ask(ip, "%%mor llama-3.3-70b --max-tokens 10\nWhy is the sky blue?")
     assert plain.reasoning == "" and "Reasoning:" not in capsys.readouterr().out
 
 
@@ -245,10 +245,10 @@ def test_magic_folds_the_reasoning_above_the_answer_in_a_notebook(shell, monkeyp
     mags.live_display = True
     monkeypatch.setattr(magic, "UPDATE_EVERY_S", 0.0)  # redraw on every part
     monkeypatch.setattr(ip, "display_pub", CapturingDisplayPublisher())
-    answer = ask(ip, "%%mor deepseek-r1\nWhy is the <b>sky</b> blue?")
+    answer = ask(ip, "%%mor gpt-oss-120b\nWhy is the <b>sky</b> blue?")
     assert answer.reasoning and answer
     first, *updates, _footer = ip.display_pub.outputs
-    assert first["data"]["text/markdown"] == "*asking deepseek-r1…*"
+    assert first["data"]["text/markdown"] == "*asking gpt-oss-120b…*"
     final = updates[-1]["data"]["text/markdown"]
     folded = f"<details><summary>Reasoning</summary>\n\n{html.escape(answer.reasoning)}"
     assert final.startswith(folded)  # folded, escaped, above the answer
@@ -257,7 +257,7 @@ def test_magic_folds_the_reasoning_above_the_answer_in_a_notebook(shell, monkeyp
     assert any(t.startswith("<details open>") for t in thinking)  # unfolded while it thinks
     assert "&lt;b&gt;sky&lt;/b&gt;" in final  # the question's markup is shown, not rendered
 
-    ask(ip, "%%mor deepseek-r1 -f html\nWhy is the sky blue?")
+    ask(ip, "%%mor gpt-oss-120b -f html\nWhy is the sky blue?")
     shown = ip.display_pub.outputs[-2]["data"]
     assert shown["text/html"].startswith("<details><summary>Reasoning</summary>")
     assert shown["text/html"].endswith(f"</details>{ip.user_ns['_mor']}")

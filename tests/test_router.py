@@ -23,7 +23,7 @@ async def router(sandbox_info, tmp_path):
 
 
 async def test_ranking_follows_the_score_of_each_bid(router) -> None:
-    ranked = await router.rank("llama-3.2")
+    ranked = await router.rank("llama-3.3-70b")
     assert len(ranked) == len(PROVIDERS)
     assert [b.score.score for b in ranked] == sorted((b.score.score for b in ranked), reverse=True)
     for bid in ranked:  # the score is the weighted stats divided by the price in MOR/s
@@ -34,12 +34,16 @@ async def test_ranking_follows_the_score_of_each_bid(router) -> None:
 
 
 async def test_open_stream_close_is_journaled_and_undisputed(router) -> None:
-    session = await router.open("llama-3.2", 600)
+    session = await router.open("llama-3.3-70b", 600)
     entry = router.journal.get(session.approval_hash)
     assert entry.state == "open" and entry.session_id == "0x" + session.session_id.hex()
     on_chain = await router.chain.call("getSession", session.session_id)
     assert on_chain["isActive"] and on_chain["endsAt"] - on_chain["openedAt"] >= 600
-    body = {"model": "llama-3.2", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body = {
+        "model": "llama-3.3-70b",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
     chunks = [c async for c in router.stream(session, body)]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text
@@ -52,7 +56,7 @@ async def test_open_stream_close_is_journaled_and_undisputed(router) -> None:
 async def test_a_stale_endpoint_is_re_read_from_chain_before_any_dispute(router) -> None:
     """A provider restarted elsewhere (a sandbox restart, a moved host) still signs the
     receipt: the endpoint it registers on chain is asked before the consumer disputes."""
-    session = await router.open("llama-3.2", 600)
+    session = await router.open("llama-3.3-70b", 600)
     moved = dataclasses.replace(session, endpoint="127.0.0.1:9")  # where it listened before
     assert await router.close(moved) is True
     closed = await router.chain.call("getSession", session.session_id)
@@ -61,7 +65,7 @@ async def test_a_stale_endpoint_is_re_read_from_chain_before_any_dispute(router)
 
 
 async def test_close_falls_back_to_a_dispute_when_the_provider_cannot_sign(router) -> None:
-    session = await router.open("llama-3.2", 600)
+    session = await router.open("llama-3.3-70b", 600)
     # a receipt from the registered endpoint fails verification against this key
     impostor = dataclasses.replace(
         session, endpoint="127.0.0.1:9", provider_pubkey=router.signer.public_key_65
@@ -73,8 +77,8 @@ async def test_close_falls_back_to_a_dispute_when_the_provider_cannot_sign(route
 
 
 async def test_close_all_closes_what_the_journal_holds(router) -> None:
-    first = await router.open("llama-3.2", 600)
-    second = await router.open("qwen-2.5-coder", 600)
+    first = await router.open("llama-3.3-70b", 600)
+    second = await router.open("qwen3-235b", 600)
     assert await router.close_all() == 2
     for s in (first, second):
         assert (await router.chain.call("getSession", s.session_id))["closedAt"]
@@ -87,7 +91,7 @@ async def test_recovery_sets_aside_sessions_of_another_chain_with_the_same_id(
     answering has the same id but not those sessions: recovery drops them, once."""
     import sqlite3
 
-    opened = await router.open("llama-3.2", 600)
+    opened = await router.open("llama-3.3-70b", 600)
     await router.close(opened)
     entry = router.journal.by_session("0x" + opened.session_id.hex())
     gone = dataclasses.replace(

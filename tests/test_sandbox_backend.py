@@ -87,12 +87,12 @@ def test_sandbox_models_are_answered_by_the_users_server(box: Path, users_server
     assert info.backend == Backend(users_server, USERS_MODEL)
     with mor.connect("sandbox", sandbox_dir=box) as wb:
         reply = wb.complete(
-            [{"role": "user", "content": "Say hello"}], model="llama-3.2", max_tokens=20
+            [{"role": "user", "content": "Say hello"}], model="llama-3.3-70b", max_tokens=20
         )
         # the answer is what the user's server says to its own model (it requires its key,
         # and its text depends on the model it was asked for); the client sees the name it
         # asked for, never the backend's own
-        assert reply.model == "llama-3.2"
+        assert reply.model == "llama-3.3-70b"
         assert reply.choices[0].message.content == _direct(
             users_server, USERS_MODEL, "Say hello", max_tokens=20
         )
@@ -116,12 +116,12 @@ def test_a_restart_keeps_the_choice_and_simulated_goes_back(box: Path, users_ser
     chosen = sandbox.start(box, backend=users_server, backend_model="another-model")
     assert chosen.pid != restarted.pid and chosen.backend == Backend(users_server, "another-model")
     with mor.connect("sandbox", sandbox_dir=box) as wb:
-        reply = wb.complete([{"role": "user", "content": "Hi"}], model="mistral-small")
+        reply = wb.complete([{"role": "user", "content": "Hi"}], model="mistral-31-24b")
         assert reply.choices[0].message.content == _direct(users_server, "another-model", "Hi")
     back = sandbox.start(box, backend="simulated")
     assert back.backend is None
     with mor.connect("sandbox", sandbox_dir=box) as wb:
-        reply = wb.complete([{"role": "user", "content": "Hi"}], model="mistral-small")
+        reply = wb.complete([{"role": "user", "content": "Hi"}], model="mistral-31-24b")
         assert reply.choices[0].message.content != _direct(users_server, "another-model", "Hi")
 
 

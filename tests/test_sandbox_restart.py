@@ -19,7 +19,7 @@ from mor_workbench import sandbox
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.errors import RpcUnavailable, SandboxError
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 
 
 @contextlib.contextmanager

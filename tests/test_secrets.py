@@ -56,7 +56,7 @@ SECRETS = re.compile(
     re.IGNORECASE,
 )
 KEY_BYTES = bytes.fromhex(KEY[2:])
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 MOR = 10**18
 
 

@@ -64,20 +64,20 @@ async def api(workbench) -> AsyncIterator[openai.AsyncOpenAI]:
 async def test_models_are_listed_by_name(api: openai.AsyncOpenAI, workbench) -> None:
     listed = [m async for m in api.models.list()]
     names = [m.id for m in listed]
-    assert "llama-3.2" in names and len(names) == len(set(names))
+    assert "llama-3.3-70b" in names and len(names) == len(set(names))
     assert set(names) == set((await workbench.models())["name"])
     assert all(m.object == "model" and m.owned_by == "morpheus" and m.created > 0 for m in listed)
 
 
 async def test_complete_then_stream_the_same_answer(api: openai.AsyncOpenAI) -> None:
-    whole = await api.chat.completions.create(model="llama-3.2", messages=MESSAGES, seed=7)
+    whole = await api.chat.completions.create(model="llama-3.3-70b", messages=MESSAGES, seed=7)
     text = whole.choices[0].message.content
     assert text and whole.choices[0].finish_reason == "stop"
     assert whole.usage.completion_tokens > 0
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
 
     stream = await api.chat.completions.create(
-        model="llama-3.2",
+        model="llama-3.3-70b",
         messages=MESSAGES,
         seed=7,
         stream=True,
@@ -93,7 +93,7 @@ async def test_complete_then_stream_the_same_answer(api: openai.AsyncOpenAI) -> 
 async def test_tool_calls_come_back(api: openai.AsyncOpenAI) -> None:
     weather = [{"role": "user", "content": "What's the weather in Lisbon?"}]
     called = await api.chat.completions.create(
-        model="llama-3.2", messages=weather, tools=[WEATHER], tool_choice="required"
+        model="llama-3.3-70b", messages=weather, tools=[WEATHER], tool_choice="required"
     )
     assert called.choices[0].finish_reason == "tool_calls"
     call = called.choices[0].message.tool_calls[0]
@@ -105,13 +105,13 @@ async def test_unknown_model_is_a_clear_404(api: openai.AsyncOpenAI) -> None:
         await api.chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert caught.value.code == "model_not_found"
     assert "no active model 'no-such-model'" in caught.value.message
-    assert "llama-3.2" in caught.value.message  # it names the models there are
+    assert "llama-3.3-70b" in caught.value.message  # it names the models there are
 
 
 async def test_a_request_the_provider_refuses_is_a_400(api: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="tool_choice"):
         await api.chat.completions.create(
-            model="llama-3.2", messages=MESSAGES, tool_choice="required"
+            model="llama-3.3-70b", messages=MESSAGES, tool_choice="required"
         )
 
 
@@ -119,7 +119,7 @@ async def test_the_api_key_is_required_and_never_echoed(api: openai.AsyncOpenAI)
     wrong = client(str(api.base_url), key="sk-wrong-key-123456")
     for call in (
         wrong.models.list(),
-        wrong.chat.completions.create(model="llama-3.2", messages=MESSAGES),
+        wrong.chat.completions.create(model="llama-3.3-70b", messages=MESSAGES),
     ):
         with pytest.raises(openai.AuthenticationError) as caught:
             await call
@@ -150,10 +150,10 @@ async def test_shutdown_closes_the_sessions_it_opened(
 ) -> None:
     async with running(make_app(workbench)) as base_url:  # no key: any client may call
         answer = await client(base_url, key="anything").chat.completions.create(
-            model="llama-3.2", messages=MESSAGES
+            model="llama-3.3-70b", messages=MESSAGES
         )
         assert answer.choices[0].message.content
-        session_id = workbench._sessions["llama-3.2"].id
+        session_id = workbench._sessions["llama-3.3-70b"].id
     assert workbench._closed
     # another journal, so connecting cannot settle what the server should have closed itself
     monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "checker"))
@@ -178,7 +178,7 @@ async def test_router_failures_map_to_http_statuses(
         for stream in (False, True):
             with pytest.raises(openai.APIStatusError) as caught:
                 await client(base_url).chat.completions.create(
-                    model="llama-3.2", messages=MESSAGES, stream=stream
+                    model="llama-3.3-70b", messages=MESSAGES, stream=stream
                 )
             assert caught.value.status_code == status
             assert message in caught.value.body["message"]
@@ -206,7 +206,7 @@ def test_the_cli_serves_until_stopped_then_closes_its_sessions(
         base_url = line.split(" at ", 1)[1].split(" ", 1)[0]
         assert not base_url.endswith(":0/v1")
         api = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
-        answer = api.chat.completions.create(model="llama-3.2", messages=MESSAGES)
+        answer = api.chat.completions.create(model="llama-3.3-70b", messages=MESSAGES)
         assert answer.choices[0].message.content
         proc.send_signal(stop)
         assert proc.wait(timeout=60) == 0
@@ -243,7 +243,7 @@ async def test_a_request_too_large_for_any_provider_is_a_413_and_opens_nothing(
     for stream in (False, True):
         with pytest.raises(openai.APIStatusError) as caught:
             await api.chat.completions.create(
-                model="llama-3.2", messages=[{"role": "user", "content": huge}], stream=stream
+                model="llama-3.3-70b", messages=[{"role": "user", "content": huge}], stream=stream
             )
         assert caught.value.status_code == 413
         assert caught.value.code == "request_too_large"

@@ -38,11 +38,11 @@ async def test_a_completion_carries_its_details_in_headers_and_body(
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     raw = await api.chat.completions.with_raw_response.create(
-        model="llama-3.2", messages=MESSAGES, max_tokens=20
+        model="llama-3.3-70b", messages=MESSAGES, max_tokens=20
     )
     completion = raw.parse()
     details = completion.morpheus  # the extra field the openai client keeps
-    session = workbench._sessions["llama-3.2"]
+    session = workbench._sessions["llama-3.3-70b"]
     assert details["provider"] == session.provider and details["session_id"] == session.id
     assert details["bid_id"] == session.info()["bid_id"]
     assert details["cost_mor"] > 0 and details["streamed"] is False
@@ -56,7 +56,7 @@ async def test_a_completion_carries_its_details_in_headers_and_body(
 
     (line,) = lines(caplog)  # one line per request
     usage = completion.usage
-    assert line.startswith("completion llama-3.2: ")
+    assert line.startswith("completion llama-3.3-70b: ")
     assert f"provider {short(session.provider)}" in line and f"session {short(session.id)}" in line
     assert f"{usage.prompt_tokens} + {usage.completion_tokens} tokens" in line
     assert f"{details['cost_mor']:.8f} MOR" in line and line.endswith(" s: ok")
@@ -69,9 +69,9 @@ async def test_a_stream_names_its_provider_in_headers_and_ends_with_the_details(
     for include_usage in (True, False):
         options = {"stream_options": {"include_usage": True}} if include_usage else {}
         raw = await api.chat.completions.with_raw_response.create(
-            model="llama-3.2", messages=MESSAGES, max_tokens=20, stream=True, **options
+            model="llama-3.3-70b", messages=MESSAGES, max_tokens=20, stream=True, **options
         )
-        session = workbench._sessions["llama-3.2"]
+        session = workbench._sessions["llama-3.3-70b"]
         assert raw.headers["x-morpheus-provider"] == session.provider
         assert raw.headers["x-morpheus-session-id"] == session.id
         assert "x-morpheus-cost-mor" not in raw.headers  # not known when headers go out
@@ -86,7 +86,7 @@ async def test_a_stream_names_its_provider_in_headers_and_ends_with_the_details(
         if include_usage:
             assert last.usage is not None and last.usage.completion_tokens > 0
     logged = lines(caplog)
-    assert len(logged) == 2 and all(line.startswith("stream llama-3.2: ") for line in logged)
+    assert len(logged) == 2 and all(line.startswith("stream llama-3.3-70b: ") for line in logged)
     assert all(line.endswith(": ok") for line in logged)
 
 

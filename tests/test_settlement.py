@@ -45,7 +45,7 @@ def _on_chain(wb: mor.Workbench, session_id: str) -> dict:
 
 def test_a_session_whose_time_is_up_is_closed_and_the_stake_returned(wb) -> None:
     before = wb.balance()
-    session = wb.open_session("llama-3.2", duration="5m")
+    session = wb.open_session("llama-3.3-70b", duration="5m")
     assert session.chat("hi")
     assert wb.balance()["mor_staked"] > 0
     _warp(wb, session.aio.opened.ends_at + 1)
@@ -65,7 +65,7 @@ def test_a_session_whose_time_is_up_is_closed_and_the_stake_returned(wb) -> None
 
 def test_on_hold_stake_is_withdrawn_once_its_timelock_passes(wb) -> None:
     start = wb.balance()
-    session = wb.open_session("mistral-small", duration="30m")
+    session = wb.open_session("mistral-31-24b", duration="30m")
     assert session.chat("hello")
     _warp(wb, wb._portal.run(wb.aio.chain.block_timestamp()) + 120)  # two minutes used
     session.close()  # early: today's used stipend, as stake, is held until UTC midnight

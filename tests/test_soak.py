@@ -53,7 +53,7 @@ from mor_workbench.session import Session, chat_body
 
 HERE = Path(__file__).parent
 CLI = [sys.executable, "-m", "mor_workbench.cli"]
-MODELS = ("llama-3.2", "qwen-2.5-coder", "mistral-small", "deepseek-r1")
+MODELS = ("llama-3.3-70b", "qwen3-235b", "mistral-31-24b", "gpt-oss-120b")
 PROMPT = "In one line: why do long-running services leak?"
 SANDBOX_SLOTS = 32  # concurrentSlots of every sandbox provider's models (sandbox/providers.py)
 ROUNDS_ENV = "MOR_SOAK_ROUNDS"

@@ -76,4 +76,4 @@ def test_filters_that_leave_nothing_say_so(sandbox_dir, tmp_path, monkeypatch) -
         mor.connect("sandbox", sandbox_dir=sandbox_dir, strategy={"max_price_per_second": 0}) as wb,
         pytest.raises(mor.NoProviderAvailable, match="strategy's filters"),
     ):
-        wb.chat("hi", model="llama-3.2")
+        wb.chat("hi", model="llama-3.3-70b")

@@ -131,10 +131,10 @@ async def test_tee_only_refuses_a_model_not_tagged_tee_before_any_transaction(
 ) -> None:
     wb = await connect(**option)
     before = await _nonce(wb)
-    with pytest.raises(mor.ConfigurationError, match=r"'llama-3\.2' is not tagged 'tee'"):
-        await wb.chat("Hello", model="llama-3.2")
+    with pytest.raises(mor.ConfigurationError, match=r"'llama-3\.3-70b' is not tagged 'tee'"):
+        await wb.chat("Hello", model="llama-3.3-70b")
     with pytest.raises(mor.ConfigurationError, match="not tagged 'tee'"):
-        await wb.open_session("llama-3.2")
+        await wb.open_session("llama-3.3-70b")
     assert await _nonce(wb) == before
 
 
@@ -154,7 +154,7 @@ async def test_tee_only_opens_on_the_tee_model_and_says_it_is_unverified(
     finally:
         await session.close()
     plain = await connect()
-    other = await plain.open_session("llama-3.2", duration="5m")
+    other = await plain.open_session("llama-3.3-70b", duration="5m")
     try:
         assert plain.attestation(other).tee is False
     finally:

@@ -24,7 +24,7 @@ from mor_workbench.router.router import Router
 from mor_workbench.sandbox.model_server import ModelServer
 from mor_workbench.serve import make_app
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 MESSAGES = [{"role": "user", "content": "What is the Morpheus marketplace?"}]
 
 

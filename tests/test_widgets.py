@@ -13,7 +13,7 @@ import mor_workbench as mor
 from mor_workbench.sandbox.market import MODELS, PROVIDERS
 from mor_workbench.widgets import Chat, Compare, Explorer, Sessions, _base
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 BIDS = len(MODELS) * len(PROVIDERS)  # every sandbox provider bids on every model
 
 
@@ -157,13 +157,13 @@ def test_chat_round_trip_streams_into_messages_with_a_footer(wb, widgets) -> Non
     assert chat.messages[-1]["info"]["session_id"] == info["session_id"]
     assert chat._session is not None and len(chat._session.lease.opened.session_id) == 32
 
-    chat.model = "qwen-2.5-coder"  # another model: a new session, the old one closed
+    chat.model = "qwen3-235b"  # another model: a new session, the old one closed
     chat.wait(30)
     assert {b["provider"] for b in chat.bids} and chat.bid == ""
     chat.send("Write a loop")
     chat.wait(60)
     coder = chat.messages[-1]["info"]["session_id"]
-    assert coder != info["session_id"] and chat.session["model"] == "qwen-2.5-coder"
+    assert coder != info["session_id"] and chat.session["model"] == "qwen3-235b"
     on_chain = wb.sessions().set_index("id")
     assert not on_chain.loc[info["session_id"]]["is_active"]
 
@@ -203,7 +203,7 @@ def test_work_runs_off_the_kernel_thread_and_slow_steps_say_so(wb, widgets, monk
     assert chat.busy
     chat.wait(60)
     assert chat.error == "" and chat.status == "" and not chat.busy
-    assert any(line.startswith("opening a session for llama-3.2…") for line in lines)
+    assert any(line.startswith("opening a session for llama-3.3-70b…") for line in lines)
     waited = [line for line in lines if line.startswith("waiting for 0x")]
     assert any("still waiting (" in line for line in waited)
 

@@ -35,7 +35,7 @@ if CHROMIUM is not None:
 
     expect.set_options(timeout=60_000)  # a kernel, a chain and providers are behind each check
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 TOKEN = "mor-widgets-test"
 NOTEBOOK = "widgets.ipynb"
 CELLS = [
@@ -198,7 +198,7 @@ def wb(sandbox_dir: Path) -> Iterator[mor.Workbench]:
 
 def test_explorer_renders_the_market_and_the_scatter(page: Page) -> None:
     explorer = page.locator(".mor-explorer")
-    named = re.compile(rf"{re.escape(MODEL)}(?!:)")  # llama-3.2, not llama-3.2:web
+    named = re.compile(rf"{re.escape(MODEL)}(?!:)")  # llama-3.3-70b, not llama-3.3-70b:web
     expect(explorer.locator("tbody tr", has_text=named)).to_have_count(1)
     expect(explorer.locator("tbody tr")).to_have_count(len(MODELS))
     explorer.locator("th", has_text="model").click()  # sort by name, the other way

@@ -153,7 +153,7 @@ contract Base {
 
         token.transfer(provider, 1_000 * MOR);
         token.transfer(user, 10_000 * MOR);
-        modelId = registerModel("llama-3.2");
+        modelId = registerModel("llama-3.3-70b");
         bidId = registerProvider(provider, 100 * MOR, modelId, PRICE);
         vm.prank(user);
         token.approve(address(market), type(uint256).max);

@@ -322,7 +322,7 @@ contract MarketplaceTest is Base {
         market.postModelBid(provider, modelId, PRICE);
         // registering again revives it (the stake must meet the minimum again)
         string[] memory none = new string[](0);
-        market.modelRegister(admin, keccak256(bytes("llama-3.2")), bytes32(0), 0, MOR / 10, "llama-3.2", none);
+        market.modelRegister(admin, keccak256(bytes("llama-3.3-70b")), bytes32(0), 0, MOR / 10, "llama-3.3-70b", none);
         assertTrue(market.getIsModelActive(modelId), "active again");
     }
 

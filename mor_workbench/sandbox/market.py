@@ -64,14 +64,14 @@ class ProviderSpec:
 
 
 MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("llama-3.2", ("llm", "chat", "small"), 2 * 10**13),
-    ModelSpec("qwen-2.5-coder", ("llm", "code"), 3 * 10**13),
-    ModelSpec("mistral-small", ("llm", "chat"), 4 * 10**13),
-    ModelSpec("deepseek-r1", ("llm", "reasoning"), 8 * 10**13),
+    ModelSpec("llama-3.3-70b", ("llm", "chat", "small"), 2 * 10**13),
+    ModelSpec("qwen3-235b", ("llm", "code"), 3 * 10**13),
+    ModelSpec("mistral-31-24b", ("llm", "chat"), 4 * 10**13),
+    ModelSpec("gpt-oss-120b", ("llm", "reasoning"), 8 * 10**13),
     # as the live network lists them: a web-search variant is a model of its own named
     # "<model>:web" (gateway models/prod_model_price.json), tagged as the gateway's
     # src/core/model_types.py reads it; an embedding model tagged "Embeddings"
-    ModelSpec("llama-3.2:web", ("llm", "chat", "web-search-enabled"), 3 * 10**13),
+    ModelSpec("llama-3.3-70b:web", ("llm", "chat", "web-search-enabled"), 3 * 10**13),
     ModelSpec("text-embedding-bge-m3", ("Embeddings",), 5 * 10**12),
 )
 PROVIDERS: tuple[ProviderSpec, ...] = (

@@ -3,7 +3,7 @@
     import mor_workbench as mor
     from mor_workbench.widgets import Chat
     wb = mor.connect("sandbox")
-    Chat(wb, model="llama-3.2")
+    Chat(wb, model="llama-3.3-70b")
 
 Each widget runs its work on the workbench's background loop, so cells return at once and
 the widget fills in live; a one-line status and error say what is slow or what failed.

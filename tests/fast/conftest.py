@@ -28,7 +28,7 @@ from mor_workbench.router.strategy import Strategy
 from mor_workbench.router.transport import MockTransport, PeerHandler
 from mor_workbench.sandbox.market import MODELS, ProviderSpec, ServiceRecord, seed_market
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 # No service record: the reference score is then 1/price, so the cheapest ranks first.
 NEW = ServiceRecord(receipts=0)
 PROVIDERS = (

@@ -11,7 +11,7 @@ from memory_peers import ANSWER, DIE_AFTER_CHUNKS, words
 from mor_workbench.errors import NoProviderAvailable
 from mor_workbench.router.calls import CallRecord, Lease, run_call
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me."}], "stream": True}
 COOPERATIVE, DISPUTE = 0, 1  # closeoutType: the provider's receipt, or the consumer's own
 

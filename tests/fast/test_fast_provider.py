@@ -19,7 +19,7 @@ from mor_workbench.router import peer
 from mor_workbench.router.transport import MockTransport, PeerHandler
 from mor_workbench.sandbox.model_server import ModelServer
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "seed": 3}
 COOPERATIVE = 0  # closeoutType: closed with the provider's receipt
 

@@ -16,7 +16,7 @@ from mor_workbench.router import journal as journal_module
 from mor_workbench.router.router import APPROVAL_TTL_S, Router
 from mor_workbench.router.states import SessionEvent
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 GONE = "1-a-process-that-died"  # the owner of the dead router's journal rows: no lock held
 
 

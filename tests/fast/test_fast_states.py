@@ -8,7 +8,7 @@ import pytest
 
 from mor_workbench.errors import IllegalTransition
 
-MODEL = "llama-3.2"
+MODEL = "llama-3.3-70b"
 
 
 async def _sent(router) -> int:

@@ -41,7 +41,7 @@ def test_receipt_has_the_live_seven_field_layout() -> None:
 
 
 async def open_directly(info, stamp_ms: int):
-    """Open a session on the balanced provider's llama-3.2 bid with payloads signed here,
+    """Open a session on the balanced provider's llama-3.3-70b bid with payloads signed here,
     approved `stamp_ms` after the latest block (approvals are single-use: tests in the same
     second need different stamps); (chain, consumer, provider, bid row, session id, time)."""
     from mor_workbench.chain.client import Chain
@@ -51,7 +51,7 @@ async def open_directly(info, stamp_ms: int):
     consumer = info.signer("consumer")
     provider = info.signer("provider:balanced")
     wb = await mor.aconnect("sandbox", sandbox_dir=info.directory)
-    bids = await wb.bids("llama-3.2")
+    bids = await wb.bids("llama-3.3-70b")
     await wb.close()
     row = bids[bids["provider"] == provider.address].iloc[0]
     bid_id = bytes.fromhex(row["id"][2:])

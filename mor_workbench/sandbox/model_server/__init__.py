@@ -8,10 +8,10 @@ per-server latency profile (TTFT, tokens per second, jitter, errors, stalls, dro
 connections) drawn from a seeded RNG. It is tested with the real openai SDK, so provider code
 that works against it works against the real servers.
 
-    async with ModelServer(["llama-3.2"], profile="fast") as server:
+    async with ModelServer(["llama-3.3-70b"], profile="fast") as server:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused")
 
-    python -m mor_workbench.sandbox.model_server --model llama-3.2 --profile fast --port 0
+    python -m mor_workbench.sandbox.model_server --model llama-3.3-70b --profile fast --port 0
 """
 
 from mor_workbench.sandbox.model_server.profiles import PROFILES, LatencyProfile

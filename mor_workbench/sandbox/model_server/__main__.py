@@ -1,6 +1,6 @@
 """python -m mor_workbench.sandbox.model_server: print the base URL, serve until SIGINT/SIGTERM.
 
-python -m mor_workbench.sandbox.model_server --model llama-3.2 --profile fast --port 0
+python -m mor_workbench.sandbox.model_server --model llama-3.3-70b --profile fast --port 0
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.tps is not None:
         profile = dataclasses.replace(profile, tokens_per_second=args.tps)
     server = ModelServer(
-        args.model or ["llama-3.2"],
+        args.model or ["llama-3.3-70b"],
         profile=profile,
         api_key=args.api_key,
         host=args.host,

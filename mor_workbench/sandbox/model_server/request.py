@@ -210,12 +210,15 @@ def _validate_response_format(fmt: dict[str, Any] | None) -> None:
 
 
 # Names of open reasoning models as providers list them: DeepSeek-R1 and its distills, QwQ,
-# and anything that says it reasons or thinks.
-_REASONING_NAME = re.compile(r"(?:^|[-_/.:])(?:r1|qwq)(?:$|[-_/.:])|reason|think", re.IGNORECASE)
+# OpenAI's gpt-oss (sold on the live network as gpt-oss-120b), and anything that says it
+# reasons or thinks.
+_REASONING_NAME = re.compile(
+    r"(?:^|[-_/.:])(?:r1|qwq|gpt-oss)(?:$|[-_/.:])|reason|think", re.IGNORECASE
+)
 
 
 def is_reasoning_model(name: str) -> bool:
-    """Whether a model of this name thinks before it answers (deepseek-r1, qwq-32b, ...)."""
+    """Whether a model of this name thinks before it answers (gpt-oss-120b, qwq-32b, ...)."""
     return bool(_REASONING_NAME.search(name))
 
 

@@ -90,12 +90,12 @@ class ModelServer:
     `api_key` (when set) the Bearer token it requires, `seed` the seed of its fault and jitter
     RNG. Answers are deterministic in (model, messages, seed of the request).
     `reasoning_models` are the ids that think before answering and send `reasoning_content`
-    (default: those whose names say so, e.g. deepseek-r1; see `is_reasoning_model`).
+    (default: those whose names say so, e.g. gpt-oss-120b; see `is_reasoning_model`).
     """
 
     def __init__(
         self,
-        models: Sequence[str] = ("llama-3.2",),
+        models: Sequence[str] = ("llama-3.3-70b",),
         *,
         profile: LatencyProfile | str = "balanced",
         api_key: str | None = None,
