@@ -48,7 +48,7 @@ from mor_workbench.router.attestation import (
 from mor_workbench.router.calls import CallRecord, Lease
 from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
-from mor_workbench.router.router import OpenSession, Router, rank_bids
+from mor_workbench.router.router import OpenSession, Router, rank_book
 from mor_workbench.router.scoring import explain_score
 from mor_workbench.router.strategy import Strategy
 from mor_workbench.session import (
@@ -413,12 +413,11 @@ class AsyncWorkbench:
         concurrently, at most BIDS_PING_TIMEOUT_S s each): "healthy", "degraded
         (rate_limited, HTTP 429)", "unhealthy (…)", "no_model_configured"…, "not reported" (a
         provider before proxy-router v7.4), or "unknown" when it does not answer."""
-        frame = await tables.bids(self.chain, model)
+        book = await tables.bid_book(self.chain, model)  # every bid read once
+        frame = tables.bids_frame(book)
         if frame.empty:
             return frame
-        model_ids = sorted(set(frame["model_id"]))
-        ranked = await asyncio.gather(*(rank_bids(self.chain, m) for m in model_ids))
-        by_id = {"0x" + b.bid_id.hex(): b for bids in ranked for b in bids}
+        by_id = {"0x" + b.bid_id.hex(): b for b in rank_book(book)}
         for part in ("score", "raw", "tps", "ttft", "duration", "success", "stake"):
             column = "score" if part == "score" else f"score_{part}"
             frame[column] = [getattr(by_id[i].score, part) for i in frame["id"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mor_workbench.chain.client import Call, Chain
@@ -13,8 +14,10 @@ from mor_workbench.errors import ModelNotFound, MorError
 
 __all__ = [
     "PAGE",
+    "BidBook",
     "active_bids",
     "active_model_ids",
+    "bid_book",
     "check",
     "find_model",
     "listing",
@@ -36,6 +39,13 @@ def check(results: Sequence[Any]) -> list[Any]:
 async def listing(chain: Chain, fn: str, keys: Sequence[Any]) -> list[list[Any]]:
     """All items of a paged `fn(key, offset, limit) -> (items, total)` listing, for each key."""
     first = check(await chain.read_many([Call(fn, (*k, 0, PAGE)) for k in keys]))
+    return await _rest_of(chain, fn, keys, first)
+
+
+async def _rest_of(
+    chain: Chain, fn: str, keys: Sequence[Any], first: Sequence[tuple[list[Any], int]]
+) -> list[list[Any]]:
+    """Each key's items: its first page (already read) and all later pages, read together."""
     items = [list(page) for page, _ in first]
     rest: list[tuple[int, Call]] = [
         (i, Call(fn, (*k, offset, PAGE)))
@@ -153,3 +163,61 @@ async def active_bids(
     ]
     found = check(await chain.read_many([Call("getBid", (b,)) for b in bid_ids]))
     return list(zip(bid_ids, found, strict=True))
+
+
+@dataclass(frozen=True)
+class BidBook:
+    """Active bids with everything they are judged by, as the contracts return them (wei,
+    seconds): the bids' models, their providers (endpoint, stake), each provider-model pair's
+    stats, each model's stats and the providers' minimum stake."""
+
+    models: dict[bytes, dict[str, Any]]
+    bids: list[tuple[bytes, dict[str, Any]]]
+    providers: dict[str, dict[str, Any]]
+    pair_stats: dict[tuple[bytes, str], dict[str, Any]]  # by (model id, provider)
+    model_stats: dict[bytes, dict[str, Any]]
+    provider_minimum_stake: int
+
+
+async def bid_book(chain: Chain, model: str | None = None) -> BidBook:
+    """The `BidBook` of one model (a name or id, see `resolve_model`; `ModelNotFound` when no
+    active model matches) or of every active model.
+
+    Each level of reads waits only for the one before it, and each is one batched read
+    (`Chain.read_many`): the active model ids; the models, their stats, the minimum stake and
+    the first page of each model's bid ids; the later pages (only past `PAGE` bids a model);
+    the bids; their providers and pair stats. Every bid is read once.
+    """
+    if model is None:
+        ids = await active_model_ids(chain)
+        known: dict[bytes, dict[str, Any]] = {}
+    else:
+        model_id, found = await find_model(chain, model)
+        ids, known = [model_id], {model_id: found}
+    wanted = [i for i in ids if i not in known]
+    head = [Call("getProviderMinimumStake")]
+    head += [Call("getModel", (i,)) for i in wanted]
+    head += [Call("getModelStats", (i,)) for i in ids]
+    head += [Call("getModelActiveBids", (i, 0, PAGE)) for i in ids]
+    results = check(await chain.read_many(head))
+    minimum_stake, results = results[0], results[1:]
+    models = {**known, **dict(zip(wanted, results[: len(wanted)], strict=True))}
+    results = results[len(wanted) :]
+    model_stats = dict(zip(ids, results[: len(ids)], strict=True))
+    pages = await _rest_of(chain, "getModelActiveBids", [(i,) for i in ids], results[len(ids) :])
+    bid_ids = [b for page in pages for b in page]
+    found_bids = check(await chain.read_many([Call("getBid", (b,)) for b in bid_ids]))
+    bids = list(zip(bid_ids, found_bids, strict=True))
+    providers = sorted({b["provider"] for _, b in bids})
+    pairs = sorted({(b["modelId"], b["provider"]) for _, b in bids})
+    tail = [Call("getProvider", (p,)) for p in providers]
+    tail += [Call("getProviderModelStats", pair) for pair in pairs]
+    results = check(await chain.read_many(tail))
+    return BidBook(
+        models=models,
+        bids=bids,
+        providers=dict(zip(providers, results[: len(providers)], strict=True)),
+        pair_stats=dict(zip(pairs, results[len(providers) :], strict=True)),
+        model_stats=model_stats,
+        provider_minimum_stake=minimum_stake,
+    )

@@ -45,6 +45,8 @@ class RpcClient:
     `refresh_urls`, when given, is consulted once every URL has failed: it returns the URLs to
     try instead (e.g. where a restarted node listens now) or raises an error that explains the
     outage (a `MorError`); without it, or when the new URLs fail too, `RpcUnavailable`.
+
+    `round_trips` counts the HTTP requests sent (a batch is one), for benchmarks and tests.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class RpcClient:
         )
         self._ids = itertools.count(1)
         self._current = 0
+        self.round_trips = 0
 
     @staticmethod
     def _checked(urls: list[str]) -> list[str]:
@@ -100,6 +103,7 @@ class RpcClient:
         urls = self.urls
         for attempt in range(len(urls)):
             index = (self._current + attempt) % len(urls)
+            self.round_trips += 1
             try:
                 response = await self._http.post(urls[index], json=payload)
                 response.raise_for_status()

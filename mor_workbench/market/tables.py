@@ -17,10 +17,10 @@ import pandas as pd
 from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import checksum_address
 from mor_workbench.chain.listings import (
-    active_bids,
+    BidBook,
     active_model_ids,
+    bid_book,
     check,
-    find_model,
     listing,
     models_by_id,
     resolve_model,
@@ -29,7 +29,9 @@ from mor_workbench.market.catalog import model_type
 from mor_workbench.router.attestation import is_tee
 
 __all__ = [
+    "bid_book",
     "bids",
+    "bids_frame",
     "models",
     "providers",
     "resolve_model",
@@ -128,17 +130,17 @@ _BID_COLUMNS = [
 async def bids(chain: Chain, model: str | None = None) -> pd.DataFrame:
     """Active bids, of one model (name or id, see `resolve_model`) or of every active model,
     cheapest first, with the model's `type` and `tee` (tagged tee, see `models`)."""
-    if model is None:
-        ids = await active_model_ids(chain)
-        found = await models_by_id(chain, ids)
-    else:
-        model_id, one = await find_model(chain, model)
-        ids, found = [model_id], {model_id: one}
+    return bids_frame(await bid_book(chain, model))
+
+
+def bids_frame(book: BidBook) -> pd.DataFrame:
+    """The bids of `book` (see `bids`), without another read."""
+    found = book.models
     names = {i: m["name"] for i, m in found.items()}
     types = {i: model_type(m["tags"]) for i, m in found.items()}
     tee = {i: is_tee(m["tags"]) for i, m in found.items()}
     rows = []
-    for bid_id, b in await active_bids(chain, ids):
+    for bid_id, b in book.bids:
         price = b["pricePerSecond"]
         rows.append(
             {
@@ -277,20 +279,16 @@ _STATS_COLUMNS = [
 
 
 async def stats(chain: Chain) -> pd.DataFrame:
-    """Provider-model rating stats (as the contracts keep them) for every active bid."""
-    table = await bids(chain)
-    pairs = sorted({(r.model_id, r.model, r.provider) for r in table.itertuples()})
-    found = check(
-        await chain.read_many(
-            [Call("getProviderModelStats", (bytes.fromhex(m[2:]), p)) for m, _, p in pairs]
-        )
-    )
+    """Provider-model rating stats (as the contracts keep them) for every active bid, from
+    the same batched read as `bids` (`bid_book`)."""
+    book = await bid_book(chain)
+    names = {i: m["name"] for i, m in book.models.items()}
     rows = []
-    for (model_id, name, provider), s in zip(pairs, found, strict=True):
+    for (model_id, provider), s in book.pair_stats.items():
         total = s["totalCount"]
         rows.append(
             {
-                "model": name,
+                "model": names.get(model_id, ""),
                 "provider": provider,
                 "tps": s["tpsScaled1000"]["mean"] / 1000,
                 "ttft_ms": float(s["ttftMs"]["mean"]),
@@ -298,7 +296,7 @@ async def stats(chain: Chain) -> pd.DataFrame:
                 "success_count": s["successCount"],
                 "total_count": total,
                 "success_rate": s["successCount"] / total if total else float("nan"),
-                "model_id": model_id,
+                "model_id": hex32(model_id),
                 "provider_short": short(provider),
             }
         )

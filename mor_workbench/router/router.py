@@ -45,7 +45,7 @@ from mor_workbench.router.states import SessionEvent, SessionState
 from mor_workbench.router.strategy import Cooldowns, Strategy
 from mor_workbench.router.transport import TCP, PeerTransport
 
-__all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router", "rank_bids"]
+__all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router", "rank_bids", "rank_book"]
 
 log = logging.getLogger(__name__)
 _PEER_FAILURES = (ProviderError, ProtocolError, OSError, TimeoutError)
@@ -86,28 +86,27 @@ class OpenSession:
 
 async def rank_bids(chain: Chain, model: str) -> list[RankedBid]:
     """A model's active bids, best score first (the reference's default scorer), from one
-    batched read of bids, providers and stats."""
-    model_id, _ = await listings.resolve_model(chain, model)
-    bids = await listings.active_bids(chain, [model_id])
-    if not bids:
-        return []
-    providers = sorted({b["provider"] for _, b in bids})
-    reads = [Call("getProviderMinimumStake"), Call("getModelStats", (model_id,))]
-    reads += [Call("getProvider", (p,)) for p in providers]
-    reads += [Call("getProviderModelStats", (model_id, p)) for p in providers]
-    results = await chain.read_many(reads)
-    min_stake, model_stats = results[0], results[1]
-    info = dict(zip(providers, results[2 : 2 + len(providers)], strict=True))
-    stats = dict(zip(providers, results[2 + len(providers) :], strict=True))
+    batched read of bids, providers and stats (`listings.bid_book`)."""
+    return rank_book(await listings.bid_book(chain, model))
+
+
+def rank_book(book: listings.BidBook) -> list[RankedBid]:
+    """The bids of `book`, each scored against its own model (the reference's default
+    scorer), best score first."""
     ranked = []
-    for bid_id, bid in bids:
-        provider, price = bid["provider"], bid["pricePerSecond"]
+    for bid_id, bid in book.bids:
+        model_id, provider, price = bid["modelId"], bid["provider"], bid["pricePerSecond"]
+        info = book.providers[provider]
         score = score_bid(
-            ScoreInput(price, info[provider]["stake"], min_stake, stats[provider], model_stats)
+            ScoreInput(
+                price,
+                info["stake"],
+                book.provider_minimum_stake,
+                book.pair_stats[(model_id, provider)],
+                book.model_stats[model_id],
+            )
         )
-        ranked.append(
-            RankedBid(bid_id, model_id, provider, info[provider]["endpoint"], price, score)
-        )
+        ranked.append(RankedBid(bid_id, model_id, provider, info["endpoint"], price, score))
     return sorted(ranked, key=lambda b: b.score.score, reverse=True)
 
 
