@@ -96,6 +96,11 @@ class Chain:
             return call.to, self.token_abi
         raise ValueError(f"no ABI known for {call.to}; pass Call(abi=…)")
 
+    def encode_call(self, call: Call) -> tuple[str, bytes]:
+        """(address, calldata) of a call, as `transact` would send it."""
+        address, codec = self._resolve(call)
+        return address, codec.encode(call.fn, *call.args)
+
     def _revert(self, fn: str, data: bytes | None, fallback: str = "") -> ContractReverted:
         decoded = None
         if data:

@@ -4,15 +4,17 @@ read)."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from eth_utils import keccak
 
-from mor_workbench.chain.client import Chain
+from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.deploy import MOR
 from mor_workbench.chain.keys import Signer
-from mor_workbench.chain.listings import active_bids
+from mor_workbench.chain.listings import active_bids, check
+from mor_workbench.errors import ChainError, ContractReverted
 from mor_workbench.protocol.signing import (
     Approval,
     Receipt,
@@ -31,6 +33,7 @@ __all__ = [
     "ServiceRecord",
     "seed_market",
     "seed_service_records",
+    "transact_many",
 ]
 
 
@@ -86,11 +89,92 @@ PROVIDERS: tuple[ProviderSpec, ...] = (
 CONSUMER_MOR = 10_000 * MOR
 PROVIDER_MOR = 1_000 * MOR
 ETH_EACH = 1_000 * 10**18
+SEED_GAS = 2_000_000  # gas limit of each seeding transaction (the unused part is not charged)
+SEND_BATCH = 500  # signed transactions per JSON-RPC batch
 
 
 def base_model_id(name: str) -> bytes:
     """The base model id registered for a model name (keccak of the name)."""
     return keccak(text=name)
+
+
+async def transact_many(
+    chain: Chain, calls: Sequence[tuple[Signer, Call]], *, timestamp: int | None = None
+) -> list[dict[str, Any]]:
+    """Send each call as a transaction of its signer and mine them all in one block: signed
+    here with nonces counted locally, sent `SEND_BATCH` per JSON-RPC batch without waiting for
+    receipts, then mined at once (anvil's automine paused, its block gas limit raised for that
+    block, both restored). A signer's calls run in the order given. `timestamp` (s): the
+    block's, e.g. the last block's again. Anvil only (evm_setAutomine, evm_mine).
+
+    Returns the receipts in order; raises `ContractReverted` naming the first call that
+    reverted, `ChainError` when the node refuses a transaction.
+    """
+    if not calls:
+        return []
+    rpc = chain.rpc
+    senders = sorted({signer.address for signer, _ in calls})
+    block, *counts = await rpc.batch(
+        [("eth_getBlockByNumber", ["latest", False])]
+        + [("eth_getTransactionCount", [a, "pending"]) for a in senders]
+    )
+    nonces = {a: int(n, 16) for a, n in zip(senders, check(counts), strict=True)}
+    tip = 10**9
+    max_fee = 2 * int(block.get("baseFeePerGas", "0x0"), 16) + tip
+    raws = []
+    for signer, call in calls:
+        to, data = chain.encode_call(call)
+        nonce = nonces[signer.address]
+        nonces[signer.address] = nonce + 1
+        raws.append(
+            "0x"
+            + signer.sign_transaction(
+                {
+                    "chainId": chain.deployment.chain_id,
+                    "nonce": nonce,
+                    "gas": SEED_GAS,
+                    "maxPriorityFeePerGas": tip,
+                    "maxFeePerGas": max_fee,
+                    "type": 2,
+                    "to": to,
+                    "data": data,
+                    "value": 0,
+                }
+            ).hex()
+        )
+    await rpc.batch(
+        [("evm_setAutomine", [False]), ("anvil_setBlockGasLimit", [hex(SEED_GAS * len(raws))])]
+    )
+    try:
+        hashes: list[str] = []
+        for start in range(0, len(raws), SEND_BATCH):
+            sent = await rpc.batch(
+                [("eth_sendRawTransaction", [r]) for r in raws[start : start + SEND_BATCH]]
+            )
+            for (_, call), reply in zip(calls[start:], sent, strict=False):
+                if isinstance(reply, Exception):
+                    raise ChainError(f"{call.fn}: the node refused the transaction: {reply}")
+            hashes += sent
+        if timestamp is not None:
+            await rpc.request("evm_setNextBlockTimestamp", [timestamp])
+        await rpc.request("evm_mine", [])
+    finally:
+        await rpc.batch(
+            [("anvil_setBlockGasLimit", [block["gasLimit"]]), ("evm_setAutomine", [True])]
+        )
+    receipts: list[dict[str, Any]] = []
+    for start in range(0, len(hashes), SEND_BATCH):
+        receipts += await rpc.batch(
+            [("eth_getTransactionReceipt", [h]) for h in hashes[start : start + SEND_BATCH]]
+        )
+    for (_, call), receipt in zip(calls, receipts, strict=True):
+        if not isinstance(receipt, dict):
+            raise ChainError(f"{call.fn}: the transaction was not mined in the seeding block")
+        if int(receipt["status"], 16) != 1:
+            raise ContractReverted(
+                f"{call.fn} reverted on chain (transaction {receipt['transactionHash']})"
+            )
+    return receipts
 
 
 async def seed_market(
@@ -105,34 +189,48 @@ async def seed_market(
     await chain.rpc.batch([("anvil_setBalance", [s.address, hex(ETH_EACH)]) for s in everyone])
     token = chain.deployment.token
     diamond = chain.deployment.diamond
-    await chain.transact(owner, "transfer", consumer.address, CONSUMER_MOR, to=token)
-    for provider, _, _ in providers:
-        await chain.transact(owner, "transfer", provider.address, PROVIDER_MOR, to=token)
+    await transact_many(
+        chain,
+        [(owner, Call("transfer", (consumer.address, CONSUMER_MOR), to=token))]
+        + [(owner, Call("transfer", (p.address, PROVIDER_MOR), to=token)) for p, _, _ in providers],
+    )
     min_stake = await chain.call("getModelMinimumStake")
-    for model in models:
-        await chain.transact(
-            owner,
-            "modelRegister",
-            owner.address,
-            base_model_id(model.name),
-            keccak(text=f"ipfs:{model.name}"),
-            0,
-            min_stake,
-            model.name,
-            list(model.tags),
+    await transact_many(
+        chain,
+        [
+            (
+                owner,
+                Call(
+                    "modelRegister",
+                    (
+                        owner.address,
+                        base_model_id(m.name),
+                        keccak(text=f"ipfs:{m.name}"),
+                        0,
+                        min_stake,
+                        m.name,
+                        list(m.tags),
+                    ),
+                ),
+            )
+            for m in models
+        ],
+    )
+    model_ids = check(
+        await chain.read_many(
+            [Call("getModelId", (owner.address, base_model_id(m.name))) for m in models]
         )
-    model_ids = [
-        await chain.call("getModelId", owner.address, base_model_id(m.name)) for m in models
-    ]
-
-    async def register(provider: Signer, spec: ProviderSpec, endpoint: str) -> None:
-        await chain.transact(provider, "approve", diamond, 2**256 - 1, to=token)
-        await chain.transact(provider, "providerRegister", provider.address, spec.stake, endpoint)
+    )
+    listing: list[tuple[Signer, Call]] = []
+    for provider, spec, endpoint in providers:
+        listing.append((provider, Call("approve", (diamond, 2**256 - 1), to=token)))
+        listing.append(
+            (provider, Call("providerRegister", (provider.address, spec.stake, endpoint)))
+        )
         for model, model_id in zip(models, model_ids, strict=True):
             price = int(model.base_price_per_second * spec.price_factor)
-            await chain.transact(provider, "postModelBid", provider.address, model_id, price)
-
-    await asyncio.gather(*(register(p, spec, ep) for p, spec, ep in providers))
+            listing.append((provider, Call("postModelBid", (provider.address, model_id, price))))
+    await transact_many(chain, listing)
     await seed_service_records(chain, owner, [(p, spec) for p, spec, _ in providers], model_ids)
 
 
@@ -153,41 +251,48 @@ async def seed_service_records(
     chain_id = chain.deployment.chain_id
     await chain.transact(user, "approve", diamond, 2**256 - 1, to=token)
     keys = {p.address: (p, spec) for p, spec in providers}
+    now = await chain.block_timestamp()
+    deposits: dict[int, int] = {}  # by price per second: sessions of 300 s
+    opens: list[tuple[Signer, Call]] = []
+    records: list[tuple[Signer, ProviderSpec]] = []  # who signs each session's receipt
     for bid_id, bid in await active_bids(chain, model_ids):
         if bid["provider"] not in keys:
             continue
         provider, spec = keys[bid["provider"]]
-        profile = PROFILES[spec.profile]
+        price = bid["pricePerSecond"]
+        if price not in deposits:
+            deposits[price] = await deposit_for(chain, price, 300)
         record = spec.record
         for index in range(record.receipts + record.disputes):
-            now = await chain.block_timestamp()
             # in ms (the contract reads both), a distinct approval for each of the bid's sessions
-            stamp_ms = now * 1000 + index
-            approval = encode_approval(Approval(bid_id, chain_id, user.address, stamp_ms))
-            deposit = await deposit_for(chain, bid["pricePerSecond"], 300)
-            opened = await chain.transact(
-                user,
-                "openSession",
-                user.address,
-                deposit,
-                False,
-                approval,
-                eth_sign(approval, provider.private_key_bytes()),
-            )
-            session_id = opened_session_id(chain, opened)
-            signed_by = provider if index < record.receipts else user
-            # closed in the second it opened: every record has the same (zero) duration, not
-            # one that depends on where the wall clock's second boundaries fell
-            opened_at = await chain.block_timestamp()
-            await chain.rpc.request("evm_setNextBlockTimestamp", [opened_at])
-            receipt = encode_receipt(
-                Receipt(
-                    session_id,
-                    chain_id,
-                    opened_at,
-                    int(profile.tokens_per_second * 1000),
-                    int(profile.ttft_s * 1000),
+            approval = encode_approval(Approval(bid_id, chain_id, user.address, now * 1000 + index))
+            signature = eth_sign(approval, provider.private_key_bytes())
+            opens.append(
+                (
+                    user,
+                    Call(
+                        "openSession",
+                        (user.address, deposits[price], False, approval, signature),
+                    ),
                 )
             )
-            signature = eth_sign(receipt, signed_by.private_key_bytes())
-            await chain.transact(user, "closeSession", receipt, signature)
+            records.append((provider if index < record.receipts else user, spec))
+    # opened and closed in one second: every record has the same (zero) duration, not one that
+    # depends on where the wall clock's second boundaries fell
+    opened = await transact_many(chain, opens, timestamp=now)
+    closes = []
+    for receipt, (signed_by, spec) in zip(opened, records, strict=True):
+        profile = PROFILES[spec.profile]
+        session_id = opened_session_id(chain, receipt)
+        payload = encode_receipt(
+            Receipt(
+                session_id,
+                chain_id,
+                now,
+                int(profile.tokens_per_second * 1000),
+                int(profile.ttft_s * 1000),
+            )
+        )
+        signature = eth_sign(payload, signed_by.private_key_bytes())
+        closes.append((user, Call("closeSession", (payload, signature))))
+    await transact_many(chain, closes, timestamp=now)
