@@ -7,6 +7,8 @@ Call results are decoded by readers built once per function (`_reader`): eth-abi
 decoder, then `_named`, cost ~0.5 ms per `getBid`, which made a 10,000-bid snapshot take
 seconds; the readers give the same values (tests/test_abi_readers.py checks them against
 eth-abi) ~20x faster and raise eth-abi's own `DecodingError`s on short or malformed data.
+Arguments are encoded the same way (`_writer`) when each is of the plain Python type eth-abi
+takes for it; anything else is handed to eth-abi, which encodes it or raises its own error.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_abi.exceptions import InsufficientDataBytes, NonEmptyPaddingBytes
-from eth_utils import keccak, to_checksum_address
+from eth_utils import is_checksum_address, keccak, to_checksum_address
 
 __all__ = ["Abi", "canonical_type", "load_abi", "load_artifact"]
 
@@ -178,8 +180,141 @@ def _reader(entry: Mapping[str, Any]) -> tuple[bool, int, _Reader]:
     raise ValueError(f"no reader for ABI type {typ!r}")
 
 
+class _Unusual(Exception):
+    """A value the writers leave to eth-abi (to encode, or to refuse with its own error)."""
+
+
+# A writer encodes one value: its head when static, its tail (the part the head points to)
+# when dynamic.
+_Writer = Callable[[Any], bytes]
+
+
+@lru_cache(maxsize=1 << 16)
+def _address_bytes(value: str) -> bytes:
+    if len(value) != 42 or value[:2] != "0x":
+        raise _Unusual
+    digits = value[2:]
+    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
+        raise _Unusual
+    try:
+        return bytes.fromhex(digits)
+    except ValueError:
+        raise _Unusual from None
+
+
+def _write_address(value: Any) -> bytes:
+    if type(value) is str:
+        return bytes(12) + _address_bytes(value)
+    if type(value) is bytes and len(value) == 20:
+        return bytes(12) + value
+    raise _Unusual
+
+
+def _write_uint(bits: int) -> _Writer:
+    def write(value: Any) -> bytes:
+        if type(value) is not int or value < 0 or value >> bits:
+            raise _Unusual
+        return value.to_bytes(32, "big")
+
+    return write
+
+
+def _write_int(bits: int) -> _Writer:
+    def write(value: Any) -> bytes:
+        if type(value) is not int or not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
+            raise _Unusual
+        return value.to_bytes(32, "big", signed=True)
+
+    return write
+
+
+def _write_bool(value: Any) -> bytes:
+    if type(value) is not bool:
+        raise _Unusual
+    return (31 * b"\0") + (b"\1" if value else b"\0")
+
+
+def _write_fixed_bytes(size: int) -> _Writer:
+    def write(value: Any) -> bytes:
+        if type(value) not in (bytes, bytearray) or len(value) > size:
+            raise _Unusual
+        return bytes(value).ljust(32, b"\0")
+
+    return write
+
+
+def _write_bytes(value: Any) -> bytes:
+    if type(value) not in (bytes, bytearray):
+        raise _Unusual
+    padded = -(-len(value) // 32) * 32
+    return len(value).to_bytes(32, "big") + bytes(value).ljust(padded, b"\0")
+
+
+def _write_string(value: Any) -> bytes:
+    if type(value) is not str:
+        raise _Unusual
+    return _write_bytes(value.encode("utf-8"))
+
+
+def _write_sequence(parts: Sequence[tuple[bool, _Writer]], values: Sequence[Any]) -> bytes:
+    """Heads then tails of values in a row (a tuple's, an array's or a call's arguments)."""
+    if len(parts) != len(values):
+        raise _Unusual
+    encoded = [
+        (dynamic, write(value)) for (dynamic, write), value in zip(parts, values, strict=True)
+    ]
+    offset = sum(32 if dynamic else len(body) for dynamic, body in encoded)
+    heads, tails = [], []
+    for dynamic, body in encoded:
+        if dynamic:
+            heads.append(offset.to_bytes(32, "big"))
+            tails.append(body)
+            offset += len(body)
+        else:
+            heads.append(body)
+    return b"".join(heads + tails)
+
+
+def _writer(entry: Mapping[str, Any]) -> tuple[bool, _Writer]:
+    """(is dynamic, writer) of one ABI type entry (with its components)."""
+    typ = entry["type"]
+    if typ.endswith("]"):
+        element = _writer({**entry, "type": typ[: typ.rindex("[")]})
+        count = typ[typ.rindex("[") + 1 : -1]
+
+        def write_array(value: Any) -> bytes:
+            if type(value) not in (list, tuple) or (count and len(value) != int(count)):
+                raise _Unusual
+            body = _write_sequence([element] * len(value), value)
+            return body if count else len(value).to_bytes(32, "big") + body
+
+        return (element[0] or not count), write_array
+    if typ == "tuple":
+        parts = [_writer(c) for c in entry["components"]]
+
+        def write_tuple(value: Any) -> bytes:
+            if type(value) not in (list, tuple):
+                raise _Unusual
+            return _write_sequence(parts, value)
+
+        return any(dynamic for dynamic, _ in parts), write_tuple
+    if typ in ("bytes", "string"):
+        return True, _write_bytes if typ == "bytes" else _write_string
+    if typ == "address":
+        return False, _write_address
+    if typ == "bool":
+        return False, _write_bool
+    if typ.startswith("uint"):
+        return False, _write_uint(int(typ[4:] or 256))
+    if typ.startswith("int"):
+        return False, _write_int(int(typ[3:] or 256))
+    if typ.startswith("bytes"):
+        return False, _write_fixed_bytes(int(typ[5:]))
+    raise ValueError(f"no writer for ABI type {typ!r}")
+
+
 class _Function:
-    __slots__ = ("inputs", "name", "outputs", "read_outputs", "selector")
+    __slots__ = ("inputs", "name", "outputs", "read_outputs", "selector", "write_inputs")
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         self.name = entry["name"]
@@ -187,6 +322,7 @@ class _Function:
         self.outputs = list(entry.get("outputs", []))
         self.selector = keccak(text=f"{self.name}({','.join(self.inputs)})")[:4]
         self.read_outputs = _sequence([_reader(o) for o in self.outputs])
+        self.write_inputs = [_writer(i) for i in entry.get("inputs", [])]
 
 
 class Abi:
@@ -227,7 +363,10 @@ class Abi:
     def encode(self, name: str, *args: Any) -> bytes:
         """Calldata for `name(args)`: selector followed by the encoded arguments."""
         fn = self.function(name)
-        return fn.selector + abi_encode(fn.inputs, args)
+        try:
+            return fn.selector + _write_sequence(fn.write_inputs, args)
+        except _Unusual:
+            return fn.selector + abi_encode(fn.inputs, args)
 
     def decode(self, name: str, data: bytes) -> Any:
         """Decode a call's return data; a single output is returned bare, several as a tuple."""
