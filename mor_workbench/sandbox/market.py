@@ -101,11 +101,11 @@ def base_model_id(name: str) -> bytes:
 async def transact_many(
     chain: Chain, calls: Sequence[tuple[Signer, Call]], *, timestamp: int | None = None
 ) -> list[dict[str, Any]]:
-    """Send each call as a transaction of its signer and mine them all in one block: signed
-    here with nonces counted locally, sent `SEND_BATCH` per JSON-RPC batch without waiting for
-    receipts, then mined at once (anvil's automine paused, its block gas limit raised for that
-    block, both restored). A signer's calls run in the order given. `timestamp` (s): the
-    block's, e.g. the last block's again. Anvil only (evm_setAutomine, evm_mine).
+    """Send each call as a transaction of its signer, `SEND_BATCH` to a block: signed here with
+    nonces counted locally, sent in one JSON-RPC batch per block without waiting for each
+    receipt, then mined at once (anvil's automine paused and its block gas limit raised to
+    hold them, both restored after). A signer's calls run in the order given. `timestamp`
+    (s): the blocks', e.g. the last block's again. Anvil only (evm_setAutomine, evm_mine).
 
     Returns the receipts in order; raises `ContractReverted` naming the first call that
     reverted, `ChainError` when the node refuses a transaction.
@@ -143,10 +143,10 @@ async def transact_many(
             ).hex()
         )
     await rpc.batch(
-        [("evm_setAutomine", [False]), ("anvil_setBlockGasLimit", [hex(SEED_GAS * len(raws))])]
+        [("evm_setAutomine", [False]), ("anvil_setBlockGasLimit", [hex(SEED_GAS * SEND_BATCH)])]
     )
+    receipts: list[dict[str, Any]] = []
     try:
-        hashes: list[str] = []
         for start in range(0, len(raws), SEND_BATCH):
             sent = await rpc.batch(
                 [("eth_sendRawTransaction", [r]) for r in raws[start : start + SEND_BATCH]]
@@ -154,22 +154,17 @@ async def transact_many(
             for (_, call), reply in zip(calls[start:], sent, strict=False):
                 if isinstance(reply, Exception):
                     raise ChainError(f"{call.fn}: the node refused the transaction: {reply}")
-            hashes += sent
-        if timestamp is not None:
-            await rpc.request("evm_setNextBlockTimestamp", [timestamp])
-        await rpc.request("evm_mine", [])
+            if timestamp is not None:
+                await rpc.request("evm_setNextBlockTimestamp", [timestamp])
+            await rpc.request("evm_mine", [])
+            receipts += await rpc.batch([("eth_getTransactionReceipt", [h]) for h in sent])
     finally:
         await rpc.batch(
             [("anvil_setBlockGasLimit", [block["gasLimit"]]), ("evm_setAutomine", [True])]
         )
-    receipts: list[dict[str, Any]] = []
-    for start in range(0, len(hashes), SEND_BATCH):
-        receipts += await rpc.batch(
-            [("eth_getTransactionReceipt", [h]) for h in hashes[start : start + SEND_BATCH]]
-        )
     for (_, call), receipt in zip(calls, receipts, strict=True):
         if not isinstance(receipt, dict):
-            raise ChainError(f"{call.fn}: the transaction was not mined in the seeding block")
+            raise ChainError(f"{call.fn}: the transaction was not mined in its seeding block")
         if int(receipt["status"], 16) != 1:
             raise ContractReverted(
                 f"{call.fn} reverted on chain (transaction {receipt['transactionHash']})"
