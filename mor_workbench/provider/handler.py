@@ -19,8 +19,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import httpx
-
 from mor_workbench._version import __version__
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
@@ -56,7 +54,13 @@ from mor_workbench.protocol import (
     verify,
 )
 from mor_workbench.protocol.signing import recover_public_key
-from mor_workbench.provider.backend import BackendError, BackendStream, OpenAIBackend
+from mor_workbench.provider.backend import (
+    BACKEND_FAILURES,
+    BackendError,
+    BackendHttp,
+    BackendStream,
+    OpenAIBackend,
+)
 from mor_workbench.provider.capacity import Capacity, SessionStats
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.health import HealthProbe
@@ -83,7 +87,7 @@ class RequestHandler:
         models: Mapping[bytes, ModelConfig],
         capacity: Capacity,
         health: HealthProbe,
-        http: httpx.AsyncClient,
+        http: BackendHttp,
         max_message: int,
         freshness_window_ms: int,
     ) -> None:
@@ -242,7 +246,7 @@ class RequestHandler:
             error = sign_error(RpcError("0x" + box.hex(), exc.status, _now_ms()), self._key)
             await send(Response(request_id, error=error))
             return
-        except httpx.HTTPError as exc:
+        except BACKEND_FAILURES as exc:
             raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None
         if body.get("stream"):
             await send_chunk("[DONE]")

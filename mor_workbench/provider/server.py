@@ -24,6 +24,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import MorError, one_line
 from mor_workbench.protocol.messages import ModelHealth
+from mor_workbench.provider.backend import BackendHttp
 from mor_workbench.provider.capacity import Capacity
 from mor_workbench.provider.claims import CLAIM_BACKOFF_MAX_S, Claimer
 from mor_workbench.provider.config import ModelConfig
@@ -94,7 +95,8 @@ class ProviderServer:
         self.chain = chain
         self.models = {m.model_id: m for m in models}
         self.capacity = Capacity(chain=chain, address=signer.address, models=self.models)
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(240.0, connect=5.0))
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(240.0, connect=5.0))  # probes
+        self._backend_http = BackendHttp()  # answers
         self.health_interval = health_interval
         self.health = HealthProbe(
             chain=chain,
@@ -110,7 +112,7 @@ class ProviderServer:
             models=self.models,
             capacity=self.capacity,
             health=self.health,
-            http=self._http,
+            http=self._backend_http,
             max_message=max_message,
             freshness_window_ms=freshness_window_ms,
         )
@@ -218,6 +220,7 @@ class ProviderServer:
         await self.claimer.stop()
         await self.transport.stop()
         await self._http.aclose()
+        await self._backend_http.aclose()
 
     async def __aenter__(self) -> ProviderServer:
         return await self.start()
