@@ -10,6 +10,7 @@ Every exchange takes `transport=`: TCP unless a test passes an in-memory one
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -241,14 +242,21 @@ def opened_session_id(chain: Chain, receipt: dict[str, Any]) -> bytes | None:
 _ECIES_OVERHEAD = 65 + 16 + 32  # go-ethereum ECIES: ephemeral public key, IV, HMAC-SHA256
 
 
+@functools.cache
+def _empty_prompt_size() -> int:
+    """Bytes of a session.prompt request whose message is an empty 0x box (hex and JSON
+    escaping free), stamped now: ids, timestamps and signatures are of fixed length."""
+    placeholder = SessionPromptReq(b"\0" * 32, "0x", _now_ms(), b"\0" * 65)
+    return len(Request(_request_id(), placeholder).encode())
+
+
 def check_prompt_fits(body: dict[str, Any], limit: int = PEER_REQUEST_LIMIT) -> None:
     """Raise `RequestTooLarge` when `body` would not fit a provider's request limit as a
     session.prompt message, sized as sent encrypted (hex of the ECIES box, the larger form),
     so a request no provider can read is refused before any session is opened."""
     text = json.dumps(body, separators=(",", ":"))
-    boxed = "0x" + "00" * (len(text.encode()) + _ECIES_OVERHEAD)
-    placeholder = SessionPromptReq(b"\0" * 32, boxed, _now_ms(), b"\0" * 65)
-    size = len(Request(_request_id(), placeholder).encode())
+    # the message grows by two hex digits a byte of the box, with nothing else that varies
+    size = _empty_prompt_size() + 2 * (len(text.encode()) + _ECIES_OVERHEAD)
     if size > limit:
         raise RequestTooLarge(size, limit)
 

@@ -171,7 +171,8 @@ async def call(
     `ProviderError` when the provider cannot be reached or breaks the connection, and
     `RemoteProtocolError` for a malformed or oversized message."""
     try:
-        connection = await asyncio.wait_for(transport.connect(endpoint), connect_timeout)
+        async with asyncio.timeout(connect_timeout):
+            connection = await transport.connect(endpoint)
     except TimeoutError:
         raise ProviderStalled(f"could not connect within {connect_timeout:g} s") from None
     except OSError as exc:
@@ -182,7 +183,9 @@ async def call(
         timeout = first_reply_timeout
         while True:
             try:
-                data = await asyncio.wait_for(connection.receive(), timeout)
+                # a timeout scope, not wait_for: no task per read (issue 16 §3)
+                async with asyncio.timeout(timeout):
+                    data = await connection.receive()
             except TimeoutError:
                 raise ProviderStalled(f"no reply within {timeout:g} s") from None
             if not data:
