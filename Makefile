@@ -4,7 +4,7 @@ PY := .venv/bin/python
 BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup chromium demo test test-python test-notebooks test-contracts lint artifacts contracts-build bench
+.PHONY: setup chromium demo test test-python test-notebooks test-contracts lint artifacts contracts-build bench bench-peers
 
 # Python virtual environment with the package and its dev tools.
 .venv/installed: pyproject.toml
@@ -60,5 +60,10 @@ test: setup lint test-contracts test-python test-notebooks
 demo: setup
 	$(PY) -m mor_workbench.cli demo
 
+# Every bench but the peer bench (which installs LiteLLM into a venv of its own: bench-peers).
 bench: setup
-	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in bench/*.py; do [ $$b = bench/peer_bench.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Our serve and wb.stream beside LiteLLM's proxy (in .bench-venvs/litellm) on one backend.
+bench-peers: setup
+	$(PY) bench/peer_bench.py
