@@ -54,9 +54,10 @@ _Reader = Callable[[bytes, int], Any]
 
 
 def _word(data: bytes, start: int) -> int:
-    if start < 0 or start + 32 > len(data):
+    word = data[start : start + 32]
+    if len(word) != 32 or start < 0:
         raise InsufficientDataBytes(f"ABI data ends before byte {start + 32} ({len(data)} bytes)")
-    return int.from_bytes(data[start : start + 32], "big")
+    return int.from_bytes(word, "big")
 
 
 @lru_cache(maxsize=1 << 16)
@@ -260,6 +261,8 @@ def _write_sequence(parts: Sequence[tuple[bool, _Writer]], values: Sequence[Any]
     """Heads then tails of values in a row (a tuple's, an array's or a call's arguments)."""
     if len(parts) != len(values):
         raise _Unusual
+    if not any(dynamic for dynamic, _ in parts):
+        return b"".join([write(value) for (_, write), value in zip(parts, values, strict=True)])
     encoded = [
         (dynamic, write(value)) for (dynamic, write), value in zip(parts, values, strict=True)
     ]
