@@ -86,9 +86,10 @@ async def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: flo
 
 
 @contextlib.asynccontextmanager
-async def litellm_proxy(backend_url: str, tmp: Path):
-    """LiteLLM's proxy in front of `backend_url` (OpenAI-compatible), serving MODEL; its base
-    URL while it runs."""
+async def litellm_proxy(backend_url: str, tmp: Path, master_key: str):
+    """LiteLLM's proxy in front of `backend_url` (OpenAI-compatible), serving MODEL to
+    requests bearing `master_key` (it refuses to start without one); its base URL while it
+    runs."""
     command = litellm_venv()
     config = tmp / "litellm.yaml"
     config.write_text(
@@ -100,7 +101,14 @@ async def litellm_proxy(backend_url: str, tmp: Path):
         "      api_key: unused\n"
     )
     port = free_port()
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": master_key,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of its price list
+        # no tokenizer download per request (it retries for ~20 s where there is no network)
+        "HF_HUB_OFFLINE": "1",
+        "LITELLM_LOG": "ERROR",
+    }
     log = (tmp / "litellm.log").open("wb")
     process = subprocess.Popen(
         [str(command), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
@@ -208,17 +216,24 @@ async def bench(tmp: Path, args: argparse.Namespace) -> None:
             raise RuntimeError("the serve process did not start")
         serve_url = serve_ours.recv()
 
-        litellm_url = await stack.enter_async_context(litellm_proxy(backend_url, tmp))
+        master_key = "sk-" + os.urandom(16).hex()
+        litellm_url = await stack.enter_async_context(litellm_proxy(backend_url, tmp, master_key))
         wb = await aconnect("sandbox", sandbox_dir=directory, strategy={"allow": [provider]})
         stack.push_async_callback(wb.close)
         http = await stack.enter_async_context(
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
         )
+        keyed = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=200),
+                headers={"Authorization": f"Bearer {master_key}"},
+            )
+        )
         paths: dict[str, Call] = {
             "direct": direct_aiohttp(http, backend_url),
             "wb.stream": through_stream(wb, args.max_tokens),
             "serve": direct_aiohttp(http, serve_url),
-            "litellm": direct_aiohttp(http, litellm_url),
+            "litellm": direct_aiohttp(keyed, litellm_url),
         }
         top = max(args.concurrency)
         for call in paths.values():  # warm up: sessions, connections, pools, code paths
