@@ -67,7 +67,10 @@ def _checksummed(raw: bytes) -> str:
 
 def _uint(bits: int) -> _Reader:
     def read(data: bytes, start: int) -> int:
-        value = _word(data, start)
+        word = data[start : start + 32]  # _word, inlined: the hottest reader
+        if len(word) != 32 or start < 0:
+            raise InsufficientDataBytes(f"ABI data ends before byte {start + 32}")
+        value = int.from_bytes(word, "big")
         if value >> bits:
             raise NonEmptyPaddingBytes(f"uint{bits} out of range at byte {start}")
         return value
@@ -158,11 +161,17 @@ def _reader(entry: Mapping[str, Any]) -> tuple[bool, int, _Reader]:
         return True, 32, read_array
     if typ == "tuple":
         parts = [_reader(c) for c in entry["components"]]
-        names = [c["name"] for c in entry["components"]]
-        sequence = _sequence(parts)
+        fields = []  # (name, is dynamic, offset of its head, reader)
+        head = 0
+        for component, (dynamic, size, reader) in zip(entry["components"], parts, strict=True):
+            fields.append((component["name"], dynamic, head, reader))
+            head += size
 
         def read_tuple(data: bytes, start: int) -> dict[str, Any]:
-            return dict(zip(names, sequence(data, start), strict=True))
+            return {
+                name: reader(data, start + _word(data, start + at) if dynamic else start + at)
+                for name, dynamic, at, reader in fields
+            }
 
         dynamic = any(d for d, _, _ in parts)
         return dynamic, 32 if dynamic else sum(s for _, s, _ in parts), read_tuple
