@@ -287,6 +287,19 @@ def _write_sequence(parts: Sequence[tuple[bool, _Writer]], values: Sequence[Any]
     return b"".join(heads + tails)
 
 
+def _write_items(element: tuple[bool, _Writer], values: Sequence[Any]) -> bytes:
+    """Heads then tails of an array's items, all of one type (`_write_sequence`, unrolled)."""
+    dynamic, write = element
+    bodies = [write(value) for value in values]
+    if not dynamic:
+        return b"".join(bodies)
+    heads, offset = [], 32 * len(bodies)
+    for body in bodies:
+        heads.append(offset.to_bytes(32, "big"))
+        offset += len(body)
+    return b"".join(heads) + b"".join(bodies)
+
+
 def _writer(entry: Mapping[str, Any]) -> tuple[bool, _Writer]:
     """(is dynamic, writer) of one ABI type entry (with its components)."""
     typ = entry["type"]
@@ -297,7 +310,7 @@ def _writer(entry: Mapping[str, Any]) -> tuple[bool, _Writer]:
         def write_array(value: Any) -> bytes:
             if type(value) not in (list, tuple) or (count and len(value) != int(count)):
                 raise _Unusual
-            body = _write_sequence([element] * len(value), value)
+            body = _write_items(element, value)
             return body if count else len(value).to_bytes(32, "big") + body
 
         return (element[0] or not count), write_array
