@@ -41,6 +41,9 @@ What public material does not let us confirm, so a provider is never called veri
   portal's SEV response is not public, so a SEV quote is reported unverified;
 - the portal's own checks and answer (its response shape is known only from the reference's
   parser), which we do not use.
+So on the live network a provider attests only once its golden RTMR3 is pinned, e.g.
+`wb.router.tee_verifier = TeeVerifier(golden_rtmr3={"<version from its pong>": "<hex>"})`;
+each full check (a new quote or certificate) fetches collateral from Intel's PCS.
 The binding covers the :29343 endpoint on the provider's host, not the MOR-RPC channel we
 talk to (as in the reference). Phase 2 (the provider checking its own backend,
 `GET /v1/models/attestation`) happens on the provider's side.
