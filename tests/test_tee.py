@@ -475,12 +475,14 @@ async def test_a_session_on_a_tee_model_says_why_its_provider_is_unverified(
         assert "report data is not bound to the certificate" in attestation.status
         assert attestation.tcb_status == "UpToDate"
         assert wb.attestation(session.id) == attestation
+        assert session.info()["attestation"] == attestation.status
     finally:
         await session.close()
     plain = await connect()
     other = await plain.open_session("llama-3.3-70b", duration="5m")
     try:
         assert plain.attestation(other) == attestation_for(["llm"])
+        assert other.info()["attestation"] == "not a tee model"
     finally:
         await other.close()
     with pytest.raises(mor.ConfigurationError, match="not opened by this workbench"):
