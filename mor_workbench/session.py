@@ -251,7 +251,9 @@ class AsyncSession:
 
     def info(self) -> SessionInfo:
         """What this session is: id, model, provider, bid, price (MOR/s), endpoint, end time
-        (UTC), state; a dict of exact values that displays rounded with units."""
+        (UTC), state, and what its provider attested (a tee model's; see
+        `router.attestation`); a dict of exact values that displays rounded with units."""
+        attested = self._router.attestations.get(self.opened.session_id)
         return SessionInfo(
             {
                 "id": self.id,
@@ -263,6 +265,7 @@ class AsyncSession:
                 "ends_at": self.ends_at,
                 "encrypted_prompts": self.opened.encrypt,
                 "closed": self.closed,
+                "attestation": attested.status if attested else "not checked",
             }
         )
 

@@ -42,7 +42,6 @@ from mor_workbench.readouts import Balance
 from mor_workbench.router import health
 from mor_workbench.router.attestation import (
     Attestation,
-    attestation_for,
     check_tee_model,
 )
 from mor_workbench.router.calls import CallRecord, Lease
@@ -135,7 +134,6 @@ class AsyncWorkbench:
         self._sessions: dict[str, AsyncSession] = {}  # sessions chat/stream reuse, by model
         self._opening: dict[str, asyncio.Lock] = {}
         self._session_listeners: list[Callable[[str, str], None]] = []
-        self._attestations: dict[str, Attestation] = {}  # by session id, for attestation()
         self._closed = False
 
     @property
@@ -225,12 +223,10 @@ class AsyncWorkbench:
             raise ConfigurationError("this workbench is closed: connect again")
         bid_id = _bid_bytes(bid) if bid is not None else None
         router = self.router
-        tags = await self._check_chat_model(model)
+        await self._check_chat_model(model)
         opened = await router.open(model, duration_s, direct_payment=direct, bid=bid_id)
         lease = Lease(model, duration_s, direct, opened, renew, self.max_failovers)
-        session = AsyncSession(self.router, lease, timeout=self.timeout, deadline=self.deadline)
-        self._attestations[session.id] = attestation_for(tags)
-        return session
+        return AsyncSession(self.router, lease, timeout=self.timeout, deadline=self.deadline)
 
     async def _check_chat_model(self, model: str) -> list[str]:
         """Refuse, before any transaction, a model that cannot chat (an embedding, speech-to-text
@@ -244,13 +240,15 @@ class AsyncWorkbench:
 
     def attestation(self, session: AsyncSession | Session | str) -> Attestation:
         """What is known about the TEE status of a session this workbench opened (the session or
-        its id): `tee` (its model is tagged tee), `attested` (always False: this library does
-        not verify TDX/SEV-SNP quotes, see `router.attestation`) and `status`. Raises
-        `ConfigurationError` for a session this workbench did not open."""
+        its id): `tee` (its model is tagged tee), `attested` (its provider's TDX quote verified,
+        is bound to its attestation endpoint's certificate and its RTMR3 matches a golden value;
+        checked at open and before each prompt, see `router.attestation`), `status` (why, in
+        one line) and the evidence read. Raises `ConfigurationError` for a session this
+        workbench did not open."""
         session_id = session if isinstance(session, str) else session.id
         try:
-            return self._attestations[session_id]
-        except KeyError:
+            return self.router.attestations[bytes.fromhex(session_id.removeprefix("0x"))]
+        except (KeyError, ValueError):
             raise ConfigurationError(
                 f"session {session_id} was not opened by this workbench: "
                 "pass a session from open_session() or wb.sessions()"

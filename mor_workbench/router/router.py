@@ -39,6 +39,7 @@ from mor_workbench.protocol import (
     eth_sign,
 )
 from mor_workbench.router import health, peer
+from mor_workbench.router.attestation import Attestation, TeeVerifier, attestation_for
 from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
 from mor_workbench.router.states import SessionEvent, SessionState
@@ -129,8 +130,13 @@ class Router:
         standing_allowance: int = 0,
         on_change: Callable[[str, OpenSession], None] | None = None,
         transport: PeerTransport = TCP,
+        tee_verifier: TeeVerifier | None = None,
     ) -> None:
         self.chain = chain
+        # checks the providers of tee-tagged models at open and before each prompt
+        self.tee_verifier = tee_verifier or TeeVerifier()
+        self.attestations: dict[bytes, Attestation] = {}  # by session id
+        self._model_tags: dict[bytes, list[str]] = {}
         self.transport = transport
         # told "opened" or "closed" with the session, on this router's loop, after each change
         self.on_change = on_change
@@ -211,12 +217,17 @@ class Router:
             raise NoProviderAvailable(model, [], "no bid passes the strategy's filters")
         plan, tried = await self.healthy_candidates(ranked, candidates)
         for candidate, pong in plan:
+            attestation = await self.attest(candidate, pong)
+            if self.strategy.tee and not attestation.attested:  # skipped, never paid
+                tried.append((candidate.provider, f"TEE attestation failed: {attestation.status}"))
+                continue
             try:
                 session = await self._open_on(candidate, pong, duration_s, direct_payment)
             except _PEER_FAILURES as exc:
                 self.failed(candidate.provider)
                 tried.append((candidate.provider, str(exc) or type(exc).__name__))
                 continue
+            self.attestations[session.session_id] = attestation
             return self._adopt(session)
         raise NoProviderAvailable(model, tried)
 
@@ -228,7 +239,40 @@ class Router:
         same checks as `open` (duration limits, the pong's signature, the approval's) apply."""
         await self.check_duration(duration_s)
         pong = await peer.ping(bid.endpoint, self.signer, bid.provider, transport=self.transport)
-        return self._adopt(await self._open_on(bid, pong, duration_s, direct_payment))
+        attestation = await self.attest(bid, pong)
+        if self.strategy.tee and not attestation.attested:
+            raise ProviderError(
+                f"provider {bid.provider}: TEE attestation failed: {attestation.status}"
+            )
+        session = await self._open_on(bid, pong, duration_s, direct_payment)
+        self.attestations[session.session_id] = attestation
+        return self._adopt(session)
+
+    async def attest(self, bid: RankedBid, pong: PongRes) -> Attestation:
+        """What `bid`'s provider proves about itself: for a model tagged `tee`, its TEE quote
+        checked by `tee_verifier` as the reference consumer does before it pays (see
+        `router.attestation`); for any other model, nothing to check."""
+        if bid.model_id not in self._model_tags:
+            self._model_tags[bid.model_id] = list(
+                (await self.chain.call("getModel", bid.model_id))["tags"]
+            )
+        attestation = attestation_for(self._model_tags[bid.model_id])
+        if not attestation.tee:
+            return attestation
+        return await self.tee_verifier.check(bid.endpoint, pong.version)
+
+    async def _recheck_attestation(self, session: OpenSession) -> None:
+        """Before a prompt, re-check a provider that attested at open (cached: a re-fetch of
+        its quote, compared with the one verified). Under a tee-only strategy a provider that
+        no longer attests raises `ProviderError`, so the call fails over before the prompt is
+        sent."""
+        known = self.attestations.get(session.session_id)
+        if known is None or not known.attested:
+            return
+        fresh = await self.tee_verifier.check(session.endpoint, known.version or "")
+        self.attestations[session.session_id] = fresh
+        if self.strategy.tee and not fresh.attested:
+            raise ProviderError(f"provider {session.provider} no longer attests: {fresh.status}")
 
     def _adopt(self, session: OpenSession) -> OpenSession:
         """A session this router just opened: kept, closed when its time is up, announced."""
@@ -331,6 +375,7 @@ class Router:
     ) -> AsyncIterator[Any]:
         """The provider's verified, decrypted chunks (or completion) for one request body;
         `timeout` bounds the wait for the first reply and between chunks (a stall)."""
+        await self._recheck_attestation(session)
         async for payload in peer.prompt(
             session.endpoint,
             self.signer,

@@ -47,10 +47,11 @@ class Strategy:
     `tee=True` (or `connect(..., require_tee=True)`) opens sessions only on models tagged
     `tee` on chain, the tag the live network gives its "secure" models; any other model is
     refused with `ConfigurationError` before any transaction. What it guarantees: the model's
-    owner declared it runs in a trusted execution environment. What it does NOT guarantee: that
-    the provider you reach really runs in one. The reference consumer checks an Intel TDX /
-    AMD SEV-SNP quote before each prompt; this library does not verify quotes yet, so such a
-    session reports `attested: False` ("unverified", see `router.attestation`)."""
+    owner declared it runs in a trusted execution environment. Each provider's Intel TDX quote
+    is then checked at open and before each prompt, as the reference consumer does
+    (`router.attestation`), and a provider whose quote does not verify, bind its attestation
+    endpoint's certificate and match a pinned golden RTMR3 is skipped (never paid); AMD
+    SEV-SNP providers are never verified by this library."""
 
     order: Literal["weighted", "best"] = "weighted"
     top: int = 3
