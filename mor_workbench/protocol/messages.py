@@ -78,6 +78,8 @@ def _go_float(number: float) -> str:
 def go_json(value: Any) -> str:
     """Any decoded JSON value (objects in their received order) as Go's json.Marshal wrote
     it: the bytes a Go peer signed, whatever its struct holds."""
+    if type(value) is str:  # the common case first (a message's strings and hex)
+        return go_string(value)
     if value is None:
         return "null"
     if value is True:

@@ -167,12 +167,14 @@ def parse_public_key(public_key: bytes) -> PublicKey:
 def _signed_by(
     payload: bytes, signature: bytes, public_key: PublicKey | None, address: str | None
 ) -> bool:
-    if public_key is not None:
-        if not verify_digest(keccak(payload), signature, public_key):
-            return False
-        signer = public_key.format(compressed=False)
-    else:
+    if public_key is None:
         signer = _recover(keccak(payload), signature)
+    elif not verify_digest(keccak(payload), signature, public_key):
+        return False
+    elif address is None:
+        return True
+    else:
+        signer = public_key.format(compressed=False)
     return address is None or address_of(signer).lower() == address.lower()
 
 
