@@ -106,7 +106,7 @@ async def ping(
     provider, never pay one it would not pay otherwise. Raises `ProviderError` when the
     provider answers with an error, `RemoteProtocolError` when the pong is not `provider`'s
     or answers another ping, `TimeoutError`/`OSError` when it cannot be reached."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     nonce = os.urandom(8)
     replies = await call_once(
         endpoint,
@@ -156,7 +156,7 @@ async def request_approval(
     transport: PeerTransport = TCP,
 ) -> Approved:
     """session.request: the approval must come from `provider` for us, this chain and bid."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     req = sign(SessionReq(signer.address, signer.public_key_65, spend, _now_ms(), bid_id), key)
     replies = await call_once(
         endpoint,
@@ -434,7 +434,7 @@ async def report(
     transport: PeerTransport = TCP,
 ) -> tuple[bytes, bytes]:
     """The provider's signed close receipt: (receipt bytes, EIP-191 signature)."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     req = sign(SessionReportReq("0x" + session_id.hex(), _now_ms()), key)
     replies = await call_once(
         endpoint,

@@ -18,7 +18,9 @@ from mor_workbench.chain.keys import Signer
 from mor_workbench.protocol import (
     Decoder,
     RemoteProtocolError,
+    ReplayGuard,
     Response,
+    SessionPromptReq,
     SessionPromptRes,
     ecies_decrypt,
     ecies_encrypt,
@@ -26,6 +28,7 @@ from mor_workbench.protocol import (
 )
 from mor_workbench.protocol.gojson import go_string
 from mor_workbench.protocol.live_chunks import ChunkSealer
+from mor_workbench.protocol.signing import recover_public_key
 from mor_workbench.router import peer
 from mor_workbench.router.peer import ChunkReader
 from mor_workbench.router.transport import MockTransport
@@ -155,6 +158,20 @@ async def test_a_chunk_replayed_with_v_rewritten_is_refused_as_a_replay() -> Non
         async for payload in answer:
             received.append(payload)
     assert received == [DELTA]
+
+
+def test_the_providers_replay_guard_knows_a_request_with_v_rewritten() -> None:
+    """The same fault on the provider's side: a session.prompt (or request, or report)
+    replayed with v as 27 + v recovers to the same user and is the same request."""
+    request = sign(SessionPromptReq(bytes(32), '{"messages":[]}', 10_000), CONSUMER.signing_key)
+    rewritten = request.signature[:64] + bytes([request.signature[64] + 27])
+    assert recover_public_key(request) == recover_public_key(
+        SessionPromptReq(bytes(32), '{"messages":[]}', 10_000, rewritten)
+    )
+    guard = ReplayGuard(window_ms=1000)
+    guard.check(request.signature, 10_000, 10_000)
+    with pytest.raises(RemoteProtocolError, match="replayed"):
+        guard.check(rewritten, 10_000, 10_100)
 
 
 def test_the_signing_key_object_signs_as_the_raw_key_does() -> None:
