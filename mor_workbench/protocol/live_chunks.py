@@ -59,8 +59,7 @@ class ChunkSealer:
             keccak(('{"message":"0x' + box_hex + '","timestamp":' + stamp + "}").encode()),
             self._key,
         )
-        wire = (self._head + box_hex + '","signature":"0x' + signature.hex() + '","timestamp":') + (
-            stamp + "}}\n"
-        )
+        tail = '","signature":"0x' + signature.hex() + '","timestamp":' + stamp + "}}\n"
         message = SessionPromptRes("0x" + box_hex, timestamp_ms, signature)
-        return Response(self._request_id, result=message, encoded=wire.encode())
+        wire = (self._head + box_hex + tail).encode()
+        return Response(self._request_id, result=message, encoded=wire)
