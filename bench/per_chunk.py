@@ -15,7 +15,8 @@ machine count less than in wall time and touch every row alike; compare rows of 
     .venv/bin/python bench/per_chunk.py [--iterations 3000] [--json]
 
 Another wire is one more entry in `WIRES`: a name and a function that opens one stream of it,
-returning its (encode, decode) pair (decode may keep state, as replay checks do).
+returning its (encode, decode) pair (decode may keep state, as replay checks do);
+`provider_side(encode, n)` and `consumer_side(decode, sent)` time one side of any pair.
 """
 
 from __future__ import annotations
@@ -121,36 +122,52 @@ def floor_wire() -> tuple[Encode, Decode]:
     return encode, decode
 
 
+def provider_side(encode: Encode, chunks: int) -> tuple[list[int], list[bytes]]:
+    """CPU ns of each of `chunks` calls of `encode` on DELTA, and the bytes each sent."""
+    times, sent = [], []
+    for _ in range(chunks):
+        started = time.thread_time_ns()
+        data = encode(DELTA)
+        times.append(time.thread_time_ns() - started)
+        sent.append(data)
+    return times, sent
+
+
+def consumer_side(decode: Decode, sent: list[bytes]) -> list[int]:
+    """CPU ns of `decode` on each of `sent`, in order; AssertionError when one does not give
+    DELTA back."""
+    times = []
+    for data in sent:
+        started = time.thread_time_ns()
+        payload = decode(data)
+        times.append(time.thread_time_ns() - started)
+        assert payload == DELTA, "the consumer did not get the payload back"
+    return times
+
+
 def measure(streams: dict[str, OpenStream], iterations: int, batch: int = 50) -> dict[str, Any]:
     """Median CPU µs per chunk on each side, by stream name: one stream each of
     `iterations` chunks, measured in interleaved batches (so a shift in the machine's load
-    touches every row alike). Raises AssertionError when a consumer does not get DELTA back."""
+    touches every row alike)."""
     opened = {name: open_stream() for name, open_stream in streams.items()}
     sent: dict[str, list[bytes]] = {name: [] for name in opened}
-    times: dict[str, dict[str, list[int]]] = {
-        name: {"provider": [], "consumer": []} for name in opened
-    }
-    for _ in range(0, iterations, batch):
+    provider: dict[str, list[int]] = {name: [] for name in opened}
+    consumer: dict[str, list[int]] = {name: [] for name in opened}
+    for first in range(0, iterations, batch):
         for name, (encode, _) in opened.items():
-            for _ in range(batch):
-                started = time.thread_time_ns()
-                data = encode(DELTA)
-                times[name]["provider"].append(time.thread_time_ns() - started)
-                sent[name].append(data)
-    for first in range(0, len(next(iter(sent.values()))), batch):
+            times, data = provider_side(encode, min(batch, iterations - first))
+            provider[name] += times
+            sent[name] += data
+    for first in range(0, iterations, batch):
         for name, (_, decode) in opened.items():
-            for data in sent[name][first : first + batch]:
-                started = time.thread_time_ns()
-                payload = decode(data)
-                times[name]["consumer"].append(time.thread_time_ns() - started)
-                assert payload == DELTA, f"{name}: the consumer did not get the payload back"
+            consumer[name] += consumer_side(decode, sent[name][first : first + batch])
     return {
         name: {
-            "provider_us": statistics.median(side["provider"]) / 1000,
-            "consumer_us": statistics.median(side["consumer"]) / 1000,
+            "provider_us": statistics.median(provider[name]) / 1000,
+            "consumer_us": statistics.median(consumer[name]) / 1000,
             "wire_bytes": len(sent[name][0]),
         }
-        for name, side in times.items()
+        for name in opened
     }
 
 
