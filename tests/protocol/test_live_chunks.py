@@ -6,8 +6,12 @@ decoder's one-line path and go_string's fast path agree with the slow ones."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from coincurve import PrivateKey
@@ -222,3 +226,25 @@ def go_reference(text: str) -> str:
 )
 def test_go_strings_fast_path_agrees_with_gos_rules(text: str) -> None:
     assert go_string(text) == go_reference(text)
+
+
+def test_the_per_chunk_bench_runs_and_every_wire_round_trips() -> None:
+    """bench/per_chunk.py (the figures of issue 16 §1) measures each wire on chunks the consumer
+    must get back intact; a wire that changed the payload would fail it."""
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "bench/per_chunk.py", "--iterations", "60", "--json"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(run.stdout)
+    assert report["payload_bytes"] == 258
+    live = report["rows"]["live wire (MOR-RPC)"]
+    # a 258-byte payload: 113 bytes of ECIES around it, hex, and the signed envelope
+    assert live["wire_bytes"] == len(
+        ChunkSealer("a1b2c3d4", PROVIDER, CONSUMER_PUB).envelope(bytes(258 + 113), 10**12).encode()
+    )
+    assert set(report["rows"]) >= {"live wire (MOR-RPC)", "floor (live wire's primitives)"}
