@@ -87,8 +87,12 @@ def ecies_encrypt(
     recipient = public_key if isinstance(public_key, PublicKey) else recipient_key(public_key)
     # the ephemeral key's secret and public point only (a coincurve PrivateKey would compute
     # an x-only public key too: a second multiplication nobody uses)
-    secret = get_valid_secret() if ephemeral is None else ephemeral
-    ephemeral_public = PublicKey.from_secret(secret).format(compressed=False)
+    if ephemeral is None:
+        secret = get_valid_secret()  # in [1, n): no second check
+        ephemeral_public = PublicKey.from_valid_secret(secret).format(compressed=False)
+    else:
+        secret = ephemeral
+        ephemeral_public = PublicKey.from_secret(secret).format(compressed=False)
     ke, km = _keys(shared_secret(secret, recipient), s1)
     iv = iv if iv is not None else os.urandom(BLOCK)
     em = iv + _ctr(ke, iv, plaintext)
