@@ -78,6 +78,8 @@ def _go_float(number: float) -> str:
 def go_json(value: Any) -> str:
     """Any decoded JSON value (objects in their received order) as Go's json.Marshal wrote
     it: the bytes a Go peer signed, whatever its struct holds."""
+    if type(value) is str:  # the common case first (a message's strings and hex)
+        return go_string(value)
     if value is None:
         return "null"
     if value is True:
@@ -539,12 +541,17 @@ class Response:
     id: str
     result: Message | None = None
     error: RpcError | None = None
+    encoded: bytes | None = field(default=None, kw_only=True, compare=False, repr=False)
+    """Its wire bytes when they were built with it, in one pass (`live_chunks.ChunkSealer`);
+    None: `encode` writes them."""
 
     def __post_init__(self) -> None:
         if (self.result is None) == (self.error is None):
             raise LocalProtocolError("a response carries exactly one of result and error")
 
     def encode(self) -> bytes:
+        if self.encoded is not None:
+            return self.encoded
         members = [("id", go_string(self.id))]
         if self.error is not None:
             members += [("result", "null"), ("error", self.error.encode().decode())]

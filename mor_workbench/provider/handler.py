@@ -39,7 +39,6 @@ from mor_workbench.protocol import (
     Response,
     RpcError,
     SessionPromptReq,
-    SessionPromptRes,
     SessionReportReq,
     SessionReportRes,
     SessionReq,
@@ -55,6 +54,7 @@ from mor_workbench.protocol import (
     sign_error,
     verify,
 )
+from mor_workbench.protocol.live_chunks import ChunkSealer
 from mor_workbench.protocol.signing import recover_public_key
 from mor_workbench.provider.backend import BackendError, BackendStream, OpenAIBackend
 from mor_workbench.provider.capacity import Capacity, SessionStats
@@ -98,8 +98,8 @@ class RequestHandler:
         self.max_message = max_message
         self.version = f"mor-workbench/{__version__} {ENCRYPTED_PROMPTS}"
         self._http = http
-        self._key = signer.private_key_bytes()
-        self.public_key = public_key_of(self._key)
+        self._key = signer.signing_key  # built once: every chunk is signed with it
+        self.public_key = public_key_of(self._key.secret)
         self._replay = ReplayGuard(freshness_window_ms)  # bounded by its window and size
         self._last_approval_ms = 0
         self._chain_lead_ms = 0  # the most the chain's clock was seen ahead of ours
@@ -214,10 +214,10 @@ class RequestHandler:
         if not isinstance(body, dict):
             raise RemoteProtocolError("the prompt is not a JSON object")
 
+        sealer = ChunkSealer(request_id, self._key, user_key)
+
         async def send_chunk(payload: Any) -> None:
-            box = ecies_encrypt(user_key, json.dumps(payload, separators=(",", ":")).encode())
-            chunk = sign(SessionPromptRes("0x" + box.hex(), _now_ms()), self._key)
-            await send(Response(request_id, result=chunk))
+            await send(sealer.seal(payload, _now_ms()))
 
         async with self.capacity.prompt_slot(model.model_id):
             await self._forward(req.session_id, model, body, send_chunk, user_key, request_id, send)

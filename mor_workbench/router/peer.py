@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from coincurve import PrivateKey
+
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import (
@@ -48,10 +50,12 @@ from mor_workbench.protocol import (
     sign,
     verify,
 )
+from mor_workbench.protocol.signing import parse_public_key
 from mor_workbench.router.transport import TCP, PeerTransport, call, call_once
 
 __all__ = [
     "Approved",
+    "ChunkReader",
     "ProviderError",
     "SessionExpired",
     "check_prompt_fits",
@@ -102,7 +106,7 @@ async def ping(
     provider, never pay one it would not pay otherwise. Raises `ProviderError` when the
     provider answers with an error, `RemoteProtocolError` when the pong is not `provider`'s
     or answers another ping, `TimeoutError`/`OSError` when it cannot be reached."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     nonce = os.urandom(8)
     replies = await call_once(
         endpoint,
@@ -152,7 +156,7 @@ async def request_approval(
     transport: PeerTransport = TCP,
 ) -> Approved:
     """session.request: the approval must come from `provider` for us, this chain and bid."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     req = sign(SessionReq(signer.address, signer.public_key_65, spend, _now_ms(), bid_id), key)
     replies = await call_once(
         endpoint,
@@ -275,7 +279,7 @@ def output_cap(body: dict[str, Any]) -> int:
     return min(budget, OUTPUT_BYTES_UNBOUNDED)
 
 
-def _decrypt_hex(key: bytes, message: str, what: str) -> bytes:
+def _decrypt_hex(key: bytes | PrivateKey, message: str, what: str) -> bytes:
     """The plaintext of a 0x-hex ECIES box addressed to `key`; `RemoteProtocolError` when the
     provider sent anything else (plaintext where encryption is required, bad hex, bad box)."""
     if not message.startswith("0x"):
@@ -287,7 +291,37 @@ def _decrypt_hex(key: bytes, message: str, what: str) -> bytes:
     return ecies_decrypt(key, box)
 
 
-def open_chunk(key: bytes, message: str) -> dict[str, Any] | str:
+class ChunkReader:
+    """The consumer's checks on the chunks of one answer (see `prompt`): each signed by
+    `provider_pubkey`, the key bound at approval (verified against it, parsed once, not
+    recovered from each signature), seen once (by r ‖ s: a replay with v rewritten, 0 as 27,
+    is the same signature), encrypted to our `key`, a JSON object or "[DONE]", and in all at
+    most `cap` bytes of ECIES boxes."""
+
+    def __init__(self, key: PrivateKey, provider_pubkey: bytes, cap: int) -> None:
+        self._key = key
+        self._provider = parse_public_key(provider_pubkey)
+        self._seen: set[bytes] = set()
+        self._received = 0
+        self._cap = cap
+
+    def read(self, chunk: SessionPromptRes) -> dict[str, Any] | str:
+        """`chunk`'s payload; `RemoteProtocolError` when it breaks a rule above."""
+        verify(chunk, public_key=self._provider)
+        signed = chunk.signature[:64]
+        if signed in self._seen:
+            raise RemoteProtocolError("the provider replayed a chunk it had already sent")
+        self._seen.add(signed)
+        self._received += len(chunk.message) // 2  # hex: two characters a byte
+        if self._received > self._cap:
+            raise RemoteProtocolError(
+                f"the provider sent over {self._cap // 1024:,} KiB for a request that allows "
+                "less (max_tokens): an answer that does not end"
+            )
+        return open_chunk(self._key, chunk.message)
+
+
+def open_chunk(key: bytes | PrivateKey, message: str) -> dict[str, Any] | str:
     """A signed chunk's payload: decrypted with `key`, a JSON object or the string "[DONE]";
     `RemoteProtocolError` for anything else."""
     plaintext = _decrypt_hex(key, message, "a chunk")
@@ -323,14 +357,13 @@ async def prompt(
     `ProviderStalled` / `ProviderError` from the transport, `SessionExpired` when the session
     has ended, `RequestRejected` when the model refused the request, and `ProviderError` for
     any other refusal (see `prompt_error`)."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     text = json.dumps(body, separators=(",", ":"))
     if encrypt:
         text = "0x" + ecies_encrypt(provider_pubkey, text.encode()).hex()
     req = Request(_request_id(), sign(SessionPromptReq(session_id, text, _now_ms()), key))
+    reader = ChunkReader(key, provider_pubkey, output_cap(body))
     finished = False
-    seen: set[bytes] = set()
-    received, cap = 0, output_cap(body)
     async for reply in call(
         endpoint,
         req,
@@ -346,17 +379,7 @@ async def prompt(
                 message = _decrypt_hex(key, message, "an error").decode(errors="replace")
             raise prompt_error(message, reply.error.code)
         assert reply.result is not None
-        verify(reply.result, public_key=provider_pubkey)
-        if reply.result.signature in seen:
-            raise RemoteProtocolError("the provider replayed a chunk it had already sent")
-        seen.add(reply.result.signature)
-        received += len(reply.result.message) // 2  # hex: two characters a byte
-        if received > cap:
-            raise RemoteProtocolError(
-                f"the provider sent over {cap // 1024:,} KiB for a request that allows less "
-                "(max_tokens): an answer that does not end"
-            )
-        payload = open_chunk(key, reply.result.message)
+        payload = reader.read(reply.result)
         if payload == "[DONE]":
             return
         if not body.get("stream"):
@@ -411,7 +434,7 @@ async def report(
     transport: PeerTransport = TCP,
 ) -> tuple[bytes, bytes]:
     """The provider's signed close receipt: (receipt bytes, EIP-191 signature)."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     req = sign(SessionReportReq("0x" + session_id.hex(), _now_ms()), key)
     replies = await call_once(
         endpoint,
