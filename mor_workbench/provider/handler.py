@@ -55,6 +55,7 @@ from mor_workbench.protocol import (
     sign_error,
     verify,
 )
+from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Frames, accept_offer
 from mor_workbench.protocol.signing import recover_public_key
 from mor_workbench.provider.backend import BackendError, BackendStream, OpenAIBackend
 from mor_workbench.provider.capacity import Capacity, SessionStats
@@ -63,8 +64,9 @@ from mor_workbench.provider.health import HealthProbe
 
 __all__ = ["RequestHandler", "Send"]
 
-Send = Callable[[Response], Awaitable[None]]
-"""Delivers one response to the requester (raises `ConnectionError` when it is gone)."""
+Send = Callable[[Response | Frames], Awaitable[None]]
+"""Delivers one response (or fast-channel frames) to the requester, as `.encode()` gives its
+bytes (raises `ConnectionError` when it is gone)."""
 
 
 def _now_ms() -> int:
@@ -74,6 +76,9 @@ def _now_ms() -> int:
 class RequestHandler:
     """Answers MOR-RPC requests for `models` as the provider `signer`, checking sessions on
     `chain` through `capacity`; pongs carry `health`'s report."""
+
+    fast_channel: bool = True
+    """Advertise the fast channel in the pong and answer offers on it (a subclass may not)."""
 
     def __init__(
         self,
@@ -97,6 +102,8 @@ class RequestHandler:
         self.health = health
         self.max_message = max_message
         self.version = f"mor-workbench/{__version__} {ENCRYPTED_PROMPTS}"
+        if self.fast_channel:
+            self.version += f" {FAST_CHANNEL}"
         self._http = http
         self._key = signer.private_key_bytes()
         self.public_key = public_key_of(self._key)
@@ -219,8 +226,49 @@ class RequestHandler:
             chunk = sign(SessionPromptRes("0x" + box.hex(), _now_ms()), self._key)
             await send(Response(request_id, result=chunk))
 
+        if req.fast_channel and self.fast_channel:
+            await self._prompt_fast(request_id, req, user_key, model, body, send)
+            return
         async with self.capacity.prompt_slot(model.model_id):
             await self._forward(req.session_id, model, body, send_chunk, user_key, request_id, send)
+
+    async def _prompt_fast(
+        self,
+        request_id: str,
+        req: SessionPromptReq,
+        user_key: bytes,
+        model: ModelConfig,
+        body: dict[str, Any],
+        send: Send,
+    ) -> None:
+        """Answer a verified prompt on the fast channel it offered: the signed accept, then
+        sealed chunks, any failure sealed too (the live wire's signed error response), and
+        the signed END (`mor_workbench.protocol.fastchannel`)."""
+        public, sender = accept_offer(
+            req.fast_channel,
+            identity_key=self._key,
+            consumer_key=user_key,
+            session_id=req.session_id,
+            request_id=request_id,
+            prompt_signature=req.signature,
+        )
+        accept = sign(SessionPromptRes("", _now_ms(), fast_channel=public), self._key)
+        await send(Response(request_id, result=accept))
+
+        async def send_chunk(payload: Any) -> None:
+            await send(sender.data(json.dumps(payload, separators=(",", ":")).encode()))
+
+        async def send_failure(response: Response | Frames) -> None:
+            await send(sender.failure(response.encode()))
+
+        try:
+            async with self.capacity.prompt_slot(model.model_id):
+                await self._forward(
+                    req.session_id, model, body, send_chunk, user_key, request_id, send_failure
+                )
+        except ProtocolError as exc:
+            await send_failure(self.error(request_id, str(exc)))
+        await send(sender.end())
 
     async def _forward(
         self,

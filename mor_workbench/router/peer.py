@@ -33,6 +33,7 @@ from mor_workbench.protocol import (
     PongRes,
     RemoteProtocolError,
     Request,
+    Response,
     SessionPromptReq,
     SessionPromptRes,
     SessionReportReq,
@@ -48,7 +49,14 @@ from mor_workbench.protocol import (
     sign,
     verify,
 )
-from mor_workbench.router.transport import TCP, PeerTransport, call, call_once
+from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Data, End, Failure, Offer, Replies
+from mor_workbench.router.transport import (
+    CONSUMER_MESSAGE_LIMIT,
+    TCP,
+    PeerTransport,
+    call,
+    call_once,
+)
 
 __all__ = [
     "Approved",
@@ -59,11 +67,13 @@ __all__ = [
     "open_chunk",
     "open_session",
     "output_cap",
+    "parse_chunk",
     "ping",
     "prompt",
     "prompt_error",
     "report",
     "request_approval",
+    "supports_fast_channel",
 ]
 
 
@@ -126,6 +136,12 @@ async def ping(
 def supports_encrypted_prompts(pong: PongRes) -> bool:
     """Whether the provider advertised that it decrypts ECIES-encrypted prompts."""
     return ENCRYPTED_PROMPTS in pong.version.split()
+
+
+def supports_fast_channel(pong: PongRes) -> bool:
+    """Whether the provider advertised the fast channel (`mor_workbench.protocol.fastchannel`):
+    only then is it offered, so live providers never see the offer."""
+    return FAST_CHANNEL in pong.version.split()
 
 
 def encrypt_prompts_for(pong: PongRes, *, require_encrypted_prompts: bool = False) -> bool:
@@ -290,7 +306,12 @@ def _decrypt_hex(key: bytes, message: str, what: str) -> bytes:
 def open_chunk(key: bytes, message: str) -> dict[str, Any] | str:
     """A signed chunk's payload: decrypted with `key`, a JSON object or the string "[DONE]";
     `RemoteProtocolError` for anything else."""
-    plaintext = _decrypt_hex(key, message, "a chunk")
+    return parse_chunk(_decrypt_hex(key, message, "a chunk"))
+
+
+def parse_chunk(plaintext: bytes) -> dict[str, Any] | str:
+    """A chunk's payload from its JSON bytes: a JSON object or the string "[DONE]";
+    `RemoteProtocolError` for anything else."""
     try:
         payload = json.loads(plaintext)
     except ValueError:
@@ -313,9 +334,15 @@ async def prompt(
     first_reply_timeout: float = 90.0,
     idle_timeout: float = 60.0,
     transport: PeerTransport = TCP,
+    fast_channel: bool = False,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
     completion), stopping at "[DONE]". Timeouts in seconds.
+
+    With `fast_channel` (for a provider whose pong advertises it: `supports_fast_channel`) the
+    prompt offers the fast channel; a provider that accepts streams sealed frames, checked as
+    `mor_workbench.protocol.fastchannel` says (and raising its `ChannelError`s), one that
+    does not answers on the live wire, read as below.
 
     Every chunk must be signed by `provider_pubkey`, seen once (a repeated signature is a
     replay), encrypted to us and a JSON object; the answer may not exceed `output_cap(body)`
@@ -327,7 +354,21 @@ async def prompt(
     text = json.dumps(body, separators=(",", ":"))
     if encrypt:
         text = "0x" + ecies_encrypt(provider_pubkey, text.encode()).hex()
-    req = Request(_request_id(), sign(SessionPromptReq(session_id, text, _now_ms()), key))
+    offer = Offer.new() if fast_channel else None
+    offered = offer.public_key if offer is not None else b""
+    signed = sign(SessionPromptReq(session_id, text, _now_ms(), fast_channel=offered), key)
+    req = Request(_request_id(), signed)
+    replies = None
+    if offer is not None:
+        replies = Replies(
+            offer,
+            session_id,
+            req.id,
+            signed.signature,
+            signer.public_key_65,
+            provider_pubkey,
+            CONSUMER_MESSAGE_LIMIT,
+        )
     finished = False
     seen: set[bytes] = set()
     received, cap = 0, output_cap(body)
@@ -338,7 +379,26 @@ async def prompt(
         transport=transport,
         first_reply_timeout=first_reply_timeout,
         idle_timeout=idle_timeout,
+        replies=replies,
     ):
+        if not isinstance(reply, Response):  # a fast-channel event
+            if isinstance(reply, End):
+                break
+            if isinstance(reply, Data):
+                received += len(reply.chunk)
+                if received > cap:
+                    raise _endless(cap)
+                payload = parse_chunk(reply.chunk)
+                if payload == "[DONE]":  # the signed END follows
+                    finished = True
+                    continue
+                if not body.get("stream"):
+                    finished = True
+                yield payload
+                continue
+            if not isinstance(reply, Failure):
+                continue  # the accept, a checkpoint: checked by the reader
+            reply = reply.response
         if reply.error is not None:
             message = reply.error.message
             if reply.error.signature is not None and message.startswith("0x"):
@@ -352,18 +412,24 @@ async def prompt(
         seen.add(reply.result.signature)
         received += len(reply.result.message) // 2  # hex: two characters a byte
         if received > cap:
-            raise RemoteProtocolError(
-                f"the provider sent over {cap // 1024:,} KiB for a request that allows less "
-                "(max_tokens): an answer that does not end"
-            )
+            raise _endless(cap)
         payload = open_chunk(key, reply.result.message)
         if payload == "[DONE]":
             return
         if not body.get("stream"):
             finished = True
         yield payload
+    if replies is not None:
+        replies.finish()
     if not finished:
         raise ProviderError("the provider closed the connection before the answer was complete")
+
+
+def _endless(cap: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"the provider sent over {cap // 1024:,} KiB for a request that allows less "
+        "(max_tokens): an answer that does not end"
+    )
 
 
 _EXPIRED = ("session expired", "session is closed")
