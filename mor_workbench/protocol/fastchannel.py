@@ -82,7 +82,11 @@ from mor_workbench.protocol.messages import Response, SessionPromptRes
 from mor_workbench.protocol.signing import verify
 
 __all__ = [
+    "CHECKPOINT",
     "CHECKPOINT_EVERY",
+    "DATA",
+    "END",
+    "FAILURE",
     "FAST_CHANNEL",
     "Accepted",
     "Channel",
@@ -95,7 +99,9 @@ __all__ = [
     "Offer",
     "Replies",
     "ReplyState",
+    "Transcript",
     "accept_offer",
+    "channel_context",
     "transcript_signer",
 ]
 
@@ -109,12 +115,13 @@ _HEADER = struct.Struct(">IBQ")  # length of what follows, kind, seq
 _HEAD = struct.Struct(">BQ")
 _HASHED = struct.Struct(">BQI")  # kind, seq, plaintext length: what the transcript takes
 _SIGNED = struct.Struct(">Q")
-_DATA, _FAILURE, _CHECKPOINT, _END = 1, 2, 3, 4
+DATA, FAILURE, CHECKPOINT, END = 1, 2, 3, 4
+"""Frame kinds (see the module's docstring)."""
 _TAG = 16
 _PUBLIC_KEY = 32  # X25519
 
 
-def _context(
+def channel_context(
     session_id: bytes,
     request_id: str,
     prompt_signature: bytes,
@@ -123,12 +130,16 @@ def _context(
     consumer_ephemeral: bytes,
     provider_ephemeral: bytes,
 ) -> bytes:
+    """The bytes one answer's channel is bound to, in order: "mor-fastchannel/1", the session
+    id, the request id (length-prefixed), the prompt's signature, the consumer's and the
+    provider's secp256k1 keys (65 bytes each) and the consumer's and provider's ephemeral
+    X25519 keys: the HKDF info and the transcript's root."""
     rid = request_id.encode()
     return b"".join(
         (
             _DOMAIN,
             session_id,
-            len(rid).to_bytes(2, "big"),
+            len(rid).to_bytes(4, "big"),
             rid,
             prompt_signature,
             consumer_key,
@@ -162,7 +173,7 @@ class Channel:
     ) -> Channel:
         """The channel of one prompt from the X25519 secret `shared` and what binds it (see
         the module's docstring); keys are 65-byte uncompressed secp256k1 public keys."""
-        context = _context(
+        context = channel_context(
             session_id,
             request_id,
             prompt_signature,
@@ -176,18 +187,38 @@ class Channel:
         return cls(key, context, session_id + request_id.encode())
 
 
-def _signed_digest(kind: int, seq: int, transcript: bytes) -> bytes:
-    label = b" end" if kind == _END else b" checkpoint"
+class Transcript:
+    """SHA-256 over a channel's context, then `kind ‖ seq ‖ len ‖ plaintext` of every DATA
+    and FAILURE frame: what CHECKPOINT and END signatures cover. Both ends keep one, and
+    anyone holding the context's parts and the chunks can rebuild it to check a signature
+    (`transcript_signer`)."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, context: bytes) -> None:
+        self._hash = hashlib.sha256(context)
+
+    def add(self, kind: int, seq: int, plaintext: bytes) -> None:
+        """Take frame `seq` (DATA or FAILURE) with its plaintext."""
+        self._hash.update(_HASHED.pack(kind, seq, len(plaintext)) + plaintext)
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+
+def _signed_digest(final: bool, seq: int, transcript: bytes) -> bytes:
+    label = b" end" if final else b" checkpoint"
     return hashlib.sha256(_DOMAIN + label + _SIGNED.pack(seq) + transcript).digest()
 
 
-def transcript_signer(kind: int, seq: int, transcript: bytes, signature: bytes) -> bytes:
-    """The 65-byte public key that signed the transcript digest `transcript` in the
-    CHECKPOINT or END frame `seq` (`kind` 3 or 4): what a dispute checks against the
-    provider's registered key. `TranscriptForged` when the signature recovers to no key."""
+def transcript_signer(seq: int, transcript: bytes, signature: bytes, *, final: bool) -> bytes:
+    """The 65-byte public key that signed the transcript digest `transcript` in frame `seq`,
+    the END frame if `final`, else a CHECKPOINT (as `Checkpoint` and `End` events carry them):
+    what a receipt or dispute checks against the provider's registered key.
+    `TranscriptForged` when the signature recovers to no key."""
     if len(signature) != 65 or signature[64] not in (0, 1):
         raise TranscriptForged("a transcript signature must be 65 bytes with v in {0, 1}")
-    digest = _signed_digest(kind, seq, transcript)
+    digest = _signed_digest(final, seq, transcript)
     try:
         key = PublicKey.from_signature_and_message(signature, digest, hasher=None)
     except Exception:
@@ -217,11 +248,11 @@ class ChannelSender:
     since_checkpoint: int = 0
     ended: bool = False
     _aead: AESGCM = field(init=False, repr=False)
-    _transcript: Any = field(init=False, repr=False)
+    transcript: Transcript = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._aead = AESGCM(self.channel.key)
-        self._transcript = hashlib.sha256(self.channel.context)
+        self.transcript = Transcript(self.channel.context)
 
     def _seal(self, kind: int, plaintext: bytes) -> bytes:
         if self.ended:
@@ -233,33 +264,33 @@ class ChannelSender:
         return _HEADER.pack(len(sealed) + 9, kind, seq) + sealed
 
     def _sign(self, kind: int) -> bytes:
-        digest = _signed_digest(kind, self.seq, self._transcript.digest())
+        digest = _signed_digest(kind == END, self.seq, self.transcript.digest())
         frame = self._seal(kind, self.identity.sign_recoverable(digest, hasher=None))
         self.since_checkpoint = 0
         return frame
 
     def _hashed(self, kind: int, plaintext: bytes) -> bytes:
-        self._transcript.update(_HASHED.pack(kind, self.seq, len(plaintext)) + plaintext)
+        self.transcript.add(kind, self.seq, plaintext)
         return self._seal(kind, plaintext)
 
     def data(self, chunk: bytes) -> Frames:
         """The frame of one answer chunk (its JSON), followed by a signed CHECKPOINT when one
         is due."""
-        frame = self._hashed(_DATA, chunk)
+        frame = self._hashed(DATA, chunk)
         self.since_checkpoint += 1
         if self.since_checkpoint >= self.checkpoint_every:
-            frame += self._sign(_CHECKPOINT)
+            frame += self._sign(CHECKPOINT)
         return Frames(frame)
 
     def failure(self, response: bytes) -> Frames:
         """The frame of a failure after the accept: the live wire's signed error response
         (`Response.encode()`), as it would have gone on the live wire."""
-        return Frames(self._hashed(_FAILURE, response))
+        return Frames(self._hashed(FAILURE, response))
 
     def end(self) -> Frames:
         """The END frame: the provider's signature over the whole transcript; nothing may
         follow it."""
-        frame = self._sign(_END)
+        frame = self._sign(END)
         self.ended = True
         return Frames(frame)
 
@@ -398,7 +429,7 @@ class Replies:
     _buffer: bytearray = field(default_factory=bytearray, repr=False)
     _aead: AESGCM | None = field(default=None, repr=False)
     _aad: bytes = field(default=b"", repr=False)
-    _transcript: Any = field(default=None, repr=False)
+    _transcript: Transcript | None = field(default=None, repr=False)
     _failed: Exception | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -450,7 +481,7 @@ class Replies:
         )
         self._aead = AESGCM(channel.key)
         self._aad = channel.aad
-        self._transcript = hashlib.sha256(channel.context)
+        self._transcript = Transcript(channel.context)
         self.state = ReplyState.CHANNEL
 
     def _frames(self, data: bytes) -> list[Event]:
@@ -492,19 +523,21 @@ class Replies:
                 "sealed for another session or request"
             ) from None
         self.seq = seq + 1
-        if kind in (_DATA, _FAILURE):
-            self._transcript.update(_HASHED.pack(kind, seq, len(plaintext)) + plaintext)
-            if kind == _DATA:
+        assert self._transcript is not None
+        if kind in (DATA, FAILURE):
+            self._transcript.add(kind, seq, plaintext)
+            if kind == DATA:
                 return Data(plaintext)
             return Failure(self._failure(plaintext))
-        if kind in (_CHECKPOINT, _END):
+        if kind in (CHECKPOINT, END):
             transcript = self._transcript.digest()
-            if transcript_signer(kind, seq, transcript, plaintext) != self.provider_key:
+            signer = transcript_signer(seq, transcript, plaintext, final=kind == END)
+            if signer != self.provider_key:
                 raise TranscriptForged(
                     f"fast-channel frame {seq}: the transcript is not signed by the provider's "
                     "key (or not over what was received)"
                 )
-            if kind == _CHECKPOINT:
+            if kind == CHECKPOINT:
                 return Checkpoint(seq, transcript, plaintext)
             self.state = ReplyState.ENDED
             return End(seq, transcript, plaintext)

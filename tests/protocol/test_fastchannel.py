@@ -30,6 +30,7 @@ from mor_workbench.protocol import (
     sign_error,
 )
 from mor_workbench.protocol.fastchannel import (
+    DATA,
     Accepted,
     Checkpoint,
     Data,
@@ -38,7 +39,9 @@ from mor_workbench.protocol.fastchannel import (
     Offer,
     Replies,
     ReplyState,
+    Transcript,
     accept_offer,
+    channel_context,
     transcript_signer,
 )
 
@@ -120,9 +123,39 @@ def test_round_trip_whatever_the_chunks_and_however_the_bytes_are_split(
 def test_the_final_signature_is_the_providers_over_the_transcript() -> None:
     reader, accept, frames = stream([b'{"a":1}', b'{"b":2}'])
     end = reader.feed(accept + b"".join(frames))[-1]
-    assert transcript_signer(4, end.seq, end.transcript, end.signature) == public_key_of(
-        PROVIDER_KEY
+    signer = transcript_signer(end.seq, end.transcript, end.signature, final=True)
+    assert signer == public_key_of(PROVIDER_KEY)
+    # the same signature does not pass for a checkpoint: END cannot be moved earlier
+    assert transcript_signer(end.seq, end.transcript, end.signature, final=False) != signer
+
+
+def test_anyone_can_check_what_the_provider_answered_without_a_secret() -> None:
+    """A dispute: from the prompt's signature, both ephemeral keys and the chunks alone (no
+    channel key), the END signature recovers to the provider's registered key, and to no
+    other key once a chunk is changed."""
+    reader, accept, sender = handshake(every=2)
+    chunks = [b'{"n":1}', b'{"n":2}', b'{"n":3}']
+    events = reader.feed(accept + b"".join(sender.data(c) for c in chunks) + sender.end())
+    end = events[-1]
+    provider_ephemeral = SessionPromptRes.from_json(json.loads(accept)["result"]).fast_channel
+    context = channel_context(
+        SESSION,
+        "r1",
+        reader.prompt_signature,
+        public_key_of(CONSUMER_KEY),
+        public_key_of(PROVIDER_KEY),
+        reader.offer.public_key,
+        provider_ephemeral,
     )
+    assert chunks_of(events) == chunks
+    for changed in (None, 1):
+        transcript = Transcript(context)
+        seq = 0
+        for index, chunk in enumerate(chunks):
+            transcript.add(DATA, seq, b'{"n":9}' if index == changed else chunk)
+            seq += 2 if index % 2 else 1  # a checkpoint follows every second chunk
+        signer = transcript_signer(end.seq, transcript.digest(), end.signature, final=True)
+        assert (signer == public_key_of(PROVIDER_KEY)) is (changed is None)
 
 
 @given(position=st.integers(0, 10_000), bit=st.integers(0, 7))
@@ -219,7 +252,7 @@ def test_a_checkpoint_over_other_chunks_is_refused() -> None:
     """The provider signs a transcript that is not what the consumer received."""
     reader, accept, sender = handshake(every=2)
     first = sender.data(b'{"n":1}')
-    sender._transcript.update(b"a chunk the consumer never got")
+    sender.transcript.add(DATA, 99, b"a chunk the consumer never got")
     reader.feed(accept + first)
     with pytest.raises(TranscriptForged):
         reader.feed(sender.data(b'{"n":2}'))
