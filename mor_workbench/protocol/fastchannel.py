@@ -88,7 +88,6 @@ __all__ = [
     "END",
     "FAILURE",
     "FAST_CHANNEL",
-    "Accepted",
     "Channel",
     "ChannelSender",
     "Checkpoint",
@@ -259,8 +258,8 @@ class ChannelSender:
             raise LocalProtocolError("the fast channel's answer has already ended")
         seq = self.seq
         self.seq = seq + 1
-        head = _HEAD.pack(kind, seq)
-        sealed = self._aead.encrypt(b"\0\0\0\0" + head[1:], plaintext, head + self.channel.aad)
+        aad = _HEAD.pack(kind, seq) + self.channel.aad
+        sealed = self._aead.encrypt(seq.to_bytes(12, "big"), plaintext, aad)
         return _HEADER.pack(len(sealed) + 9, kind, seq) + sealed
 
     def _sign(self, kind: int) -> bytes:
@@ -358,11 +357,6 @@ def accept_offer(
 
 
 @dataclass(frozen=True)
-class Accepted:
-    """The provider accepted the offer; frames follow."""
-
-
-@dataclass(frozen=True)
 class Data:
     """One answer chunk (its JSON bytes)."""
 
@@ -391,7 +385,7 @@ class End(Checkpoint):
     """The answer is complete: the provider's `signature` over the whole `transcript`."""
 
 
-Event = Response | Accepted | Data | Failure | Checkpoint | End
+Event = Response | Data | Failure | Checkpoint | End
 
 
 class ReplyState(Enum):
@@ -411,7 +405,9 @@ class Replies:
     Until the first reply it reads JSON: a live-wire `Response` (a provider that ignored the
     offer, or an error: the state turns LIVE and every later reply is a `Response`), or the
     accept, which must be signed by `provider_key` (the 65-byte key the session was approved
-    with) and switches to frames (`Accepted`, then `Data`, `Failure` and finally `End`).
+    with) and switches to frames (state CHANNEL: `Data`, `Failure`, `Checkpoint` and last
+    `End`). The accept itself yields no event: the wait for the first chunk stays the wait
+    for the first reply (the caller's first-reply timeout, not its idle one).
     Frames are checked as the module docstring says; call `finish()` once the connection has
     closed. Raises `ChunkForged`, `ChunkReplayed`, `ChunkMissing`, `TranscriptForged`,
     `StreamTruncated` or `RemoteProtocolError`; the reader is unusable afterwards."""
@@ -462,7 +458,7 @@ class Replies:
             return [first, *(self._response(o) for o in objects[1:] + self._json.feed(rest))]
         verify(result, public_key=self.provider_key)
         self._open(result.fast_channel)
-        return [Accepted(), *self._frames(rest)]
+        return self._frames(rest)
 
     def _response(self, obj: Any) -> Response:
         return Response.from_json(obj, SessionPromptRes)
@@ -485,12 +481,14 @@ class Replies:
         self.state = ReplyState.CHANNEL
 
     def _frames(self, data: bytes) -> list[Event]:
-        buffer = self._buffer
-        buffer += data
+        if self._buffer:  # the start of a frame came with the bytes before
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
         events: list[Event] = []
-        pos, size = 0, len(buffer)
+        pos, size = 0, len(data)
         while size - pos >= 13:
-            length, kind, seq = _HEADER.unpack_from(buffer, pos)
+            length, kind, seq = _HEADER.unpack_from(data, pos)
             if length > self.max_message:
                 raise RemoteProtocolError(f"fast-channel frame longer than {self.max_message} B")
             end = pos + 4 + length
@@ -498,9 +496,10 @@ class Replies:
                 break
             if length < 9 + _TAG:
                 raise ChunkForged("a fast-channel frame too short to be sealed")
-            events.append(self._open_frame(kind, seq, bytes(buffer[pos + 13 : end])))
+            events.append(self._open_frame(kind, seq, data[pos + 13 : end]))
             pos = end
-        del buffer[:pos]
+        if pos < size:
+            self._buffer += data[pos:]
         return events
 
     def _open_frame(self, kind: int, seq: int, sealed: bytes) -> Event:
@@ -513,10 +512,10 @@ class Replies:
                 f"fast-channel frame {seq} arrived where {self.seq} was due: "
                 "a frame was dropped or the frames were reordered"
             )
-        head = _HEAD.pack(kind, seq)
         assert self._aead is not None
         try:
-            plaintext = self._aead.decrypt(b"\0\0\0\0" + head[1:], sealed, head + self._aad)
+            aad = _HEAD.pack(kind, seq) + self._aad
+            plaintext = self._aead.decrypt(seq.to_bytes(12, "big"), sealed, aad)
         except InvalidTag:
             raise ChunkForged(
                 f"fast-channel frame {seq} failed authentication: altered in transit, or "
