@@ -6,9 +6,10 @@ Stricter than the live provider: a requester's key must belong to the address it
 requests must be fresh and unreplayed on our clock, and a prompt must come from the user of an
 open, unexpired session on one of our own bids (checked on chain). Prompts may arrive
 ECIES-encrypted (advertised in the pong's version); answers go out as signed, ECIES-encrypted
-chunks. What the contract checks against block.timestamp (approval and receipt timestamps) is
-stamped on the chain's clock; the MOR-RPC envelopes keep the wall clock the live protocol's
-freshness checks expect.
+chunks, or sealed on the fast channel when the prompt offers it (also advertised in the pong:
+`mor_workbench.protocol.fastchannel`). What the contract checks against block.timestamp
+(approval and receipt timestamps) is stamped on the chain's clock; the MOR-RPC envelopes keep
+the wall clock the live protocol's freshness checks expect.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 chain, send prompts and read the verified, decrypted answer, and get the close receipt.
 
 Every reply is checked: the provider's key must belong to the bid's provider address, every
-chunk must be signed by that key, approvals must be for us, this chain and this bid.
+chunk must be signed by that key (on the fast channel, sealed under a key that one signed and
+covered by its signed transcript), approvals must be for us, this chain and this bid.
 
 Every exchange takes `transport=`: TCP unless a test passes an in-memory one
 (`mor_workbench.router.transport.MockTransport`).
