@@ -96,6 +96,49 @@ def _run(chunks: int, with_json: bool) -> tuple[float, float]:
     return provider / chunks / 1000, consumer / chunks / 1000
 
 
+def handshake_us(prompts: int = 200, repeat: int = 5) -> dict[str, float]:
+    """µs per prompt that the handshake adds, best of `repeat` runs of `prompts`: keys
+    provider_us (a fresh X25519 key, ECDH, HKDF and the signed accept) and consumer_us (a
+    fresh X25519 key, then the accept's signature checked, ECDH and HKDF)."""
+    best = {"provider_us": float("inf"), "consumer_us": float("inf")}
+    for _ in range(repeat):
+        spent = {"provider_us": 0, "consumer_us": 0}
+        for _ in range(prompts):
+            start = time.perf_counter_ns()
+            offer = Offer.new()
+            spent["consumer_us"] += time.perf_counter_ns() - start
+            prompt = sign(
+                SessionPromptReq(SESSION, "{}", 1, fast_channel=offer.public_key), CONSUMER_KEY
+            )
+            start = time.perf_counter_ns()
+            public, _ = accept_offer(
+                offer.public_key,
+                identity_key=PROVIDER_KEY,
+                consumer_key=public_key_of(CONSUMER_KEY),
+                session_id=SESSION,
+                request_id="bench",
+                prompt_signature=prompt.signature,
+            )
+            accept = sign(SessionPromptRes("", 2, fast_channel=public), PROVIDER_KEY)
+            line = Response("bench", result=accept).encode()
+            spent["provider_us"] += time.perf_counter_ns() - start
+            reader = Replies(
+                offer,
+                SESSION,
+                "bench",
+                prompt.signature,
+                public_key_of(CONSUMER_KEY),
+                public_key_of(PROVIDER_KEY),
+                max_message=4 << 20,
+            )
+            start = time.perf_counter_ns()
+            reader.feed(line)
+            spent["consumer_us"] += time.perf_counter_ns() - start
+        for side, ns in spent.items():
+            best[side] = min(best[side], ns / prompts / 1000)
+    return best
+
+
 def per_chunk_us(chunks: int = 20_000, repeat: int = 5) -> dict[str, float]:
     """µs per chunk on each side of the fast channel, best of `repeat` runs of `chunks`:
     keys provider_us, consumer_us (the channel alone) and provider_json_us,
@@ -116,6 +159,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     result = per_chunk_us(args.chunks, args.repeat)
+    handshake = handshake_us(repeat=args.repeat)
     print(f"fast channel, {len(CHUNK)}-byte chunk, best of {args.repeat} x {args.chunks:,}:")
     print(
         f"  provider {result['provider_us']:6.1f} µs/chunk   "
@@ -124,6 +168,10 @@ def main() -> None:
     print(
         f"  consumer {result['consumer_us']:6.1f} µs/chunk   "
         f"(with json.loads {result['consumer_json_us']:6.1f})"
+    )
+    print(
+        f"  handshake, once per prompt: provider {handshake['provider_us']:.0f} µs, "
+        f"consumer {handshake['consumer_us']:.0f} µs"
     )
 
 
