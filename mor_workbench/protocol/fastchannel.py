@@ -15,9 +15,13 @@ Handshake, riding on the prompt and the first reply (no extra round trip), once 
 - the provider makes a fresh X25519 key pair and answers with a `SessionPromptRes` carrying
   its public key `pe`, signed by its registered key (the consumer checks it against the key
   the provider approved the session with, whose address is the bid's provider).
+Per prompt rather than per session: no state outlives an answer on either side (concurrent
+prompts on one session, a restarted provider and failover need nothing kept), every answer
+gets keys of its own, and the cost (one X25519 exchange and HKDF each side, one signature
+and its check; `bench/fast_channel.py handshake_us`) rides inside the prompt's round trip.
 
 Keys. `key = HKDF-SHA256(ikm = X25519(ce, pe), salt = session id, info = context)` where
-`context` = "mor-fastchannel/1" ‖ session id ‖ len ‖ request id ‖ the prompt's signature ‖
+`context` = "mor-fastchannel/1" ‖ session id ‖ len u32 ‖ request id ‖ the prompt's signature ‖
 consumer key (65 bytes) ‖ provider key (65) ‖ ce ‖ pe. Only the provider sends frames (the
 prompt already travels signed and ECIES-encrypted), so one key is derived, for the
 provider → consumer direction; a second direction would take another HKDF label.
@@ -40,14 +44,20 @@ Why a chunk cannot be forged, replayed, dropped, reordered or truncated unnotice
   else fails authentication (`ChunkForged`).
 - replayed, dropped or reordered: the receiver takes sequence numbers strictly in order; a
   lower one is a replay (`ChunkReplayed`), a higher one a gap (`ChunkMissing`), and a frame
-  whose header was changed to fit fails authentication (the nonce and aad carry seq).
+  whose header was changed to fit fails authentication (the nonce and aad carry seq). A
+  nonce never repeats under a key: the key is new for every answer and seq only grows.
 - truncated: an answer is complete only at END, a signature over the whole transcript; a
   connection that closes before it raises `StreamTruncated`, and a frame after it is refused.
 - repudiated: CHECKPOINT and END signatures are the provider's registered key over the
   transcript of plaintexts, rooted in the prompt's signature: anyone holding the prompt, the
   two ephemeral public keys and the chunks can check what the provider answered to what, for
-  receipts and disputes, without any secret key (`transcript_signer`). A signature by any
-  other key raises `TranscriptForged`.
+  receipts and disputes, without any secret key (`channel_context`, `Transcript`,
+  `transcript_signer`). A signature by any other key, or over anything but what was
+  received, raises `TranscriptForged`; the signed digest names its frame's seq and whether
+  it is the END, so a checkpoint cannot pass for the end of the answer.
+- downgraded: the capability rides in the pong's signed version, the offer in the consumer's
+  signed prompt and the accept in the provider's signed reply, so no one between them can
+  strip or add one; without the channel the answer is the live wire's, signed chunk by chunk.
 - forward secrecy: the ephemeral private keys live for one answer, so a registered key
   leaked later does not open recorded answers (the live wire's ECIES to the consumer's
   static key does not have this).
