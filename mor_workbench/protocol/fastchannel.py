@@ -279,8 +279,10 @@ class ChannelSender:
         return frame
 
     def _hashed(self, kind: int, plaintext: bytes) -> bytes:
-        self.transcript.add(kind, self.seq, plaintext)
-        return self._seal(kind, plaintext)
+        seq = self.seq
+        frame = self._seal(kind, plaintext)
+        self.transcript.add(kind, seq, plaintext)
+        return frame
 
     def data(self, chunk: bytes) -> Frames:
         """The frame of one answer chunk (its JSON), followed by a signed CHECKPOINT when one
