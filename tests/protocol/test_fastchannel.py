@@ -298,3 +298,16 @@ def test_an_offer_is_encoded_only_when_made() -> None:
     offered = SessionPromptReq(SESSION, "{}", 1, fast_channel=b"\1" * 32)
     parsed = SessionPromptReq.from_json(json.loads(offered.encode()))
     assert parsed.fast_channel == b"\1" * 32
+
+
+@pytest.mark.parametrize("offer", [b"\1" * 31, bytes(32)], ids=["not-32-bytes", "low-order-point"])
+def test_an_offer_that_is_no_usable_key_is_refused_before_anything_is_sent(offer: bytes) -> None:
+    with pytest.raises(RemoteProtocolError, match="consumer's fast-channel key"):
+        accept_offer(
+            offer,
+            identity_key=PROVIDER_KEY,
+            consumer_key=public_key_of(CONSUMER_KEY),
+            session_id=SESSION,
+            request_id="r1",
+            prompt_signature=b"\0" * 65,
+        )
