@@ -4,6 +4,7 @@ the live wire gives; a provider with it turned off keeps the live wire, even whe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 
@@ -137,6 +138,19 @@ async def test_our_peers_negotiate_the_fast_channel_and_stream_the_live_wires_an
     assert _json_lines(whole_wire) == 1
     assert whole["choices"][0]["message"]["content"] == _text(fast)
     assert await market["router"].close(session)  # the provider signs the receipt as ever
+
+
+async def test_concurrent_prompts_on_one_session_each_get_a_channel_of_their_own(market) -> None:
+    server = await market["server"]()
+    session = await _open(market, server)
+    answers = await asyncio.gather(*(_answer(market, session, stream=True) for _ in range(12)))
+    texts = {_text(payloads) for payloads, _ in answers}
+    assert len(texts) == 1 and texts != {""}  # the same body and seed: the same answer
+    wires = market["wire"].received[-12:]
+    assert all(_json_lines(bytes(w)) == 1 for w in wires)  # each on the channel
+    accepts = {bytes(w).split(b'"fastChannel":"', 1)[1][:66] for w in wires}
+    assert len(accepts) == 12  # a fresh provider key for every answer
+    await market["router"].close(session)
 
 
 async def test_a_backend_refusal_comes_through_the_channel_typed(market) -> None:
