@@ -30,6 +30,7 @@ from mor_workbench.protocol import (
     sign_error,
 )
 from mor_workbench.protocol.fastchannel import (
+    CHECKPOINT_EVERY,
     DATA,
     Checkpoint,
     Data,
@@ -60,7 +61,7 @@ def _frames(blob: bytes) -> list[bytes]:
 
 
 def handshake(
-    *, session: bytes = SESSION, provider_key: bytes = PROVIDER_KEY, every: int = 64
+    *, session: bytes = SESSION, provider_key: bytes = PROVIDER_KEY, every: int = CHECKPOINT_EVERY
 ) -> tuple[Replies, bytes, object]:
     """A consumer's reader and a provider's sender for one prompt, as the real peers make
     them: (reader, the accept line the provider sends first, sender)."""
@@ -88,7 +89,9 @@ def handshake(
     return reader, Response("r1", result=accept).encode(), sender
 
 
-def stream(chunks: list[bytes], every: int = 64) -> tuple[Replies, bytes, list[bytes]]:
+def stream(
+    chunks: list[bytes], every: int = CHECKPOINT_EVERY
+) -> tuple[Replies, bytes, list[bytes]]:
     """The accept line and each chunk's frames (checkpoints ride with their chunk), END last."""
     reader, accept, sender = handshake(every=every)
     frames = [sender.data(c) for c in chunks] + [sender.end()]
