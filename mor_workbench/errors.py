@@ -45,6 +45,10 @@ from typing import Any
 __all__ = [
     "BackendError",
     "ChainError",
+    "ChannelError",
+    "ChunkForged",
+    "ChunkMissing",
+    "ChunkReplayed",
     "ConfigurationError",
     "ContractReverted",
     "IllegalTransition",
@@ -63,6 +67,8 @@ __all__ = [
     "RpcUnavailable",
     "SandboxError",
     "SessionExpired",
+    "StreamTruncated",
+    "TranscriptForged",
     "one_line",
 ]
 
@@ -268,6 +274,33 @@ class LocalProtocolError(ProtocolError):
 class RemoteProtocolError(ProtocolError):
     """The peer sent something malformed, unsigned, forged, replayed, stale or too large.
     On the consumer side the provider is at fault: the router fails over."""
+
+
+class ChannelError(RemoteProtocolError):
+    """A frame of the fast channel between our own peers (`mor_workbench.protocol.fastchannel`)
+    broke one of its rules; the provider (or someone between us) is at fault."""
+
+
+class ChunkForged(ChannelError):
+    """A fast-channel frame failed authentication: altered in transit, or sealed with another
+    session's or request's key."""
+
+
+class ChunkReplayed(ChannelError):
+    """A fast-channel frame arrived again (its sequence number was already taken)."""
+
+
+class ChunkMissing(ChannelError):
+    """A fast-channel frame arrived ahead of its turn: one before it was dropped, or the
+    frames were reordered."""
+
+
+class StreamTruncated(ChannelError):
+    """A fast-channel answer ended without its final signed transcript (cut off)."""
+
+
+class TranscriptForged(ChannelError):
+    """A fast-channel transcript signature is not the provider's over what was received."""
 
 
 # ----- chain, funds, sandbox -----

@@ -6,9 +6,10 @@ Stricter than the live provider: a requester's key must belong to the address it
 requests must be fresh and unreplayed on our clock, and a prompt must come from the user of an
 open, unexpired session on one of our own bids (checked on chain). Prompts may arrive
 ECIES-encrypted (advertised in the pong's version); answers go out as signed, ECIES-encrypted
-chunks. What the contract checks against block.timestamp (approval and receipt timestamps) is
-stamped on the chain's clock; the MOR-RPC envelopes keep the wall clock the live protocol's
-freshness checks expect.
+chunks, or sealed on the fast channel when the prompt offers it (also advertised in the pong:
+`mor_workbench.protocol.fastchannel`). What the contract checks against block.timestamp
+(approval and receipt timestamps) is stamped on the chain's clock; the MOR-RPC envelopes keep
+the wall clock the live protocol's freshness checks expect.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mor_workbench.protocol import (
     Response,
     RpcError,
     SessionPromptReq,
+    SessionPromptRes,
     SessionReportReq,
     SessionReportRes,
     SessionReq,
@@ -54,6 +56,7 @@ from mor_workbench.protocol import (
     sign_error,
     verify,
 )
+from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Frames, accept_offer
 from mor_workbench.protocol.live_chunks import ChunkSealer
 from mor_workbench.protocol.signing import recover_public_key
 from mor_workbench.provider.backend import BackendError, BackendStream, OpenAIBackend
@@ -63,8 +66,9 @@ from mor_workbench.provider.health import HealthProbe
 
 __all__ = ["RequestHandler", "Send"]
 
-Send = Callable[[Response], Awaitable[None]]
-"""Delivers one response to the requester (raises `ConnectionError` when it is gone)."""
+Send = Callable[[Response | Frames], Awaitable[None]]
+"""Delivers one response (or fast-channel frames) to the requester, as `.encode()` gives its
+bytes (raises `ConnectionError` when it is gone)."""
 
 
 def _now_ms() -> int:
@@ -74,6 +78,9 @@ def _now_ms() -> int:
 class RequestHandler:
     """Answers MOR-RPC requests for `models` as the provider `signer`, checking sessions on
     `chain` through `capacity`; pongs carry `health`'s report."""
+
+    fast_channel: bool = True
+    """Advertise the fast channel in the pong and answer offers on it (a subclass may not)."""
 
     def __init__(
         self,
@@ -97,6 +104,8 @@ class RequestHandler:
         self.health = health
         self.max_message = max_message
         self.version = f"mor-workbench/{__version__} {ENCRYPTED_PROMPTS}"
+        if self.fast_channel:
+            self.version += f" {FAST_CHANNEL}"
         self._http = http
         self._key = signer.signing_key  # built once: every chunk is signed with it
         self.public_key = public_key_of(self._key.secret)
@@ -219,8 +228,49 @@ class RequestHandler:
         async def send_chunk(payload: Any) -> None:
             await send(sealer.seal(payload, _now_ms()))
 
+        if req.fast_channel and self.fast_channel:
+            await self._prompt_fast(request_id, req, user_key, model, body, send)
+            return
         async with self.capacity.prompt_slot(model.model_id):
             await self._forward(req.session_id, model, body, send_chunk, user_key, request_id, send)
+
+    async def _prompt_fast(
+        self,
+        request_id: str,
+        req: SessionPromptReq,
+        user_key: bytes,
+        model: ModelConfig,
+        body: dict[str, Any],
+        send: Send,
+    ) -> None:
+        """Answer a verified prompt on the fast channel it offered: the signed accept, then
+        sealed chunks, any failure sealed too (the live wire's signed error response), and
+        the signed END (`mor_workbench.protocol.fastchannel`)."""
+        public, sender = accept_offer(
+            req.fast_channel,
+            identity_key=self._key,
+            consumer_key=user_key,
+            session_id=req.session_id,
+            request_id=request_id,
+            prompt_signature=req.signature,
+        )
+        accept = sign(SessionPromptRes("", _now_ms(), fast_channel=public), self._key)
+        await send(Response(request_id, result=accept))
+
+        async def send_chunk(payload: Any) -> None:
+            await send(sender.data(json.dumps(payload, separators=(",", ":")).encode()))
+
+        async def send_failure(response: Response | Frames) -> None:
+            await send(sender.failure(response.encode()))
+
+        try:
+            async with self.capacity.prompt_slot(model.model_id):
+                await self._forward(
+                    req.session_id, model, body, send_chunk, user_key, request_id, send_failure
+                )
+        except ProtocolError as exc:
+            await send_failure(self.error(request_id, str(exc)))
+        await send(sender.end())
 
     async def _forward(
         self,

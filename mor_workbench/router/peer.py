@@ -2,7 +2,8 @@
 chain, send prompts and read the verified, decrypted answer, and get the close receipt.
 
 Every reply is checked: the provider's key must belong to the bid's provider address, every
-chunk must be signed by that key, approvals must be for us, this chain and this bid.
+chunk must be signed by that key (on the fast channel, sealed under a key that one signed and
+covered by its signed transcript), approvals must be for us, this chain and this bid.
 
 Every exchange takes `transport=`: TCP unless a test passes an in-memory one
 (`mor_workbench.router.transport.MockTransport`).
@@ -35,6 +36,7 @@ from mor_workbench.protocol import (
     PongRes,
     RemoteProtocolError,
     Request,
+    Response,
     SessionPromptReq,
     SessionPromptRes,
     SessionReportReq,
@@ -50,8 +52,15 @@ from mor_workbench.protocol import (
     sign,
     verify,
 )
+from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Data, End, Failure, Offer, Replies
 from mor_workbench.protocol.signing import parse_public_key
-from mor_workbench.router.transport import TCP, PeerTransport, call, call_once
+from mor_workbench.router.transport import (
+    CONSUMER_MESSAGE_LIMIT,
+    TCP,
+    PeerTransport,
+    call,
+    call_once,
+)
 
 __all__ = [
     "Approved",
@@ -63,11 +72,13 @@ __all__ = [
     "open_chunk",
     "open_session",
     "output_cap",
+    "parse_chunk",
     "ping",
     "prompt",
     "prompt_error",
     "report",
     "request_approval",
+    "supports_fast_channel",
 ]
 
 
@@ -130,6 +141,12 @@ async def ping(
 def supports_encrypted_prompts(pong: PongRes) -> bool:
     """Whether the provider advertised that it decrypts ECIES-encrypted prompts."""
     return ENCRYPTED_PROMPTS in pong.version.split()
+
+
+def supports_fast_channel(pong: PongRes) -> bool:
+    """Whether the provider advertised the fast channel (`mor_workbench.protocol.fastchannel`):
+    only then is it offered, so live providers never see the offer."""
+    return FAST_CHANNEL in pong.version.split()
 
 
 def encrypt_prompts_for(pong: PongRes, *, require_encrypted_prompts: bool = False) -> bool:
@@ -312,19 +329,26 @@ class ChunkReader:
         if signed in self._seen:
             raise RemoteProtocolError("the provider replayed a chunk it had already sent")
         self._seen.add(signed)
-        self._received += len(chunk.message) // 2  # hex: two characters a byte
-        if self._received > self._cap:
-            raise RemoteProtocolError(
-                f"the provider sent over {self._cap // 1024:,} KiB for a request that allows "
-                "less (max_tokens): an answer that does not end"
-            )
+        self.count(len(chunk.message) // 2)  # hex: two characters a byte
         return open_chunk(self._key, chunk.message)
+
+    def count(self, size: int) -> None:
+        """Add `size` bytes of answer (a box here, a fast-channel chunk); `RemoteProtocolError`
+        once the answer exceeds the cap."""
+        self._received += size
+        if self._received > self._cap:
+            raise _endless(self._cap)
 
 
 def open_chunk(key: bytes | PrivateKey, message: str) -> dict[str, Any] | str:
     """A signed chunk's payload: decrypted with `key`, a JSON object or the string "[DONE]";
     `RemoteProtocolError` for anything else."""
-    plaintext = _decrypt_hex(key, message, "a chunk")
+    return parse_chunk(_decrypt_hex(key, message, "a chunk"))
+
+
+def parse_chunk(plaintext: bytes) -> dict[str, Any] | str:
+    """A chunk's payload from its JSON bytes: a JSON object or the string "[DONE]";
+    `RemoteProtocolError` for anything else."""
     try:
         payload = json.loads(plaintext)
     except ValueError:
@@ -347,9 +371,15 @@ async def prompt(
     first_reply_timeout: float = 90.0,
     idle_timeout: float = 60.0,
     transport: PeerTransport = TCP,
+    fast_channel: bool = False,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
     completion), stopping at "[DONE]". Timeouts in seconds.
+
+    With `fast_channel` (for a provider whose pong advertises it: `supports_fast_channel`) the
+    prompt offers the fast channel; a provider that accepts streams sealed frames, checked as
+    `mor_workbench.protocol.fastchannel` says (and raising its `ChannelError`s), one that
+    does not answers on the live wire, read as below.
 
     Every chunk must be signed by `provider_pubkey`, seen once (a repeated signature is a
     replay), encrypted to us and a JSON object; the answer may not exceed `output_cap(body)`
@@ -361,7 +391,21 @@ async def prompt(
     text = json.dumps(body, separators=(",", ":"))
     if encrypt:
         text = "0x" + ecies_encrypt(provider_pubkey, text.encode()).hex()
-    req = Request(_request_id(), sign(SessionPromptReq(session_id, text, _now_ms()), key))
+    offer = Offer.new() if fast_channel else None
+    offered = offer.public_key if offer is not None else b""
+    signed = sign(SessionPromptReq(session_id, text, _now_ms(), fast_channel=offered), key)
+    req = Request(_request_id(), signed)
+    replies = None
+    if offer is not None:
+        replies = Replies(
+            offer,
+            session_id,
+            req.id,
+            signed.signature,
+            signer.public_key_65,
+            provider_pubkey,
+            CONSUMER_MESSAGE_LIMIT,
+        )
     reader = ChunkReader(key, provider_pubkey, output_cap(body))
     finished = False
     async for reply in call(
@@ -371,7 +415,24 @@ async def prompt(
         transport=transport,
         first_reply_timeout=first_reply_timeout,
         idle_timeout=idle_timeout,
+        replies=replies,
     ):
+        if not isinstance(reply, Response):  # a fast-channel event
+            if isinstance(reply, End):
+                break
+            if isinstance(reply, Data):
+                reader.count(len(reply.chunk))
+                payload = parse_chunk(reply.chunk)
+                if payload == "[DONE]":  # the signed END follows
+                    finished = True
+                    continue
+                if not body.get("stream"):
+                    finished = True
+                yield payload
+                continue
+            if not isinstance(reply, Failure):
+                continue  # the accept, a checkpoint: checked by the reader
+            reply = reply.response
         if reply.error is not None:
             message = reply.error.message
             if reply.error.signature is not None and message.startswith("0x"):
@@ -385,8 +446,17 @@ async def prompt(
         if not body.get("stream"):
             finished = True
         yield payload
+    if replies is not None:
+        replies.finish()
     if not finished:
         raise ProviderError("the provider closed the connection before the answer was complete")
+
+
+def _endless(cap: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"the provider sent over {cap // 1024:,} KiB for a request that allows less "
+        "(max_tokens): an answer that does not end"
+    )
 
 
 _EXPIRED = ("session expired", "session is closed")

@@ -83,6 +83,7 @@ class OpenSession:
     ends_at: int
     approval_hash: str
     price_per_second: int = 0
+    fast_channel: bool = False  # the provider advertised it: prompts offer the fast channel
 
 
 async def rank_bids(chain: Chain, model: str) -> list[RankedBid]:
@@ -145,6 +146,7 @@ class Router:
         self.journal = journal
         self.strategy = strategy or Strategy()
         self.require_encrypted_prompts = require_encrypted_prompts
+        self.fast_channel = True  # offer it to providers that advertise it (protocol.fastchannel)
         self.housekeeping_s = housekeeping_s
         self.cooldowns = Cooldowns()
         self.opened: dict[bytes, OpenSession] = {}  # sessions this router opened, still open
@@ -367,6 +369,7 @@ class Router:
             ends_at,
             entry.approval_hash,
             bid.price_per_second,
+            self.fast_channel and peer.supports_fast_channel(pong),
         )
 
     # ----- prompts -----
@@ -386,6 +389,7 @@ class Router:
             first_reply_timeout=timeout,
             idle_timeout=timeout,
             transport=self.transport,
+            fast_channel=session.fast_channel,
         ):
             yield payload
 
