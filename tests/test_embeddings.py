@@ -4,11 +4,22 @@ sandbox's chain and provider routers on sockets, and the official openai client.
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import numpy as np
 import openai
 import pytest
+from openai.types import CreateEmbeddingResponse
 
-from mor_workbench.sandbox.model_server import ModelServer
+import mor_workbench as mor
+from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.protocol import PEER_REQUEST_LIMIT
+from mor_workbench.provider.config import ModelConfig
+from mor_workbench.provider.health import probe_backend
+from mor_workbench.router.calls import EMBED_BATCH_INPUTS, embedding_batches, embeddings_request
+from mor_workbench.router.peer import prompt_size
+from mor_workbench.sandbox.model_server import ModelServer, count_tokens, embedding_vector
 
 EMBEDDING = "text-embedding-bge-m3"
 CHAT = "llama-3.3-70b"
@@ -75,3 +86,96 @@ async def test_model_server_refuses_the_wrong_endpoint_and_bad_input() -> None:
         with pytest.raises(openai.BadRequestError, match="input"):
             await client.embeddings.create(model=EMBEDDING, input=[""])
         await client.close()
+
+
+# ----- through the marketplace: real provider routers on the shared sandbox -----
+
+
+def _nonce(wb: mor.Workbench) -> int:
+    async def ask() -> int:
+        rpc = RpcClient(wb.aio.chain.rpc.urls)
+        try:
+            return int(await rpc.request("eth_getTransactionCount", [wb.address, "latest"]), 16)
+        finally:
+            await rpc.aclose()
+
+    return asyncio.run(ask())
+
+
+def test_embed_returns_float32_rows_that_rank_similar_texts_first(wb) -> None:
+    vectors = wb.embed(DOCS, model=EMBEDDING)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 1024)
+    river, boats, taxes = vectors
+    assert _cosine(river, boats) > _cosine(river, taxes) + 0.2
+    # the vectors are the backend's, unchanged by the wire (base64 there, float32 here)
+    assert np.allclose(vectors[0], embedding_vector(DOCS[0]), atol=1e-7)
+    one = wb.embed(DOCS[2], model=EMBEDDING)
+    assert one.shape == (1, 1024) and np.allclose(one[0], taxes)
+
+
+def test_embeddings_returns_openai_response_with_usage_and_call_info(wb) -> None:
+    response = wb.embeddings(input=DOCS[:2], model=EMBEDDING, encoding_format="base64")
+    assert isinstance(response, CreateEmbeddingResponse)
+    assert [d.index for d in response.data] == [0, 1]
+    assert all(len(d.embedding) == 1024 for d in response.data)  # decoded to floats
+    assert response.usage.prompt_tokens == count_tokens(DOCS[0]) + count_tokens(DOCS[1])
+    assert response.model == EMBEDDING
+    assert response.morpheus["provider"].startswith("0x")
+    assert response.morpheus["session_id"].startswith("0x")
+
+
+def test_embed_batches_under_the_message_limit_and_the_input_cap(wb) -> None:
+    # 300 texts of ~5 KB: ~3 MB as sent, so requests cut by size before the 128-text cap
+    texts = [f"document {i} " + "river harbor boat " * 280 for i in range(300)]
+    body = {"model": EMBEDDING, "encoding_format": "base64"}
+    batches = embedding_batches(texts, body)
+    assert len(batches) >= 3 and [t for b in batches for t in b] == texts
+    assert len(batches[0]) < EMBED_BATCH_INPUTS
+    for batch in batches:
+        assert prompt_size(embeddings_request({**body, "input": batch})) <= PEER_REQUEST_LIMIT
+    assert all(len(b) <= 10 for b in embedding_batches(texts[:50], body, max_inputs=10))
+    vectors = wb.embed(texts, model=EMBEDDING)
+    assert vectors.shape == (300, 1024)
+    assert np.allclose(vectors[299], embedding_vector(texts[299]), atol=1e-7)
+
+
+def test_one_text_over_the_limit_is_refused_before_any_transaction(wb) -> None:
+    before = _nonce(wb)
+    with pytest.raises(mor.RequestTooLarge):
+        wb.embed(["short", "x" * (600 * 1024)], model=EMBEDDING)
+    assert _nonce(wb) == before
+
+
+def test_embed_on_a_chat_model_is_refused_before_any_transaction(wb) -> None:
+    before, sessions_before = _nonce(wb), len(wb.sessions())
+    calls = {
+        "embed": lambda: wb.embed(DOCS, model=CHAT),
+        "embeddings": lambda: wb.embeddings(input="hi", model=CHAT),
+        "by any case": lambda: wb.embed("hi", model=CHAT.upper()),
+        "empty text": lambda: wb.embed(["hi", ""], model=EMBEDDING),
+    }
+    for what, call in calls.items():
+        with pytest.raises(mor.ConfigurationError) as refused:
+            call()
+        message = str(refused.value)
+        assert "\n" not in message, what
+        if what != "empty text":
+            assert "not an embedding model" in message, what
+    assert _nonce(wb) == before  # not one transaction (no approve, no openSession)
+    assert len(wb.sessions()) == sessions_before
+
+
+async def test_async_twin_embeds_on_the_caller_loop(sandbox_info, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
+    async with await mor.aconnect("sandbox", sandbox_dir=sandbox_info.directory) as wb:
+        vectors = await wb.embed(DOCS, model=EMBEDDING)
+    assert vectors.shape == (3, 1024) and vectors.dtype == np.float32
+
+
+async def test_the_health_probe_of_an_embedding_model_is_an_embeddings_request() -> None:
+    # a chat probe of an /v1/embeddings endpoint is refused: the model would read unhealthy
+    async with ModelServer([EMBEDDING], profile="instant") as server, httpx.AsyncClient() as http:
+        config = ModelConfig(b"\1" * 32, EMBEDDING, server.base_url + "/embeddings")
+        assert config.serves_embeddings
+        assert await probe_backend(config, http, 5.0) == ("healthy", "", 200)
+        assert server.embedding_request_count == 1
