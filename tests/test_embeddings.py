@@ -10,9 +10,11 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from aiohttp import web
 from openai.types import CreateEmbeddingResponse
 
 import mor_workbench as mor
+from mor_workbench._portal import portal
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.protocol import PEER_REQUEST_LIMIT
 from mor_workbench.provider.config import ModelConfig
@@ -20,6 +22,7 @@ from mor_workbench.provider.health import probe_backend
 from mor_workbench.router.calls import EMBED_BATCH_INPUTS, embedding_batches, embeddings_request
 from mor_workbench.router.peer import prompt_size
 from mor_workbench.sandbox.model_server import ModelServer, count_tokens, embedding_vector
+from mor_workbench.serve import make_app
 
 EMBEDDING = "text-embedding-bge-m3"
 CHAT = "llama-3.3-70b"
@@ -179,3 +182,49 @@ async def test_the_health_probe_of_an_embedding_model_is_an_embeddings_request()
         assert config.serves_embeddings
         assert await probe_backend(config, http, 5.0) == ("healthy", "", 200)
         assert server.embedding_request_count == 1
+
+
+# ----- serve and gateway mode -----
+
+
+async def test_serve_answers_embeddings_to_the_official_openai_client(
+    sandbox_info, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    workbench = await mor.aconnect("sandbox", sandbox_dir=sandbox_info.directory)
+    runner = web.AppRunner(make_app(workbench, api_key="sk-local"), shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-local") as client:
+            decoded = await client.embeddings.create(model=EMBEDDING, input=DOCS)  # base64
+            floats = await client.embeddings.with_raw_response.create(
+                model=EMBEDDING, input=DOCS[0], encoding_format="float"
+            )
+            with pytest.raises(openai.BadRequestError, match="not an embedding model"):
+                await client.embeddings.create(model=CHAT, input="hi")
+    finally:
+        await runner.cleanup()
+    vectors = np.array([d.embedding for d in decoded.data], dtype=np.float32)
+    assert vectors.shape == (3, 1024)
+    assert np.allclose(vectors[0], embedding_vector(DOCS[0]), atol=1e-7)
+    assert floats.headers["x-morpheus-provider"].startswith("0x")
+    assert floats.parse().usage.prompt_tokens == count_tokens(DOCS[0])
+
+
+def test_gateway_mode_calls_the_gateway_embeddings_route(monkeypatch) -> None:
+    key = "sk-GATEWAY.0123456789abcdef0123456789abcdef"
+    server = ModelServer([EMBEDDING, CHAT], profile="fast", api_key=key)
+    portal().run(server.start())
+    try:
+        with mor.connect("gateway", api_key=key, base_url=server.base_url) as wb:
+            vectors = wb.embed(DOCS, model=EMBEDDING)
+            response = wb.embeddings(input="hello river", model=EMBEDDING)
+    finally:
+        portal().run(server.stop())
+    assert server.embedding_request_count == 2
+    assert vectors.shape == (3, 1024) and vectors.dtype == np.float32
+    assert np.allclose(vectors[1], embedding_vector(DOCS[1]), atol=1e-7)
+    assert response.morpheus["provider"] == "gateway"
+    assert np.allclose(response.data[0].embedding, embedding_vector("hello river"), atol=1e-7)
