@@ -5,23 +5,41 @@ sandbox's chain and provider routers on sockets, and the official openai client.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import openai
 import pytest
 from aiohttp import web
+from eth_account import Account
 from openai.types import CreateEmbeddingResponse
 
 import mor_workbench as mor
+from mor_workbench import sandbox
 from mor_workbench._portal import portal
+from mor_workbench.chain.client import Chain
+from mor_workbench.chain.deploy import MOR
+from mor_workbench.chain.keys import Signer
+from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.protocol import PEER_REQUEST_LIMIT
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.health import probe_backend
 from mor_workbench.router.calls import EMBED_BATCH_INPUTS, embedding_batches, embeddings_request
 from mor_workbench.router.peer import prompt_size
-from mor_workbench.sandbox.model_server import ModelServer, count_tokens, embedding_vector
+from mor_workbench.sandbox.model_server import (
+    LatencyProfile,
+    ModelServer,
+    count_tokens,
+    embedding_vector,
+)
 from mor_workbench.serve import make_app
 
 EMBEDDING = "text-embedding-bge-m3"
@@ -228,3 +246,92 @@ def test_gateway_mode_calls_the_gateway_embeddings_route(monkeypatch) -> None:
     assert np.allclose(vectors[1], embedding_vector(DOCS[1]), atol=1e-7)
     assert response.morpheus["provider"] == "gateway"
     assert np.allclose(response.data[0].embedding, embedding_vector("hello river"), atol=1e-7)
+
+
+# ----- failover: a provider killed in the middle of a batched embed -----
+
+
+async def _register(info: sandbox.SandboxInfo, key: str, endpoint: str, price: int) -> str:
+    """Fund and register an extra provider at `endpoint`, bidding `price` on EMBEDDING."""
+    chain = Chain(RpcClient(info.rpc_url), info.deployment)
+    provider, owner = Signer(key), info.signer("owner")
+    try:
+        await chain.rpc.request("anvil_setBalance", [provider.address, hex(10**21)])
+        token = chain.deployment.token
+        await chain.transact(owner, "transfer", provider.address, 300 * MOR, to=token)
+        await chain.transact(provider, "approve", chain.deployment.diamond, 2**255, to=token)
+        await chain.transact(provider, "providerRegister", provider.address, 200 * MOR, endpoint)
+        model_id, _ = await resolve_model(chain, EMBEDDING)
+        await chain.transact(provider, "postModelBid", provider.address, model_id, price)
+        return "0x" + model_id.hex()
+    finally:
+        await chain.rpc.aclose()
+
+
+@pytest.fixture(scope="module")
+def doomed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A sandbox of its own with an extra provider of EMBEDDING, ranked first (the cheapest
+    bid), run as its own process in front of an in-process simulated backend (so the test can
+    see how many requests reached it) that takes 0.1 s an answer."""
+    directory = tmp_path_factory.mktemp("embed-failover")
+    info = sandbox.start(directory)
+    key = Account.create().key.hex()
+    profile = LatencyProfile(jitter=0.0, embedding_base_s=0.1)
+    backend = ModelServer([EMBEDDING], profile=profile)
+    portal().run(backend.start())
+    model_id = asyncio.run(_resolve_id(info))
+    config = directory / "models-config.json"
+    entry = {"modelId": model_id, "modelName": EMBEDDING, "apiType": "openai"}
+    entry["apiUrl"] = backend.base_url + "/embeddings"
+    config.write_text(json.dumps({"models": [entry]}))
+    command = ["provider", "--config", str(config), "--dir", str(directory), "--port", "0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mor_workbench.cli", *command],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MOR_PRIVATE_KEY": key},
+    )
+    try:
+        endpoint = process.stdout.readline().split(" on ")[1].split(";")[0]
+        asyncio.run(_register(info, key, endpoint, 10**11))  # far below the sandbox's prices
+        yield {"info": info, "process": process, "backend": backend, "address": Signer(key).address}
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        portal().run(backend.stop())
+        sandbox.reset(directory)
+
+
+async def _resolve_id(info: sandbox.SandboxInfo) -> str:
+    chain = Chain(RpcClient(info.rpc_url), info.deployment)
+    try:
+        model_id, _ = await resolve_model(chain, EMBEDDING)
+        return "0x" + model_id.hex()
+    finally:
+        await chain.rpc.aclose()
+
+
+def test_a_provider_killed_mid_batch_fails_over_and_the_vectors_are_whole(
+    doomed, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
+    texts = [f"note {i}: the river {i} passes harbor {i % 7}" for i in range(30)]
+    backend = doomed["backend"]
+    with mor.connect(
+        "sandbox", sandbox_dir=doomed["info"].directory, strategy="best", timeout=3.0
+    ) as wb:
+        events: list[tuple[str, str]] = []
+        wb.on_sessions_changed(lambda event, session_id: events.append((event, session_id)))
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(wb.embed, texts, model=EMBEDDING, batch_size=1)
+            while backend.embedding_request_count < 2 and not call.done():
+                time.sleep(0.005)
+            doomed["process"].kill()  # SIGKILL after its first answers: the connection drops
+            vectors = call.result()
+        answered = backend.embedding_request_count
+        assert doomed["address"].lower() in wb.aio.router.cooldowns.cooling(60)
+    assert 2 <= answered < len(texts)  # it died mid-batch: the others answered the rest
+    assert [e for e, _ in events].count("opened") == 2  # its session, then the next provider's
+    assert vectors.shape == (30, 1024)
+    assert np.allclose(vectors, np.array([embedding_vector(t) for t in texts]), atol=1e-7)
