@@ -585,7 +585,9 @@ class AsyncWorkbench:
     ) -> pd.DataFrame:
         """Run `prompt` `runs` times on each provider of `model` (a session each, side by
         side): TTFT, inter-token and end-to-end latency percentiles, tokens/s, cost per 1K
-        tokens and the answer, one row per provider, fastest first."""
+        tokens and the answer, one row per provider, fastest first. An embedding model is
+        measured on embeddings of `prompt` (a text or a list of texts): end-to-end latency,
+        input tokens/s and cost per 1M tokens (`market.compare`)."""
         return await market_compare(
             self.router, prompt, model, providers=providers, runs=runs, **params
         )

@@ -29,6 +29,7 @@ from mor_workbench.chain.deploy import MOR
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.market.compare import EMBEDDING_COMPARE_COLUMNS
 from mor_workbench.protocol import PEER_REQUEST_LIMIT
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.health import probe_backend
@@ -335,3 +336,16 @@ def test_a_provider_killed_mid_batch_fails_over_and_the_vectors_are_whole(
     assert [e for e, _ in events].count("opened") == 2  # its session, then the next provider's
     assert vectors.shape == (30, 1024)
     assert np.allclose(vectors, np.array([embedding_vector(t) for t in texts]), atol=1e-7)
+
+
+def test_compare_measures_an_embedding_model_on_embeddings(wb) -> None:
+    frame = wb.compare(DOCS, EMBEDDING, runs=2)
+    assert list(frame.columns) == EMBEDDING_COMPARE_COLUMNS
+    assert len(frame) == len(wb.bids(EMBEDDING)) and (frame["errors"] == 0).all()
+    tokens = sum(count_tokens(t) for t in DOCS)
+    assert (frame["prompt_tokens_mean"] == tokens).all() and (frame["dim"] == 1024).all()
+    assert (frame["tokens_per_s_p50"] > 0).all() and (frame["e2e_p50_s"] > 0).all()
+    assert (frame["cost_per_1m_tokens"] > 0).all()
+    assert frame["e2e_p50_s"].is_monotonic_increasing  # fastest first
+    with pytest.raises(mor.ConfigurationError, match="list of texts"):
+        wb.compare([{"role": "user", "content": "hi"}], EMBEDDING)
