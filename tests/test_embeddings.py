@@ -30,11 +30,11 @@ from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.market.compare import EMBEDDING_COMPARE_COLUMNS
-from mor_workbench.protocol import PEER_REQUEST_LIMIT
+from mor_workbench.protocol import PEER_REQUEST_LIMIT, decode_receipt
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.health import probe_backend
 from mor_workbench.router.calls import EMBED_BATCH_INPUTS, embedding_batches, embeddings_request
-from mor_workbench.router.peer import prompt_size
+from mor_workbench.router.peer import prompt_size, report
 from mor_workbench.sandbox.model_server import (
     LatencyProfile,
     ModelServer,
@@ -187,11 +187,26 @@ def test_embed_on_a_chat_model_is_refused_before_any_transaction(wb) -> None:
     assert len(wb.sessions()) == sessions_before
 
 
-async def test_async_twin_embeds_on_the_caller_loop(sandbox_info, tmp_path, monkeypatch) -> None:
+async def test_async_twin_embeds_and_the_receipt_counts_input_tokens(
+    sandbox_info, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path / "home"))
     async with await mor.aconnect("sandbox", sandbox_dir=sandbox_info.directory) as wb:
         vectors = await wb.embed(DOCS, model=EMBEDDING)
+        await wb.embed(DOCS[0], model=EMBEDDING)
+        # the provider's signed receipt counts every input token it embedded, none as output
+        (session,) = wb.router.opened.values()
+        receipt, _ = await report(
+            session.endpoint,
+            wb.account,
+            session.session_id,
+            session.provider_pubkey,
+            session.provider,
+        )
     assert vectors.shape == (3, 1024) and vectors.dtype == np.float32
+    tokens = decode_receipt(receipt)
+    assert tokens.input_tokens == sum(map(count_tokens, DOCS)) + count_tokens(DOCS[0])
+    assert tokens.output_tokens == 0
 
 
 async def test_the_health_probe_of_an_embedding_model_is_an_embeddings_request() -> None:
