@@ -2,7 +2,8 @@
 through a real provider router, at batch sizes 1 and 64 (texts per request), after a warm-up
 call has opened the session. One line per batch size:
 
-    batch, texts, requests, seconds, texts/s, tokens/s, provider
+    batch, texts, requests, seconds, texts/s, tokens/s, the sandbox provider that answered (its
+    simulated backend's latency profile sets most of the time: see `sandbox.market.PROVIDERS`)
 
     .venv/bin/python bench/embeddings.py [--texts 256] [--batch 1 --batch 64] [--dir DIR]
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import mor_workbench as mor
 from mor_workbench import sandbox
+from mor_workbench.sandbox.market import PROVIDERS
 from mor_workbench.sandbox.model_server import count_tokens
 
 MODEL = "text-embedding-bge-m3"
@@ -36,6 +38,11 @@ def corpus(n: int) -> list[str]:
 
 def run(directory: Path, texts: int, batches: list[int]) -> None:
     os.environ.setdefault("MOR_WORKBENCH_HOME", str(directory / "home"))
+    info = sandbox.status(directory)
+    assert info is not None, f"no sandbox runs in {directory}"
+    names = {
+        info.signer(f"provider:{p.name}").address: f"{p.name} ({p.profile})" for p in PROVIDERS
+    }
     with mor.connect("sandbox", sandbox_dir=directory, strategy="best") as wb:
         wb.embed("warm up: open the session", model=MODEL)
         for batch in batches:
@@ -45,12 +52,12 @@ def run(directory: Path, texts: int, batches: list[int]) -> None:
             vectors = wb.embed(items, model=MODEL, batch_size=batch)
             seconds = time.perf_counter() - started
             assert vectors.shape[0] == len(items)
-            provider = wb.aio.router.opened and next(iter(wb.aio.router.opened.values())).provider
+            (session,) = wb.aio.router.opened.values()
             requests = -(-len(items) // batch)
             print(
                 f"batch {batch}: {len(items)} texts, {requests} requests, {seconds:.2f} s, "
                 f"{len(items) / seconds:,.1f} texts/s, {tokens / seconds:,.0f} tokens/s, "
-                f"provider {provider}"
+                f"provider {names.get(session.provider, session.provider)}"
             )
 
 
