@@ -147,8 +147,9 @@ def test_embeddings_returns_openai_response_with_usage_and_call_info(wb) -> None
 
 
 def test_embed_batches_under_the_message_limit_and_the_input_cap(wb) -> None:
-    # 300 texts of ~5 KB: ~3 MB as sent, so requests cut by size before the 128-text cap
-    texts = [f"document {i} " + "river harbor boat " * 280 for i in range(300)]
+    # 60 texts of ~20 KB: ~2.4 MB as sent, so requests cut by size before the 64-text cap
+    # (few, long words: the simulated backend's time grows with tokens, not bytes)
+    texts = [f"document {i} " + "harbor" * 3300 for i in range(60)]
     body = {"model": EMBEDDING, "encoding_format": "base64"}
     batches = embedding_batches(texts, body)
     assert len(batches) >= 3 and [t for b in batches for t in b] == texts
@@ -157,8 +158,8 @@ def test_embed_batches_under_the_message_limit_and_the_input_cap(wb) -> None:
         assert prompt_size(embeddings_request({**body, "input": batch})) <= PEER_REQUEST_LIMIT
     assert all(len(b) <= 10 for b in embedding_batches(texts[:50], body, max_inputs=10))
     vectors = wb.embed(texts, model=EMBEDDING)
-    assert vectors.shape == (300, 1024)
-    assert np.allclose(vectors[299], embedding_vector(texts[299]), atol=1e-7)
+    assert vectors.shape == (60, 1024)
+    assert np.allclose(vectors[59], embedding_vector(texts[59]), atol=1e-7)
 
 
 def test_one_text_over_the_limit_is_refused_before_any_transaction(wb) -> None:

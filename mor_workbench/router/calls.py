@@ -177,10 +177,11 @@ def resume_body(body: dict[str, Any], partial: str) -> dict[str, Any]:
     return {**body, "messages": messages}
 
 
-EMBED_BATCH_INPUTS = 128
-"""Most texts sent in one embeddings request: well under OpenAI's 2048 inputs per request, so a
-provider's backend is not handed more than it batches at once, and a failed request costs
-little to send again."""
+EMBED_BATCH_INPUTS = 64
+"""Most texts sent in one embeddings request. The answer comes back as one MOR-RPC message,
+which a consumer reads up to `transport.CONSUMER_MESSAGE_LIMIT` (4 MiB, hex of the encrypted
+JSON): 64 vectors of 1024 floats are about 1.3 MB as JSON floats (a backend that ignores
+`encoding_format="base64"`), 2.6 MB once hex; and a failed request costs little to send again."""
 
 
 def embeddings_request(body: dict[str, Any]) -> dict[str, Any]:
