@@ -87,6 +87,21 @@ def _vector(embedding: list[float] | str) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
+def _vectors(payload: dict[str, Any], count: int) -> list[np.ndarray]:
+    """The `count` embeddings of an embeddings answer, as float32 vectors in input order;
+    `ProviderError` when the answer has another number of them, or they are malformed."""
+    try:
+        data = sorted(payload.get("data") or (), key=lambda item: item["index"])
+        vectors = [_vector(item["embedding"]) for item in data]
+    except (KeyError, TypeError, ValueError):
+        raise ProviderError("the provider's embeddings answer is malformed") from None
+    if len(vectors) != count:
+        raise ProviderError(f"the provider returned {len(vectors)} embeddings for {count} texts")
+    if len({v.shape for v in vectors}) > 1:
+        raise ProviderError("the provider returned embeddings of different sizes")
+    return vectors
+
+
 def _bid_bytes(bid: str | bytes) -> bytes:
     if isinstance(bid, bytes) and len(bid) == 32:
         return bid
@@ -372,9 +387,10 @@ class AsyncWorkbench:
         `.morpheus`. Errors as `embedding_payload`."""
         record = CallRecord(model)
         payload = await self.embedding_payload({"model": model, "input": input, **params}, record)
+        vectors = _vectors(payload, 1 if isinstance(input, str) else len(input))
         data = [
-            {**item, "embedding": _vector(item["embedding"]).tolist()}
-            for item in payload.get("data") or ()
+            {"object": "embedding", "index": i, "embedding": v.tolist()}
+            for i, v in enumerate(vectors)
         ]
         return CreateEmbeddingResponse.model_validate(
             {**payload, "data": data, "morpheus": record.to_dict()}
@@ -420,12 +436,9 @@ class AsyncWorkbench:
         rows: list[np.ndarray] = []
         for batch in embedding_batches(items, body, max_inputs=batch_size):
             payload = await self.embedding_payload({**body, "input": batch})
-            data = sorted(payload.get("data") or (), key=lambda item: item["index"])
-            if len(data) != len(batch):
-                raise ProviderError(
-                    f"the provider returned {len(data)} embeddings for {len(batch)} texts"
-                )
-            rows.extend(_vector(item["embedding"]) for item in data)
+            rows.extend(_vectors(payload, len(batch)))
+        if len({row.shape for row in rows}) > 1:
+            raise ProviderError("the providers returned embeddings of different sizes")
         return np.vstack(rows)
 
     async def balance(self, user: str | None = None) -> Balance:
