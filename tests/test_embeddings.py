@@ -31,10 +31,10 @@ from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.market.compare import EMBEDDING_COMPARE_COLUMNS
 from mor_workbench.protocol import PEER_REQUEST_LIMIT, decode_receipt
-from mor_workbench.provider.config import ModelConfig
+from mor_workbench.provider.config import ModelConfig, parse_models_config
 from mor_workbench.provider.health import probe_backend
 from mor_workbench.router.calls import EMBED_BATCH_INPUTS, embedding_batches, embeddings_request
-from mor_workbench.router.peer import prompt_size, report
+from mor_workbench.router.peer import prompt, prompt_size, report
 from mor_workbench.sandbox.model_server import (
     LatencyProfile,
     ModelServer,
@@ -204,10 +204,40 @@ async def test_async_twin_embeds_and_the_receipt_counts_input_tokens(
             session.provider_pubkey,
             session.provider,
         )
+        # a chat request over an embedding model's session: the provider refuses it itself
+        chat = {"model": EMBEDDING, "messages": [{"role": "user", "content": "hi"}]}
+        with pytest.raises(mor.RequestRejected, match="serves embeddings"):
+            async for _ in prompt(
+                session.endpoint,
+                wb.account,
+                session.session_id,
+                session.provider_pubkey,
+                chat,
+                encrypt=session.encrypt,
+            ):
+                pass
     assert vectors.shape == (3, 1024) and vectors.dtype == np.float32
     tokens = decode_receipt(receipt)
     assert tokens.input_tokens == sum(map(count_tokens, DOCS)) + count_tokens(DOCS[0])
     assert tokens.output_tokens == 0
+
+
+def test_the_live_models_config_entry_of_an_embedding_model_loads_as_one() -> None:
+    # the live docs' example (Morpheus-Lumerin-Node docs/reference/models-config.mdx)
+    live = {
+        "modelId": "0x" + "00" * 31 + "05",
+        "modelName": "text-embedding-bge-m3",
+        "apiType": "openai",
+        "apiUrl": "https://api.venice.ai/api/v1/embeddings",
+        "apiKey": "FILL_ME_IN",
+    }
+    chat = {
+        **live,
+        "modelId": "0x" + "00" * 31 + "04",
+        "apiUrl": "http://h:8000/v1/chat/completions",
+    }
+    embedding, chatting = parse_models_config({"models": [live, chat]})
+    assert embedding.serves_embeddings and not chatting.serves_embeddings
 
 
 async def test_the_health_probe_of_an_embedding_model_is_an_embeddings_request() -> None:
