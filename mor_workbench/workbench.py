@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import contextlib
 import dataclasses
 import logging
@@ -15,9 +16,11 @@ import os
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
 from mor_workbench._home import workbench_home
@@ -28,11 +31,12 @@ from mor_workbench.chain.keys import Signer, load_signer
 from mor_workbench.chain.listings import find_model
 from mor_workbench.chain.networks import Network, connect_chain, custom_network, get_network
 from mor_workbench.chain.rpc import RpcClient
-from mor_workbench.errors import ConfigurationError
+from mor_workbench.errors import ConfigurationError, ProviderError
 from mor_workbench.market import tables
 from mor_workbench.market.catalog import (
     ACTIVE_MODELS_URL,
     check_chat_model,
+    check_embedding_model,
     fetch_catalog,
     join_catalog,
 )
@@ -44,7 +48,7 @@ from mor_workbench.router.attestation import (
     Attestation,
     check_tee_model,
 )
-from mor_workbench.router.calls import CallRecord, Lease
+from mor_workbench.router.calls import EMBED_BATCH_INPUTS, CallRecord, Lease, embedding_batches
 from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
 from mor_workbench.router.router import OpenSession, Router, rank_bids
@@ -69,6 +73,32 @@ RPC_URL_ENV = "MOR_RPC_URL"
 AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
 BIDS_PING_TIMEOUT_S = 2.0  # wb.bids() waits this long for each provider's pong
 DEFAULT_ALLOWANCE_MOR = 100.0  # standing ERC-20 allowance for opens (see AsyncWorkbench)
+
+Purpose = Literal["chat", "embeddings"]
+"""What a session is opened for: the model must be a chat model, or an embedding model."""
+
+
+def _vector(embedding: list[float] | str) -> np.ndarray:
+    """One embedding as float32: from floats, or from base64 of little-endian float32 (what
+    OpenAI sends for encoding_format="base64")."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def _vectors(payload: dict[str, Any], count: int) -> list[np.ndarray]:
+    """The `count` embeddings of an embeddings answer, as float32 vectors in input order;
+    `ProviderError` when the answer has another number of them, or they are malformed."""
+    try:
+        data = sorted(payload.get("data") or (), key=lambda item: item["index"])
+        vectors = [_vector(item["embedding"]) for item in data]
+    except (KeyError, TypeError, ValueError):
+        raise ProviderError("the provider's embeddings answer is malformed") from None
+    if len(vectors) != count:
+        raise ProviderError(f"the provider returned {len(vectors)} embeddings for {count} texts")
+    if len({v.shape for v in vectors}) > 1:
+        raise ProviderError("the provider returned embeddings of different sizes")
+    return vectors
 
 
 def _bid_bytes(bid: str | bytes) -> bytes:
@@ -217,26 +247,34 @@ class AsyncWorkbench:
         return await self._open(model, parse_duration(duration), bid, direct_payment, renew=False)
 
     async def _open(
-        self, model: str, duration_s: int, bid: str | bytes | None, direct: bool, *, renew: bool
+        self,
+        model: str,
+        duration_s: int,
+        bid: str | bytes | None,
+        direct: bool,
+        *,
+        renew: bool,
+        purpose: Purpose = "chat",
     ) -> AsyncSession:
         if self._closed:
             raise ConfigurationError("this workbench is closed: connect again")
         bid_id = _bid_bytes(bid) if bid is not None else None
         router = self.router
-        await self._check_chat_model(model)
+        await self._check_model(model, purpose)
         opened = await router.open(model, duration_s, direct_payment=direct, bid=bid_id)
         lease = Lease(model, duration_s, direct, opened, renew, self.max_failovers)
         return AsyncSession(self.router, lease, timeout=self.timeout, deadline=self.deadline)
 
-    async def _check_chat_model(self, model: str) -> list[str]:
-        """Refuse, before any transaction, a model that cannot chat (an embedding, speech-to-text
-        or text-to-speech model: `catalog.check_chat_model`) or, under a tee-only strategy, a
-        model not tagged `tee`, with a `ConfigurationError`. Returns the model's tags."""
+    async def _check_model(self, model: str, purpose: Purpose) -> None:
+        """Refuse, before any transaction, a model that cannot serve `purpose` (for chat an
+        embedding, speech-to-text or text-to-speech model: `catalog.check_chat_model`; for
+        embeddings any but an embedding model: `catalog.check_embedding_model`) or, under a
+        tee-only strategy, a model not tagged `tee`, with a `ConfigurationError`."""
         _, found = await find_model(self.chain, model)
-        check_chat_model(found["name"], found["tags"])
+        check = check_embedding_model if purpose == "embeddings" else check_chat_model
+        check(found["name"], found["tags"])
         if self.strategy.tee:
             check_tee_model(found["name"], found["tags"])
-        return list(found["tags"])
 
     def attestation(self, session: AsyncSession | Session | str) -> Attestation:
         """What is known about the TEE status of a session this workbench opened (the session or
@@ -254,13 +292,16 @@ class AsyncWorkbench:
                 "pass a session from open_session() or wb.sessions()"
             ) from None
 
-    async def _session_for(self, model: str) -> AsyncSession:
+    async def _session_for(self, model: str, purpose: Purpose = "chat") -> AsyncSession:
         """This workbench's session for `model`, opened on first use (once, however many
-        calls arrive together) and renewed when it ends."""
+        calls arrive together) and renewed when it ends; the model must serve `purpose` (a
+        model serves one, so one session per model serves every call)."""
         async with self._opening.setdefault(model, asyncio.Lock()):
             session = self._sessions.get(model)
             if session is None or session.closed:
-                session = await self._open(model, AUTO_SESSION_S, None, False, renew=True)
+                session = await self._open(
+                    model, AUTO_SESSION_S, None, False, renew=True, purpose=purpose
+                )
                 self._sessions[model] = session
             return session
 
@@ -317,6 +358,84 @@ class AsyncWorkbench:
             p async for p in self.payloads(chat_body(model, messages, None, params), record)
         ]
         return to_completion(payloads[-1], record)
+
+    async def embedding_payload(
+        self, body: dict[str, Any], record: CallRecord | None = None
+    ) -> dict[str, Any]:
+        """The raw OpenAI `CreateEmbeddingResponse` JSON for an embeddings request body (as
+        the caller wrote it: `input`, `encoding_format`, `dimensions` pass through);
+        body["model"] picks the model, sessions are automatic. One request: see `embed` for
+        many texts. Raises `ConfigurationError` (before any transaction) for a model that
+        does not embed, `RequestTooLarge` for a body over a provider's message limit."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigurationError(
+                "the request body needs a model, e.g. model='text-embedding-bge-m3'"
+            )
+        return await self.backend.embeddings(body, record or CallRecord(model))
+
+    async def embeddings(
+        self, *, input: str | list[str], model: str, **params: Any
+    ) -> CreateEmbeddingResponse:
+        """An OpenAI `CreateEmbeddingResponse` for `input` (one request, as the openai client's
+        `embeddings.create`; parameters such as `dimensions` pass through), its vectors as
+        floats even when `encoding_format="base64"` carried them; how the call went is under
+        `.morpheus`. Errors as `embedding_payload`."""
+        record = CallRecord(model)
+        payload = await self.embedding_payload({"model": model, "input": input, **params}, record)
+        vectors = _vectors(payload, 1 if isinstance(input, str) else len(input))
+        data = [
+            {"object": "embedding", "index": i, "embedding": v.tolist()}
+            for i, v in enumerate(vectors)
+        ]
+        return CreateEmbeddingResponse.model_validate(
+            {**payload, "data": data, "morpheus": record.to_dict()}
+        )
+
+    async def embed(
+        self,
+        texts: str | list[str],
+        *,
+        model: str,
+        batch_size: int = EMBED_BATCH_INPUTS,
+        **params: Any,
+    ) -> np.ndarray:
+        """The embeddings of `texts` (one string or a list), a float32 array of shape
+        (len(texts), dim) (one row per text, in order; (0, 0) for no texts, with no session
+        opened). Texts are sent in requests of at most `batch_size` texts, each under a
+        provider's message limit (`PEER_REQUEST_LIMIT`, 1 MiB as sent encrypted), one after
+        another through this workbench's session for `model` (failing over as chat does);
+        vectors travel as base64. `params` (e.g. `dimensions`) pass through.
+
+        Raises, before any transaction: `ConfigurationError` for a model that does not embed
+        (type EMBEDDING in `wb.models()`), an empty text (OpenAI-compatible servers refuse
+        them), a bad `batch_size`, or `model`/`input`/`encoding_format` among `params`;
+        `RequestTooLarge` for one text too long for any request."""
+        items = [texts] if isinstance(texts, str) else texts
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise ConfigurationError("texts must be a string or a list of strings")
+        for i, text in enumerate(items):
+            if not text:
+                raise ConfigurationError(
+                    f"texts[{i}] is empty: embedding servers refuse empty inputs; drop it"
+                )
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigurationError(f"batch_size={batch_size!r} must be a whole number >= 1")
+        for reserved in ("model", "input", "encoding_format"):
+            if reserved in params:
+                raise ConfigurationError(
+                    f"embed() sets {reserved!r} itself: pass texts and model as arguments"
+                )
+        if not items:
+            return np.empty((0, 0), dtype=np.float32)
+        body = {"model": model, **params, "encoding_format": "base64"}
+        rows: list[np.ndarray] = []
+        for batch in embedding_batches(items, body, max_inputs=batch_size):
+            payload = await self.embedding_payload({**body, "input": batch})
+            rows.extend(_vectors(payload, len(batch)))
+        if len({row.shape for row in rows}) > 1:
+            raise ProviderError("the providers returned embeddings of different sizes")
+        return np.vstack(rows)
 
     async def balance(self, user: str | None = None) -> Balance:
         """ETH, MOR, MOR staked in open sessions, MOR on hold (available now / later) and the
@@ -475,7 +594,9 @@ class AsyncWorkbench:
     ) -> pd.DataFrame:
         """Run `prompt` `runs` times on each provider of `model` (a session each, side by
         side): TTFT, inter-token and end-to-end latency percentiles, tokens/s, cost per 1K
-        tokens and the answer, one row per provider, fastest first."""
+        tokens and the answer, one row per provider, fastest first. An embedding model is
+        measured on embeddings of `prompt` (a text or a list of texts): end-to-end latency,
+        input tokens/s and cost per 1M tokens (`market.compare`)."""
         return await market_compare(
             self.router, prompt, model, providers=providers, runs=runs, **params
         )
@@ -558,6 +679,16 @@ class Workbench:
         self, messages: list[dict[str, Any]], *, model: str, **params: Any
     ) -> ChatCompletion:
         return self._portal.run(self._inner.complete(messages, model=model, **params))
+
+    def embed(self, texts: str | list[str], *, model: str, **options: Any) -> np.ndarray:
+        """See `AsyncWorkbench.embed`: a float32 array, one row per text."""
+        return self._portal.run(self._inner.embed(texts, model=model, **options))
+
+    def embeddings(
+        self, *, input: str | list[str], model: str, **params: Any
+    ) -> CreateEmbeddingResponse:
+        """See `AsyncWorkbench.embeddings`: OpenAI's `CreateEmbeddingResponse`."""
+        return self._portal.run(self._inner.embeddings(input=input, model=model, **params))
 
     def close_all(self) -> int:
         return self._portal.run(self._inner.close_all())

@@ -1,4 +1,5 @@
-"""Forward chat completions to an OpenAI-compatible backend (vLLM, llama.cpp, Ollama, OpenAI).
+"""Forward chat completions and embeddings to an OpenAI-compatible backend (vLLM, llama.cpp,
+Ollama, OpenAI, TEI, Infinity).
 
 The consumer's request body goes through as sent; streamed SSE chunks come back one by one as
 parsed JSON, with the timings and token counts the provider signs into its receipt.
@@ -15,6 +16,11 @@ Likewise the model: the backend is asked for the provider's own name of the mode
 carries the name the consumer asked for, so a provider's internal naming never reaches the
 client. Every other field (`id`, `created`, `object`, `system_fingerprint`) goes on as the
 backend set it.
+
+Embeddings go through whole, as the live proxy-router's OpenAI adapter sends them (`Embeddings`
+in proxy-router/internal/aiengine/openai.go): the request with the provider's model name,
+posted to the model's `apiUrl`, the one JSON answer back as a single chunk; the receipt counts
+its `usage.prompt_tokens` as input tokens (an embedding has no output tokens).
 """
 
 from __future__ import annotations
@@ -93,6 +99,29 @@ class OpenAIBackend:
         if self.model.api_key:
             headers["authorization"] = f"Bearer {self.model.api_key}"
         return headers
+
+    async def embeddings(self, body: dict[str, Any], stats: BackendStream) -> dict[str, Any]:
+        """The backend's `CreateEmbeddingResponse` JSON for an OpenAI embeddings request (its
+        `model` named as the consumer asked); `stats` gets the timing and the input tokens.
+        Raises BackendError when the backend answers with an HTTP error (or with JSON that is
+        not an embeddings list: a 502), httpx.HTTPError when it cannot be reached."""
+        request = {**body, "model": self.model.model_name}
+        stats.started = time.monotonic()
+        response = await self.http.post(self.model.api_url, json=request, headers=self._headers())
+        stats.first_token_at = stats.finished_at = time.monotonic()
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {"error": {"message": response.text[:500]}}
+        if response.status_code >= 400:
+            error = answer if isinstance(answer, dict) else {"error": {"message": str(answer)}}
+            raise BackendError(response.status_code, error)
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            message = "the model backend answered without an embeddings list"
+            raise BackendError(502, {"error": {"message": message, "type": "server_error"}})
+        stats.chunks = 1
+        _usage(answer, stats)
+        return _as_asked(answer, body.get("model"))
 
     async def complete(
         self, body: dict[str, Any], stats: BackendStream

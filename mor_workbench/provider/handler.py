@@ -7,9 +7,11 @@ requests must be fresh and unreplayed on our clock, and a prompt must come from 
 open, unexpired session on one of our own bids (checked on chain). Prompts may arrive
 ECIES-encrypted (advertised in the pong's version); answers go out as signed, ECIES-encrypted
 chunks, or sealed on the fast channel when the prompt offers it (also advertised in the pong:
-`mor_workbench.protocol.fastchannel`). What the contract checks against block.timestamp
-(approval and receipt timestamps) is stamped on the chain's clock; the MOR-RPC envelopes keep
-the wall clock the live protocol's freshness checks expect.
+`mor_workbench.protocol.fastchannel`). An embeddings request comes as the live wire marks it
+(`EMBEDDINGS_PROMPT_TYPE`) and goes to the model's embeddings endpoint, its one answer sent
+back as one sealed chunk. What the contract checks against block.timestamp (approval and
+receipt timestamps) is stamped on the chain's clock; the MOR-RPC envelopes keep the wall
+clock the live protocol's freshness checks expect.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import ChainError
 from mor_workbench.protocol import (
+    EMBEDDINGS_PROMPT_TYPE,
     ENCRYPTED_PROMPTS,
     Approval,
     Decoder,
@@ -223,14 +226,14 @@ class RequestHandler:
         if not isinstance(body, dict):
             raise RemoteProtocolError("the prompt is not a JSON object")
 
+        if req.fast_channel and self.fast_channel:
+            await self._prompt_fast(request_id, req, user_key, model, body, send)
+            return
         sealer = ChunkSealer(request_id, self._key, user_key)
 
         async def send_chunk(payload: Any) -> None:
             await send(sealer.seal(payload, _now_ms()))
 
-        if req.fast_channel and self.fast_channel:
-            await self._prompt_fast(request_id, req, user_key, model, body, send)
-            return
         async with self.capacity.prompt_slot(model.model_id):
             await self._forward(req.session_id, model, body, send_chunk, user_key, request_id, send)
 
@@ -272,6 +275,32 @@ class RequestHandler:
             await send_failure(self.error(request_id, str(exc)))
         await send(sender.end())
 
+    async def _send_backend_error(
+        self, exc: BackendError, user_key: bytes, request_id: str, send: Send
+    ) -> None:
+        """The backend's error JSON, sealed to the user, as a signed MOR-RPC error."""
+        box = ecies_encrypt(user_key, json.dumps(exc.body).encode())
+        error = sign_error(RpcError("0x" + box.hex(), exc.status, _now_ms()), self._key)
+        await send(Response(request_id, error=error))
+
+    @staticmethod
+    def _wrong_kind(model: ModelConfig, embeddings: bool) -> BackendError | None:
+        """A 400 for a request of the other kind than `model` serves (chat to an embeddings
+        endpoint or the reverse): the request is at fault, and no backend is bothered."""
+        if embeddings == model.serves_embeddings:
+            return None
+        served, other = ("chat", "embeddings") if embeddings else ("embeddings", "chat")
+        message = f"model {model.model_name!r} serves {served} here: send it a {served} request"
+        body = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": f"{other}_not_supported",
+            }
+        }
+        return BackendError(400, body)
+
     async def _forward(
         self,
         session_id: bytes,
@@ -282,15 +311,24 @@ class RequestHandler:
         request_id: str,
         send: Send,
     ) -> None:
-        """Stream the backend's answer to `body` as sealed chunks, and measure it."""
+        """Stream the backend's answer to `body` as sealed chunks, and measure it; an
+        embeddings request (marked as the live wire marks it) gets one chunk, its answer."""
         stats = BackendStream()
+        embeddings = body.get("type") == EMBEDDINGS_PROMPT_TYPE
+        if embeddings:
+            body = {k: v for k, v in body.items() if k != "type"}
+        backend = OpenAIBackend(model, self._http)
         try:
-            async for chunk in OpenAIBackend(model, self._http).complete(body, stats):
-                await send_chunk(chunk)
+            refused = self._wrong_kind(model, embeddings)
+            if refused is not None:
+                raise refused
+            if embeddings:
+                await send_chunk(await backend.embeddings(body, stats))
+            else:
+                async for chunk in backend.complete(body, stats):
+                    await send_chunk(chunk)
         except BackendError as exc:
-            box = ecies_encrypt(user_key, json.dumps(exc.body).encode())
-            error = sign_error(RpcError("0x" + box.hex(), exc.status, _now_ms()), self._key)
-            await send(Response(request_id, error=error))
+            await self._send_backend_error(exc, user_key, request_id, send)
             return
         except httpx.HTTPError as exc:
             raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None

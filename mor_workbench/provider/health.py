@@ -2,7 +2,8 @@
 proxy-router v7.4 (PRs #772, #773, #781; statuses of #836).
 
 A probe sweep reads this provider's active bids on chain and sends one cheap request (one
-token) to the backend of each configured model that has an active bid. The report is the union
+token: a one-token chat completion, or for an embedding model the embedding of one word) to the
+backend of each configured model that has an active bid. The report is the union
 of configured models and bid models:
 
 - `healthy`: the backend answered the probe;
@@ -40,15 +41,17 @@ log = logging.getLogger("mor_workbench.provider")
 async def probe_backend(
     model: ModelConfig, http: httpx.AsyncClient, timeout_s: float
 ) -> tuple[str, str, int]:
-    """One cheap chat completion (one token) to `model`'s backend: (status, errorKind, HTTP
-    status), e.g. ("healthy", "", 200), ("degraded", "rate_limited", 429)."""
+    """One cheap request to `model`'s backend (a one-token chat completion, or the embedding of
+    one word for a model that serves embeddings): (status, errorKind, HTTP status), e.g.
+    ("healthy", "", 200), ("degraded", "rate_limited", 429)."""
     headers = {"authorization": f"Bearer {model.api_key}"} if model.api_key else {}
-    body = {
-        "model": model.model_name,
-        "messages": [{"role": "user", "content": "ping"}],
-        "max_tokens": 1,
-        "stream": False,
-    }
+    body: dict[str, Any] = {"model": model.model_name}
+    if model.serves_embeddings:
+        body["input"] = "ping"
+        answered = "data"  # the member a good answer has
+    else:
+        body.update(messages=[{"role": "user", "content": "ping"}], max_tokens=1, stream=False)
+        answered = "choices"
     try:
         response = await http.post(model.api_url, json=body, headers=headers, timeout=timeout_s)
     except httpx.TimeoutException:
@@ -63,7 +66,7 @@ async def probe_backend(
         answer = response.json()
     except ValueError:
         answer = None
-    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+    if not isinstance(answer, dict) or not isinstance(answer.get(answered), list):
         return "unhealthy", "bad_response", response.status_code
     return "healthy", "", response.status_code
 

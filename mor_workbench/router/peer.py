@@ -76,6 +76,7 @@ __all__ = [
     "ping",
     "prompt",
     "prompt_error",
+    "prompt_size",
     "report",
     "request_approval",
     "supports_fast_channel",
@@ -262,14 +263,20 @@ def opened_session_id(chain: Chain, receipt: dict[str, Any]) -> bytes | None:
 _ECIES_OVERHEAD = 65 + 16 + 32  # go-ethereum ECIES: ephemeral public key, IV, HMAC-SHA256
 
 
-def check_prompt_fits(body: dict[str, Any], limit: int = PEER_REQUEST_LIMIT) -> None:
-    """Raise `RequestTooLarge` when `body` would not fit a provider's request limit as a
-    session.prompt message, sized as sent encrypted (hex of the ECIES box, the larger form),
-    so a request no provider can read is refused before any session is opened."""
+def prompt_size(body: dict[str, Any]) -> int:
+    """Bytes of `body` as a session.prompt message, sized as sent encrypted (hex of the ECIES
+    box, the larger form): each byte of its JSON adds two."""
     text = json.dumps(body, separators=(",", ":"))
     boxed = "0x" + "00" * (len(text.encode()) + _ECIES_OVERHEAD)
     placeholder = SessionPromptReq(b"\0" * 32, boxed, _now_ms(), b"\0" * 65)
-    size = len(Request(_request_id(), placeholder).encode())
+    return len(Request(_request_id(), placeholder).encode())
+
+
+def check_prompt_fits(body: dict[str, Any], limit: int = PEER_REQUEST_LIMIT) -> None:
+    """Raise `RequestTooLarge` when `body` would not fit a provider's request limit as a
+    session.prompt message (`prompt_size`), so a request no provider can read is refused
+    before any session is opened."""
+    size = prompt_size(body)
     if size > limit:
         raise RequestTooLarge(size, limit)
 
