@@ -247,4 +247,9 @@ def test_the_per_chunk_bench_runs_and_every_wire_round_trips() -> None:
     assert live["wire_bytes"] == len(
         ChunkSealer("a1b2c3d4", PROVIDER, CONSUMER_PUB).envelope(bytes(258 + 113), 10**12).encode()
     )
-    assert set(report["rows"]) >= {"live wire (MOR-RPC)", "floor (live wire's primitives)"}
+    assert set(report["rows"]) >= {
+        "live wire (MOR-RPC)",
+        "floor (live wire's primitives)",
+        "fast channel (our peers)",
+    }
+    assert report["fast_channel_handshake_us"] > 0
