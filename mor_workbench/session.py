@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -15,7 +15,9 @@ from typing import Any, Literal
 from openai.types.chat import ChatCompletion
 
 from mor_workbench._portal import Portal
-from mor_workbench.errors import ConfigurationError, SessionExpired
+from mor_workbench.budget import active as active_budget
+from mor_workbench.budget import call_row, call_wei
+from mor_workbench.errors import BudgetExceeded, ConfigurationError, SessionExpired
 from mor_workbench.readouts import CallInfo, SessionInfo
 from mor_workbench.router.calls import CallRecord, Lease, run_call
 from mor_workbench.router.router import OpenSession, Router
@@ -88,6 +90,48 @@ def to_completion(payload: dict[str, Any], record: CallRecord) -> ChatCompletion
     provider added are kept: a reasoning model's thinking is in
     `.choices[0].message.reasoning_content` (as DeepSeek and vLLM send it)."""
     return ChatCompletion.model_validate({**payload, "morpheus": record.to_dict()})
+
+
+async def metered(
+    payloads: AsyncIterator[dict[str, Any]],
+    record: CallRecord,
+    close: Callable[[], Awaitable[None]],
+) -> AsyncIterator[dict[str, Any]]:
+    """`payloads` counted in the active `mor.budget` (none: passed through): refused at once
+    when the budget is already spent, each streamed chunk checked against `per_call` and
+    `max_mor` (the call's spend so far: its session seconds at the bid's price), and on
+    crossing the stream is stopped, its session closed on chain (`close`) and
+    `BudgetExceeded` raised. The call is added to the budget's ledger however it ends."""
+    current = active_budget()
+    if current is None:
+        async with contextlib.aclosing(payloads) as stream:  # type: ignore[type-var]
+            async for payload in stream:
+                yield payload
+        return
+    what = f"a call to {record.model}"
+    current.check(0, what)
+    outcome = "ok"
+    try:
+        stopped: BudgetExceeded | None = None
+        async with contextlib.aclosing(payloads) as stream:  # type: ignore[type-var]
+            async for payload in stream:
+                if record.streamed:  # a whole completion is paid once it is here
+                    try:
+                        current.check(call_wei(record), what)
+                    except BudgetExceeded as exc:
+                        stopped = exc
+                        break
+                yield payload
+        if stopped is not None:  # the provider's stream is closed: now its session
+            outcome = "stopped by the budget"
+            await close()
+            raise stopped
+    except BaseException as exc:
+        if outcome == "ok":
+            outcome = "abandoned" if isinstance(exc, GeneratorExit) else type(exc).__name__
+        raise
+    finally:
+        current.charge(*call_row(record, outcome))
 
 
 @dataclass(frozen=True)
@@ -275,7 +319,7 @@ class AsyncSession:
                     "closed: open a new one"
                 )
             raise ConfigurationError("this session is closed: open a new one")
-        return run_call(
+        call = run_call(
             self._router,
             self.lease,
             body,
@@ -283,6 +327,7 @@ class AsyncSession:
             timeout=self.timeout,
             deadline_s=self.deadline,
         )
+        return metered(call, record, self.close)
 
     def stream(
         self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any
