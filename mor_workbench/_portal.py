@@ -60,7 +60,8 @@ class Portal:
         step = None
         try:
             while True:
-                step = self._portal.start_task_soon(_anext, agen)
+                context = contextvars.copy_context()  # the caller's, as in run()
+                step = self._portal.start_task_soon(_await_in, _anext(agen), context)
                 try:
                     item = await asyncio.wrap_future(step)
                 except StopAsyncIteration:

@@ -45,7 +45,7 @@ from mor_workbench.errors import BudgetExceeded, ConfigurationError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Budget", "BudgetExceeded", "active", "budget", "paying", "session_closed", "surface"]
+__all__ = ["Budget", "BudgetExceeded", "active", "budget", "paying", "session_closed"]
 
 WEI_PER_MOR = 10**18
 _CAPS = ("max_mor", "per_call", "max_sessions")
@@ -55,7 +55,6 @@ _ACTIVE: ContextVar[Budget | None] = ContextVar("mor_workbench_budget", default=
 _ENTERED: ContextVar[tuple[Token[Budget | None], ...]] = ContextVar(
     "mor_workbench_budgets_entered", default=()
 )
-_SURFACE: ContextVar[str] = ContextVar("mor_workbench_surface", default="workbench")
 _process: Budget | None = None  # activate(): every thread and task without a `with` of its own
 _ledger = threading.RLock()  # one lock for every ledger: a charge updates a budget and its outers
 _holding: weakref.WeakSet[Budget] = weakref.WeakSet()  # budgets holding open sessions
@@ -65,22 +64,6 @@ def active() -> Budget | None:
     """The budget calls made here count in: the innermost `with` in this context, else the
     process-wide one (`Budget.activate`), else None."""
     return _ACTIVE.get() or _process
-
-
-@contextlib.contextmanager
-def surface(name: str) -> Iterator[None]:
-    """Label the calls made inside as coming from `name` ("langchain", "%%mor", "serve", …) in
-    `Budget.report()`; the workbench's own calls are "workbench"."""
-    token = _SURFACE.set(name)
-    try:
-        yield
-    finally:
-        _SURFACE.reset(token)
-
-
-def current_surface() -> str:
-    """The surface label of calls made here (see `surface`)."""
-    return _SURFACE.get()
 
 
 def _amount(name: str, value: float | int | None, *, whole: bool = False) -> float | int | None:
@@ -307,7 +290,7 @@ def call_row(record: Any, outcome: str) -> tuple[dict[str, Any], int]:
     spent_wei = call_wei(record)
     usage = record.usage or {}
     row = {
-        "surface": current_surface(),
+        "surface": record.surface,
         "model": record.model,
         "provider": record.provider,
         "session_id": record.session_id,

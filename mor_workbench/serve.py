@@ -181,7 +181,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         raise _Refused(400, "the request body is not valid JSON", "invalid_request_error") from None
     if not isinstance(body, dict):
         raise _Refused(400, "the request body must be a JSON object", "invalid_request_error")
-    record = CallRecord(str(body.get("model")))
+    record = CallRecord(str(body.get("model")), surface="serve")
     streamed = bool(body.get("stream"))
     outcome = "failed"
     try:

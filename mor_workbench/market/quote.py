@@ -125,7 +125,7 @@ async def quote(
     ):
         raise ConfigurationError(f"tokens={tokens!r} is not a number of tokens: pass e.g. 2000")
     now = await chain.block_timestamp()
-    shortest, longest = await chain.read_many(
+    limits = shortest, longest = await chain.read_many(
         [Call("MIN_SESSION_DURATION"), Call("getMaxSessionDuration")]
     )
     if duration_s is not None and not shortest <= duration_s <= longest:
@@ -142,9 +142,7 @@ async def quote(
                 row,
                 strategy,
                 speed.get((row.model, row.provider.lower()), float("nan")),
-                _seconds(
-                    duration_s, tokens, speed, row, default_duration_s, now, shortest, longest
-                ),
+                _seconds(duration_s, tokens, speed, row, default_duration_s, now, limits),
                 now,
                 direct_payment,
             )
