@@ -26,8 +26,9 @@ contextvar, so each asyncio task and thread sees its own; the workbench's sync t
 caller's into its event loop), else the process-wide one set by `activate()` (`%mor budget 5`,
 `mor-workbench serve --budget 5`), which also covers widgets and serve. Budgets nest: every
 charge counts in the budget and all its outer ones, and an inner cap may not exceed its outer
-one. A Python thread starts with an empty context: enter the same budget in it (`with b:`)
-to share one budget between threads; the ledger is locked.
+one (a cap the inner one leaves out is still the outer's). A Python thread starts with an
+empty context: enter the same budget in it (`with b:`) to share one budget between threads;
+the ledger is locked.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class Budget:
             )
         for cap in _CAPS:
             inner, limit = getattr(self, cap), getattr(outer, cap)
-            if limit is not None and (inner is None or inner > limit):
+            if limit is not None and inner is not None and inner > limit:
                 raise ConfigurationError(
                     f"an inner budget's {cap}={inner} exceeds the outer budget's {limit}: "
                     f"pass {cap}={limit} or less"

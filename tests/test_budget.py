@@ -122,6 +122,10 @@ def test_nested_budgets_count_inner_calls_in_both_and_cap_the_inner(one) -> None
             wb.chat("Hello", model=MODEL)
         wb.chat("Again", model=MODEL)
     assert inner.outer is outer
+    uncapped = mor.budget(max_sessions=1)  # no max_mor of its own: the outer's holds
+    with outer, uncapped, pytest.raises(mor.BudgetExceeded, match="max_mor"):
+        wb.chat("Hello", model=OTHER)
+    assert uncapped.sessions == 0
     assert len(inner.report()) == 1 and len(outer.report()) == 2
     assert inner.sessions == outer.sessions == 1
     assert outer.spent == pytest.approx(inner.spent + outer.report()["mor"].iloc[1])
