@@ -5,6 +5,10 @@ and are shared between threads, and nothing is left open afterwards."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +235,28 @@ async def test_serve_refuses_with_402_under_its_budget(sandbox_dir, tmp_path, mo
     finally:
         served.deactivate()
         await runner.cleanup()
+
+
+def test_serve_budget_flag_caps_the_server(sandbox_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))  # the server's journal, read after
+    env = {**os.environ}
+    command = [sys.executable, "-m", "mor_workbench.cli", "serve", "--dir", str(sandbox_dir)]
+    command += ["--port", "0", "--budget", "0.000001"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode()
+        assert " at http://" in line, line or proc.stderr.read().decode()
+        base_url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        api = openai.OpenAI(base_url=base_url, api_key="any", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as refused:
+            api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+        assert refused.value.status_code == 402
+        assert "over its 1e-06 MOR" in refused.value.body["message"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with mor.connect("sandbox", sandbox_dir=sandbox_dir) as wb:
+        assert wb.closable() == [], "the server opened nothing (its journal is empty)"
