@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ from typing import Any, Literal
 from openai.types.chat import ChatCompletion
 
 from mor_workbench._portal import Portal
+from mor_workbench.budget import Budget, call_row, call_wei
 from mor_workbench.budget import active as active_budget
-from mor_workbench.budget import call_row, call_wei
-from mor_workbench.errors import BudgetExceeded, ConfigurationError, SessionExpired
+from mor_workbench.errors import BudgetExceeded, ConfigurationError, MorError, SessionExpired
 from mor_workbench.readouts import CallInfo, SessionInfo
 from mor_workbench.router.calls import CallRecord, Lease, run_call
 from mor_workbench.router.router import OpenSession, Router
@@ -34,6 +35,8 @@ __all__ = [
     "stream_body",
     "to_completion",
 ]
+
+log = logging.getLogger(__name__)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -96,18 +99,13 @@ async def metered(
     payloads: AsyncIterator[dict[str, Any]],
     record: CallRecord,
     close: Callable[[], Awaitable[None]],
+    current: Budget,
 ) -> AsyncIterator[dict[str, Any]]:
-    """`payloads` counted in the active `mor.budget` (none: passed through): refused at once
-    when the budget is already spent, each streamed chunk checked against `per_call` and
-    `max_mor` (the call's spend so far: its session seconds at the bid's price), and on
-    crossing the stream is stopped, its session closed on chain (`close`) and
-    `BudgetExceeded` raised. The call is added to the budget's ledger however it ends."""
-    current = active_budget()
-    if current is None:
-        async with contextlib.aclosing(payloads) as stream:  # type: ignore[type-var]
-            async for payload in stream:
-                yield payload
-        return
+    """`payloads` counted in the budget `current`: refused at once when the budget is already
+    spent, each streamed chunk checked against `per_call` and `max_mor` (the call's spend so
+    far: its session seconds at the bid's price), and on crossing the stream is stopped, its
+    session closed on chain (`close`) and `BudgetExceeded` raised. The call is added to the
+    budget's ledger however it ends."""
     what = f"a call to {record.model}"
     current.check(0, what)
     outcome = "ok"
@@ -124,7 +122,10 @@ async def metered(
                 yield payload
         if stopped is not None:  # the provider's stream is closed: now its session
             outcome = "stopped by the budget"
-            await close()
+            try:
+                await close()
+            except MorError as exc:  # journaled: housekeeping or the next connect closes it
+                log.warning("could not close the session a budget stopped yet: %s", exc)
             raise stopped
     except BaseException as exc:
         if outcome == "ok":
@@ -327,7 +328,8 @@ class AsyncSession:
             timeout=self.timeout,
             deadline_s=self.deadline,
         )
-        return metered(call, record, self.close)
+        current = active_budget()  # the caller's: see mor_workbench.budget
+        return call if current is None else metered(call, record, self.close, current)
 
     def stream(
         self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any

@@ -98,12 +98,15 @@ def test_max_sessions_refuses_one_session_too_many(one) -> None:
 
 def test_a_stream_crossing_per_call_is_stopped_and_its_session_closed(one) -> None:
     wb, row = one
+    prompt = "Tell me a long story about RAID"
     wb.chat("Warm up", model=MODEL)  # the session opens outside the budget
     session = wb.aio._sessions[MODEL]
-    per_call = row["price_per_second"] * 0.5  # half a second of the session
+    timed = wb.stream(prompt, model=MODEL)  # the same answer as below (a seeded simulator)
+    whole = "".join(timed)
+    per_call = row["price_per_second"] * timed.record.e2e_s / 2  # half of that answer's time
     text = ""
     with mor.budget(per_call=per_call) as b:
-        stream = wb.stream("Tell me a long story about RAID " * 20, model=MODEL)
+        stream = wb.stream(prompt, model=MODEL)
         with pytest.raises(mor.BudgetExceeded, match="per_call"):
             for delta in stream:
                 text += delta
@@ -113,6 +116,7 @@ def test_a_stream_crossing_per_call_is_stopped_and_its_session_closed(one) -> No
     (call,) = b.report().itertuples()
     assert call.outcome == "stopped by the budget" and call.mor > per_call
     assert text and text == stream.text, "what came before the cap was kept"
+    assert whole.startswith(text) and len(text) < len(whole), "stopped mid-way"
     _nothing_left_open(wb)
 
 
