@@ -5,6 +5,7 @@ and are shared between threads, and nothing is left open afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -264,3 +265,19 @@ def test_serve_budget_flag_caps_the_server(sandbox_dir, tmp_path, monkeypatch) -
             proc.wait()
     with mor.connect("sandbox", sandbox_dir=sandbox_dir) as wb:
         assert wb.closable() == [], "the server opened nothing (its journal is empty)"
+
+
+async def test_async_with_covers_the_tasks_inside_it_only(sandbox_info, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
+    wb = await mor.aconnect("sandbox", sandbox_dir=sandbox_info.directory)
+    try:
+        async with mor.budget(max_sessions=1) as b:
+            answers = await asyncio.gather(*(wb.chat(f"Hi {i}", model=MODEL) for i in range(3)))
+            with pytest.raises(mor.BudgetExceeded, match="max_sessions"):
+                await wb.chat("Hello", model=OTHER)
+        assert all(answers)
+        assert await wb.chat("Hello", model=OTHER), "outside the budget nothing is capped"
+        assert b.sessions == 1 and len(b.report()) == 3
+    finally:
+        await wb.close()
+    assert wb.backend.closable() == []
