@@ -18,7 +18,9 @@ Caps (None: no cap): `max_mor` bounds `held + spent`; `per_call` bounds one call
 `max_sessions` bounds the sessions opened inside it (failovers and renewals included). A
 session whose stake would cross `max_mor`, or one session too many, is refused before any
 money moves (`BudgetExceeded`, with the figures); a stream whose spend crosses `max_mor` or
-`per_call` is stopped and its session closed on chain. The checks are the router's own hooks
+`per_call` is stopped and its session closed on chain. A whole (non-streamed) completion is
+charged when it arrives (it cannot be stopped half-way), and a call made once the budget is
+spent is refused before it starts. The checks are the router's own hooks
 (`Router.spend_guard`) and the session's call metering, which every surface goes through.
 
 Which budget is active: the innermost `with`/`async with` in the current context (a
