@@ -70,7 +70,7 @@ __all__ = ["API_KEY_ENV", "AsyncWorkbench", "Workbench", "aconnect", "connect"]
 log = logging.getLogger(__name__)
 
 RPC_URL_ENV = "MOR_RPC_URL"
-AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
+AUTO_SESSION_S = 600  # sessions chat/stream/complete open last 10 minutes (or to midnight)
 BIDS_PING_TIMEOUT_S = 2.0  # wb.bids() waits this long for each provider's pong
 DEFAULT_ALLOWANCE_MOR = 100.0  # standing ERC-20 allowance for opens (see AsyncWorkbench)
 
