@@ -136,3 +136,23 @@ def test_a_natural_close_returns_and_holds_what_the_quote_said(own_wb) -> None:
     # the rate of stake to stipend moves a little when providers are paid: within a millionth
     assert hold == pytest.approx(row["held_wei"], rel=1e-6)
     assert _mor_wei(wb) - before == pytest.approx(row["returned_wei"], rel=1e-6, abs=1e12)
+
+
+def test_an_automatic_session_near_midnight_ends_there_and_holds_almost_nothing(own_wb) -> None:
+    wb = own_wb
+    rpc = wb.aio.chain.rpc
+    now = wb.chain_time()
+    midnight = now - now % DAY_S + 2 * DAY_S
+    wb._portal.run(rpc.request("evm_increaseTime", [midnight - 420 - now]))  # 23:53 UTC
+    wb._portal.run(rpc.request("evm_mine", []))
+    assert wb.chat("Hello", model=MODEL)
+    session = wb.aio._sessions[MODEL]
+    ends_at = int(session.ends_at.timestamp())
+    assert midnight <= ends_at < midnight + 60, "it ends at midnight, not 10 minutes on"
+    stake = _call(wb, "getSession", bytes.fromhex(session.id[2:]))["stake"]
+    wb._portal.run(rpc.request("evm_increaseTime", [ends_at + 5 - wb.chain_time()]))
+    wb._portal.run(rpc.request("evm_mine", []))
+    wb._portal.run(session.close())
+    _, hold = _call(wb, "getUserStakesOnHold", wb.address, 255)
+    # only the seconds past midnight are held (a same-day session holds nearly all its stake)
+    assert hold < stake / 50
