@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import AbstractContextManager
@@ -30,11 +31,12 @@ class Portal:
         self._thread = self._portal.call(threading.current_thread)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the portal's loop and return its result (re-raising its error)."""
+        """Run `coro` on the portal's loop and return its result (re-raising its error), in a
+        copy of the caller's context: its contextvars (a `mor.budget`) hold there too."""
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("Portal.run called from the portal's own loop; await instead")
-        return self._portal.call(_await, coro)
+        return self._portal.call(_await_in, coro, contextvars.copy_context())
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Iterate an async iterator from sync code, one item per round trip to the loop."""
@@ -58,7 +60,8 @@ class Portal:
         step = None
         try:
             while True:
-                step = self._portal.start_task_soon(_anext, agen)
+                context = contextvars.copy_context()  # the caller's, as in run()
+                step = self._portal.start_task_soon(_await_in, _anext(agen), context)
                 try:
                     item = await asyncio.wrap_future(step)
                 except StopAsyncIteration:
@@ -76,6 +79,12 @@ class Portal:
 
 async def _await(coro: Coroutine[Any, Any, T]) -> T:
     return await coro
+
+
+async def _await_in(coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+    """Await `coro` as a task in the caller's `context`, so the caller's contextvars (its
+    active `mor.budget`, its surface label) hold on the portal's loop too."""
+    return await asyncio.get_running_loop().create_task(coro, context=context)
 
 
 async def _anext(agen: AsyncIterator[T]) -> T:

@@ -213,6 +213,11 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    if args.budget is not None:  # every request counts in it (see mor_workbench.budget)
+        from mor_workbench.budget import budget
+
+        budget(max_mor=args.budget).activate()
+
     async def run() -> None:
         workbench = await aconnect(args.network, **options)
         await serve(workbench, args.host, args.port, api_key=api_key, ready=ready)
@@ -328,6 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     served.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     served.add_argument(
         "--api-key-env", default=None, help="environment variable holding the Bearer key to require"
+    )
+    served.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="MOR",
+        help="cap the MOR this server stakes and spends (held + spent, see mor.budget): "
+        "requests that would cross it are refused with HTTP 402",
     )
     served.set_defaults(run=_serve)
     args = parser.parse_args(argv)

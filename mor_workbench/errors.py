@@ -17,7 +17,8 @@ Every failure is sorted once, where it happens, into one of two kinds:
     │   ├── ConfigurationError        bad input to a function (also a ValueError)
     │   │   ├── RequestTooLarge       the prompt does not fit a MOR-RPC message
     │   │   └── ModelNotFound         no active model of that name (404)
-    │   └── RequestRejected           the model refused the request (also a ProviderError)
+    │   ├── RequestRejected           the model refused the request (also a ProviderError)
+    │   └── BudgetExceeded            the call would cross a `mor.budget` cap (402)
     ├── ProviderError                 the provider is at fault (failover)
     │   ├── ProviderStalled           no reply in time, or the call's deadline passed
     │   └── SessionExpired            the session ended: open a new one
@@ -44,6 +45,7 @@ from typing import Any
 
 __all__ = [
     "BackendError",
+    "BudgetExceeded",
     "ChainError",
     "ChannelError",
     "ChunkForged",
@@ -184,6 +186,27 @@ class ModelNotFound(ConfigurationError):
     status = 404
     param = "model"
     code = "model_not_found"
+
+
+class BudgetExceeded(RequestError):
+    """A call would cross a cap of the active `mor.budget(...)` (mor_workbench/budget.py):
+    raised before a session whose stake would cross `max_mor` (or one session more than
+    `max_sessions`) is opened, and mid-stream when a call's spend crosses `per_call` or
+    `max_mor` (that session is then closed). Never failed over; `serve` answers 402.
+    `cap` names the cap ("max_mor", "per_call", "max_sessions"); `limit`, `would_be` are in
+    its unit (MOR, or sessions)."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(self, cap: str, limit: float, would_be: float, what: str) -> None:
+        self.cap, self.limit, self.would_be = cap, limit, would_be
+        unit = "" if cap == "max_sessions" else " MOR"
+        super().__init__(
+            f"{what} would bring the budget's {cap} to {would_be:.6g}{unit}, over its "
+            f"{limit:.6g}{unit}: raise the cap or ask for less (shorter sessions, fewer tokens)"
+        )
 
 
 # ----- the provider is at fault -----

@@ -332,7 +332,7 @@ class ChatMorpheus(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         body = self._body(messages, stop, kwargs)
-        record = CallRecord(body["model"])
+        record = CallRecord(body["model"], surface="langchain")
         payloads = list(self._payloads(body, record))
         return _result(payloads[-1], record)
 
@@ -344,7 +344,7 @@ class ChatMorpheus(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         body = self._body(messages, stop, kwargs)
-        record = CallRecord(body["model"])
+        record = CallRecord(body["model"], surface="langchain")
         payloads = [p async for p in self._apayloads(body, record)]
         return _result(payloads[-1], record)
 
@@ -364,7 +364,7 @@ class ChatMorpheus(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         # Per-token callbacks are fired by BaseChatModel for each chunk yielded here.
         body = self._stream_body(messages, stop, kwargs)
-        record = CallRecord(body["model"])
+        record = CallRecord(body["model"], surface="langchain")
         chunks = _Chunks()
         for payload in self._payloads(body, record):
             yield from chunks.feed(payload)
@@ -378,7 +378,7 @@ class ChatMorpheus(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         body = self._stream_body(messages, stop, kwargs)
-        record = CallRecord(body["model"])
+        record = CallRecord(body["model"], surface="langchain")
         chunks = _Chunks()
         async for payload in self._apayloads(body, record):
             for chunk in chunks.feed(payload):

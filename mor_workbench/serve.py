@@ -188,7 +188,7 @@ async def _embeddings(request: web.Request) -> web.Response:
     default base64 vectors included), the `CreateEmbeddingResponse` comes back with how the
     call went in `x-morpheus-*` headers and a `morpheus` object; one log line each."""
     body = await _json_body(request)
-    record = CallRecord(str(body.get("model")))
+    record = CallRecord(str(body.get("model")), surface="serve")
     outcome = "failed"
     try:
         answer = await request.app[WORKBENCH_KEY].embedding_payload(body, record)
@@ -216,7 +216,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     """The body goes to the router untouched; the answer comes back as JSON or as SSE, with
     how the call went in `x-morpheus-*` headers and a `morpheus` object; one log line each."""
     body = await _json_body(request)
-    record = CallRecord(str(body.get("model")))
+    record = CallRecord(str(body.get("model")), surface="serve")
     streamed = bool(body.get("stream"))
     outcome = "failed"
     try:

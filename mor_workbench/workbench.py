@@ -26,6 +26,7 @@ from openai.types.chat import ChatCompletion
 from mor_workbench._home import workbench_home
 from mor_workbench._portal import portal
 from mor_workbench.backends import Backend, GatewayBackend, MarketplaceBackend
+from mor_workbench.budget import paying, session_closed
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
 from mor_workbench.chain.listings import find_model
@@ -42,6 +43,8 @@ from mor_workbench.market.catalog import (
 )
 from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
+from mor_workbench.market.quote import natural_duration
+from mor_workbench.market.quote import quote as market_quote
 from mor_workbench.readouts import Balance
 from mor_workbench.router import health
 from mor_workbench.router.attestation import (
@@ -51,7 +54,7 @@ from mor_workbench.router.attestation import (
 from mor_workbench.router.calls import EMBED_BATCH_INPUTS, CallRecord, Lease, embedding_batches
 from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
-from mor_workbench.router.router import OpenSession, Router, rank_bids
+from mor_workbench.router.router import OpenSession, RankedBid, Router, rank_bids
 from mor_workbench.router.scoring import explain_score
 from mor_workbench.router.strategy import Strategy
 from mor_workbench.session import (
@@ -70,7 +73,7 @@ __all__ = ["API_KEY_ENV", "AsyncWorkbench", "Workbench", "aconnect", "connect"]
 log = logging.getLogger(__name__)
 
 RPC_URL_ENV = "MOR_RPC_URL"
-AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
+AUTO_SESSION_S = 600  # sessions chat/stream/complete open last 10 minutes (or to midnight)
 BIDS_PING_TIMEOUT_S = 2.0  # wb.bids() waits this long for each provider's pong
 DEFAULT_ALLOWANCE_MOR = 100.0  # standing ERC-20 allowance for opens (see AsyncWorkbench)
 
@@ -99,6 +102,12 @@ def _vectors(payload: dict[str, Any], count: int) -> list[np.ndarray]:
     if len({v.shape for v in vectors}) > 1:
         raise ProviderError("the provider returned embeddings of different sizes")
     return vectors
+
+
+def _budget_guard(bid: RankedBid, amount: int, duration_s: int) -> Any:
+    """The router's spend guard: the active `mor.budget` refuses or counts each open."""
+    what = f"a {duration_s} s session on {bid.provider[:10]}… (a stake of {amount / 1e18:.6g} MOR)"
+    return paying(amount, what)
 
 
 def _bid_bytes(bid: str | bytes) -> bytes:
@@ -194,7 +203,7 @@ class AsyncWorkbench:
             deployment.diamond,
             self.account.address,
         )
-        return Router(
+        router = Router(
             self.chain,
             self.account,
             SessionJournal(path),
@@ -203,6 +212,8 @@ class AsyncWorkbench:
             standing_allowance=self.allowance_wei,
             on_change=self._sessions_changed,
         )
+        router.spend_guard = _budget_guard
+        return router
 
     def _describe_chain(self) -> str:
         who = self.account.address if self.account else "read-only"
@@ -223,6 +234,8 @@ class AsyncWorkbench:
         return unsubscribe
 
     def _sessions_changed(self, event: str, session: OpenSession) -> None:
+        if event == "closed":
+            session_closed(session.session_id)
         session_id = "0x" + session.session_id.hex()
         for listener in list(self._session_listeners):
             try:
@@ -300,10 +313,48 @@ class AsyncWorkbench:
             session = self._sessions.get(model)
             if session is None or session.closed:
                 session = await self._open(
-                    model, AUTO_SESSION_S, None, False, renew=True, purpose=purpose
+                    model, await self._auto_duration(), None, False, renew=True, purpose=purpose
                 )
                 self._sessions[model] = session
             return session
+
+    async def _auto_duration(self) -> int:
+        """The length (s) of a session opened without a user duration: AUTO_SESSION_S, or up
+        to the next UTC midnight when that comes first (`market.quote.natural_duration`)."""
+        now = await self.chain.block_timestamp()
+        shortest = await self.chain.call("MIN_SESSION_DURATION")
+        return natural_duration(now, AUTO_SESSION_S, shortest)
+
+    async def quote(
+        self,
+        model: str,
+        *,
+        duration: str | int | None = None,
+        tokens: int | None = None,
+        direct_payment: bool = False,
+    ) -> pd.DataFrame:
+        """What a session for `model` would cost on each of its bids, before any money moves:
+        a DataFrame, one row per bid, eligible bids first. `duration` ("10m", seconds) or
+        `tokens` (completion tokens, sized at each provider's measured speed); with neither,
+        the length chat/stream/complete would open. Columns (MOR, exact wei beside): `stake`
+        (what an open moves from the wallet, to the wei), `returned_at_close`,
+        `held_at_close` and `held_until` (a natural close, under the contract's day-lock),
+        `session_cost`, `mor_per_1k_tokens` at the measured `tps`, `health`, and `excluded`
+        with `why` (price cap, deny or allow list, unhealthy, not a chat model, not tee under
+        require_tee). See `market.quote.quote`; `ConfigurationError` for a duration outside
+        the contract's limits."""
+        duration_s = None if duration is None else parse_duration(duration)
+        bids, stats = await asyncio.gather(self.bids(model), self.stats())
+        return await market_quote(
+            self.chain,
+            bids,
+            stats,
+            self.strategy,
+            duration_s=duration_s,
+            tokens=tokens,
+            default_duration_s=AUTO_SESSION_S,
+            direct_payment=direct_payment,
+        )
 
     async def payloads(
         self, body: dict[str, Any], record: CallRecord | None = None
@@ -649,6 +700,9 @@ class Workbench:
 
     def providers(self) -> pd.DataFrame:
         return self._portal.run(self._inner.providers())
+
+    def quote(self, model: str, **options: Any) -> pd.DataFrame:
+        return self._portal.run(self._inner.quote(model, **options))
 
     def sessions(self, user: str | None = None) -> pd.DataFrame:
         return self._portal.run(self._inner.sessions(user))

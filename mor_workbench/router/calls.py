@@ -67,6 +67,8 @@ class CallRecord:
     usage: dict[str, int] | None = None
     failovers: list[tuple[str, str]] = field(default_factory=list)
     resumed: bool = False
+    surface: str = "workbench"
+    """Which surface made the call ("langchain", "serve", "%%mor", …), for budget reports."""
     streamed: bool | None = None
     """True once a streamed chunk arrived, False for a whole completion, None before either."""
 

@@ -11,9 +11,11 @@ updated after each step; `recover()` closes or settles whatever a previous proce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +55,16 @@ _PEER_FAILURES = (ProviderError, ProtocolError, OSError, TimeoutError)
 
 OPENED, CLOSE, CLOSED = SessionEvent.OPENED, SessionEvent.CLOSE, SessionEvent.CLOSED
 ABANDON, REOPENED = SessionEvent.ABANDON, SessionEvent.REOPENED
+SpendGuard = Callable[["RankedBid", int, int], AbstractContextManager[Callable[[bytes], None]]]
+"""(bid, deposit in wei, duration in s) -> a context around the open, yielding a function to
+call with the session id once it is paid; raising from it refuses the open."""
 APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
 RECHECK_CLOSED_S = 7 * 86400  # closed rows re-checked on chain by recover() (rollbacks)
+
+
+@contextlib.contextmanager
+def _no_guard(bid: RankedBid, amount: int, duration_s: int) -> Iterator[Callable[[bytes], None]]:
+    yield lambda session_id: None
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,9 @@ class Router:
         self.tee_verifier = tee_verifier or TeeVerifier()
         self.attestations: dict[bytes, Attestation] = {}  # by session id
         self._model_tags: dict[bytes, list[str]] = {}
+        # around each open once its deposit (wei) is known, before the provider is asked: may
+        # refuse it (a spend cap); told the session id once paid (`SpendGuard`)
+        self.spend_guard: SpendGuard | None = None
         self.transport = transport
         # told "opened" or "closed" with the session, on this router's loop, after each change
         self.on_change = on_change
@@ -314,46 +327,49 @@ class Router:
         )
         if held < amount:
             raise InsufficientFunds("MOR", amount, held, f"a {duration_s} s session")
-        approved = await peer.request_approval(
-            bid.endpoint,
-            self.signer,
-            bid.provider,
-            bid.bid_id,
-            amount,
-            self.chain.deployment.chain_id,
-            transport=self.transport,
-        )
-        entry = self.journal.record(
-            JournalEntry(
-                approval_hash="0x" + keccak(approved.approval).hex(),
-                state="opening",
-                model_id="0x" + bid.model_id.hex(),
-                bid_id="0x" + bid.bid_id.hex(),
-                provider=bid.provider,
-                endpoint=bid.endpoint,
-                provider_pubkey="0x" + approved.pubkey.hex(),
-                amount=str(amount),
-                direct_payment=direct,
-                approval="0x" + approved.approval.hex(),
-                approval_signature="0x" + approved.signature.hex(),
-            )
-        )
-        sent: list[str] = []
-
-        def journal_hash(tx_hash: str) -> None:  # before the transaction is broadcast
-            sent.append(tx_hash)
-            self.journal.update(entry.approval_hash, tx_hash=",".join(sent))
-
-        async with self._paying:
-            session_id = await peer.open_session(
-                self.chain,
+        guard = self.spend_guard or _no_guard
+        with guard(bid, amount, duration_s) as paid:  # a budget may refuse: nothing moved yet
+            approved = await peer.request_approval(
+                bid.endpoint,
                 self.signer,
-                approved,
+                bid.provider,
+                bid.bid_id,
                 amount,
-                direct_payment=direct,
-                standing_allowance=self.standing_allowance,
-                on_hash=journal_hash,
+                self.chain.deployment.chain_id,
+                transport=self.transport,
             )
+            entry = self.journal.record(
+                JournalEntry(
+                    approval_hash="0x" + keccak(approved.approval).hex(),
+                    state="opening",
+                    model_id="0x" + bid.model_id.hex(),
+                    bid_id="0x" + bid.bid_id.hex(),
+                    provider=bid.provider,
+                    endpoint=bid.endpoint,
+                    provider_pubkey="0x" + approved.pubkey.hex(),
+                    amount=str(amount),
+                    direct_payment=direct,
+                    approval="0x" + approved.approval.hex(),
+                    approval_signature="0x" + approved.signature.hex(),
+                )
+            )
+            sent: list[str] = []
+
+            def journal_hash(tx_hash: str) -> None:  # before the transaction is broadcast
+                sent.append(tx_hash)
+                self.journal.update(entry.approval_hash, tx_hash=",".join(sent))
+
+            async with self._paying:
+                session_id = await peer.open_session(
+                    self.chain,
+                    self.signer,
+                    approved,
+                    amount,
+                    direct_payment=direct,
+                    standing_allowance=self.standing_allowance,
+                    on_hash=journal_hash,
+                )
+            paid(session_id)
         ends_at = (await self.chain.call("getSession", session_id))["endsAt"]
         self.journal.transition(
             entry.approval_hash, OPENED, session_id="0x" + session_id.hex(), ends_at=ends_at

@@ -95,19 +95,25 @@ class Strategy:
                 raise ConfigurationError(f"strategy options not understood: {exc}") from None
         raise ConfigurationError("strategy must be 'weighted', 'best', a dict or a Strategy")
 
+    def excludes(self, provider: str, price_per_second_wei: int) -> str | None:
+        """Why this strategy never asks `provider`'s bid at that price (MOR wei per second),
+        in a few words ("deny list", "not in the allow list", "over the price cap …"); None
+        when it may ask it."""
+        if provider.lower() in self.deny:
+            return "deny list"
+        if self.allow is not None and provider.lower() not in self.allow:
+            return "not in the allow list"
+        cap = self.max_price_per_second
+        if cap is not None and price_per_second_wei > cap * 1e18:
+            return f"over the price cap ({cap:g} MOR/s)"
+        return None
+
     def choose(
         self, bids: Sequence[B], cooling: Iterable[str] = (), rng: random.Random | None = None
     ) -> list[B]:
         """The order to ask providers in: eligible bids first (best score first, the first pick
         weighted among the top), providers cooling down after a failure last."""
-        cap = None if self.max_price_per_second is None else self.max_price_per_second * 1e18
-        eligible = [
-            b
-            for b in bids
-            if b.provider.lower() not in self.deny
-            and (self.allow is None or b.provider.lower() in self.allow)
-            and (cap is None or b.price_per_second <= cap)
-        ]
+        eligible = [b for b in bids if self.excludes(b.provider, b.price_per_second) is None]
         eligible.sort(key=lambda b: b.score.score, reverse=True)
         cold = {c.lower() for c in cooling}
         fresh = [b for b in eligible if b.provider.lower() not in cold]
