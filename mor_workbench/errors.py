@@ -44,6 +44,7 @@ import sys
 from typing import Any
 
 __all__ = [
+    "AttestationUnverified",
     "BackendError",
     "BudgetExceeded",
     "ChainError",
@@ -224,6 +225,14 @@ class ProviderError(MorError):
     def retryable(self) -> bool:
         """Whether another provider might take the request (False for request faults)."""
         return not isinstance(self, RequestError)
+
+
+class AttestationUnverified(ProviderError):
+    """A step of a TEE provider's attestation check failed (no quote, a quote that does not
+    verify, is not bound to the served certificate, or whose RTMR3 is not a golden value); the
+    message says which and why. `router.attestation.TeeVerifier.check` turns it into an
+    unverified `Attestation`; only the step functions (`fetch_quote`, `verify_tdx_quote`)
+    raise it."""
 
 
 class ProviderStalled(ProviderError, TimeoutError):

@@ -64,7 +64,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mor_workbench.errors import ConfigurationError, MorError
+from mor_workbench.errors import AttestationUnverified, ConfigurationError
 
 __all__ = [
     "ATTESTATION_PORT",
@@ -135,12 +135,6 @@ def attestation_for(tags: Iterable[str]) -> Attestation:
     if is_tee(tags):
         return Attestation(tee=True, attested=False, status=NOT_CHECKED)
     return Attestation(tee=False, attested=False, status="not a tee model")
-
-
-class AttestationUnverified(MorError):
-    """A step of a TEE provider's check failed; the message says which and why.
-    `TeeVerifier.check` turns it into an unverified `Attestation`; only the step functions
-    (`fetch_quote`, `verify_tdx_quote`) raise it."""
 
 
 def attestation_url(endpoint: str, port: int = ATTESTATION_PORT) -> str:
