@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -23,6 +23,7 @@ from openai.types.chat import ChatCompletion
 from mor_workbench._home import workbench_home
 from mor_workbench._portal import portal
 from mor_workbench.backends import Backend, GatewayBackend, MarketplaceBackend
+from mor_workbench.batch import MapRun
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
 from mor_workbench.chain.listings import find_model
@@ -320,6 +321,53 @@ class AsyncWorkbench:
         ]
         return to_completion(payloads[-1], record)
 
+    async def map(
+        self,
+        prompts: Sequence[str] | pd.Series | pd.DataFrame,
+        *,
+        model: str,
+        template: str | None = None,
+        concurrency: int = 8,
+        checkpoint: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        system: str | None = None,
+        **params: Any,
+    ) -> pd.DataFrame:
+        """Answer one prompt per row, `concurrency` sessions in parallel; see `batch.MapRun`.
+
+        `prompts`: a list or a pandas Series of strings, or a DataFrame with `template`
+        ("Summarise {text} for {audience}", fields naming columns). OpenAI `params`
+        (max_tokens, temperature, …) and `system` apply to every row. The first sessions go to
+        different providers; a provider that fails a row is failed over, and every session is
+        closed when the run ends, fails or is cancelled (Ctrl-C). A progress bar (tqdm; a
+        widget in notebooks) shows the MOR spent so far; `progress=False` hides it.
+        `checkpoint="file.jsonl"` appends each answered row (fsync'd) and, on a later run,
+        skips the rows already there (same index label and prompt): they are not paid twice.
+
+        Returns a DataFrame with the input's index: `answer`, `provider`, `tokens` (completion
+        tokens), `cost_mor` (the session time the row used at the bid's price, in MOR),
+        `failovers` and `error` (None when answered; a failed row is not checkpointed, so a
+        resumed run asks it again). Raises `ConfigurationError` for bad input before any money
+        moves, `InsufficientFunds` when the sessions' stake cannot be paid."""
+        if self._closed:
+            raise ConfigurationError("this workbench is closed: connect again")
+        run = MapRun(
+            self.router,
+            model,
+            prompts,
+            template=template,
+            concurrency=concurrency,
+            checkpoint=checkpoint,
+            progress=progress,
+            system=system,
+            timeout=self.timeout,
+            deadline=self.deadline,
+            max_failovers=self.max_failovers,
+            params=params,
+        )
+        await self._check_chat_model(model)
+        return await run.run()
+
     async def balance(self, user: str | None = None) -> Balance:
         """ETH, MOR, MOR staked in open sessions, MOR on hold (available now / later) and the
         MOR the marketplace contract may still draw without an approve (`mor_allowance`): a
@@ -560,6 +608,17 @@ class Workbench:
         self, messages: list[dict[str, Any]], *, model: str, **params: Any
     ) -> ChatCompletion:
         return self._portal.run(self._inner.complete(messages, model=model, **params))
+
+    def map(
+        self,
+        prompts: Sequence[str] | pd.Series | pd.DataFrame,
+        *,
+        model: str,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """See `AsyncWorkbench.map`; Ctrl-C stops the run after closing its sessions (rows
+        answered so far are in the checkpoint, when one is given)."""
+        return self._portal.run_interruptible(self._inner.map(prompts, model=model, **options))
 
     def close_all(self) -> int:
         return self._portal.run(self._inner.close_all())
