@@ -102,6 +102,7 @@ def _settle(outcome: concurrent.futures.Future[T], task: asyncio.Task[T]) -> Non
     """Hand a finished task's outcome to a future another thread waits on."""
     if task.cancelled():
         outcome.cancel()
+        outcome.set_running_or_notify_cancel()  # wakes concurrent.futures.wait() too
     elif task.exception() is not None:
         outcome.set_exception(task.exception())  # type: ignore[arg-type]
     else:
