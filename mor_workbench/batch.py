@@ -37,6 +37,7 @@ from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.listings import resolve_model
 from mor_workbench.errors import (
     ConfigurationError,
+    InsufficientFunds,
     MorError,
     NoProviderAvailable,
     ProtocolError,
@@ -45,6 +46,7 @@ from mor_workbench.errors import (
     one_line,
 )
 from mor_workbench.router.calls import CallRecord, Lease
+from mor_workbench.router.peer import deposit_for
 from mor_workbench.router.router import RankedBid, Router
 from mor_workbench.session import AsyncChatStream, AsyncSession, stream_body
 
@@ -303,6 +305,7 @@ class MapRun:
         tokens = int(tokens or DEFAULT_ANSWER_TOKENS)
         chain = self.router.chain
         duration_s = await session_duration(chain, model_id, preferred, len(todo), workers, tokens)
+        await self._check_funds(preferred, workers, duration_s)
         tasks = [
             asyncio.create_task(self._work(todo, bar, preferred[slot % len(preferred)], duration_s))
             for slot in range(workers)
@@ -314,6 +317,22 @@ class MapRun:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._close_sessions()
+
+    async def _check_funds(self, bids: list[RankedBid], workers: int, duration_s: int) -> None:
+        """`InsufficientFunds` before any session opens when the stake of the `workers` first
+        sessions (on `bids` in turn, by the contract's maths: `deposit_for`) is more MOR than
+        the account holds: a run that could open only some of them would be refused halfway."""
+        chain = self.router.chain
+        deposits = {
+            b.price_per_second: await deposit_for(chain, b.price_per_second, duration_s)
+            for b in bids[:workers]
+        }
+        needed = sum(deposits[bids[slot % len(bids)].price_per_second] for slot in range(workers))
+        held = await chain.call("balanceOf", self.router.signer.address, to=chain.deployment.token)
+        if held < needed:
+            raise InsufficientFunds(
+                "MOR", needed, held, f"{workers} sessions of {duration_s} s (concurrency={workers})"
+            )
 
     async def _work(
         self, todo: deque[_Row], bar: Any, first_bid: RankedBid, duration_s: int

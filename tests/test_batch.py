@@ -37,6 +37,7 @@ from mor_workbench.chain.deploy import MOR
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
+from mor_workbench.router.peer import deposit_for
 from mor_workbench.sandbox.model_server import ModelServer
 
 MODEL = "llama-3.3-70b"
@@ -164,11 +165,12 @@ def home(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def _connect(market: dict, providers: list[OwnProvider]) -> mor.Workbench:
+def _connect(market: dict, providers: list[OwnProvider], **options) -> mor.Workbench:
     """A workbench that asks only `providers` (the sandbox's own are left out)."""
     allow = [p.address.lower() for p in providers]
+    directory = market["info"].directory
     return mor.connect(
-        "sandbox", sandbox_dir=market["info"].directory, strategy={"allow": allow}, timeout=5.0
+        "sandbox", sandbox_dir=directory, strategy={"allow": allow}, timeout=5.0, **options
     )
 
 
@@ -373,3 +375,29 @@ def test_bad_input_is_refused_before_any_session_opens(market, home, prompts, op
         with pytest.raises(mor.ConfigurationError, match=re.escape(says)):
             wb.map(prompts, model=MODEL, progress=False, **options)
         assert len(wb.sessions()) == before
+
+
+async def _fund_for_one_session(info: sandbox.SandboxInfo, key: str) -> int:
+    """Give a fresh account ETH and one and a half shortest sessions' stake on our bids;
+    what one session's stake is (wei), by the contract's maths."""
+    chain = Chain(RpcClient(info.rpc_url), info.deployment)
+    try:
+        shortest = await chain.call("MIN_SESSION_DURATION")
+        deposit = await deposit_for(chain, PRICE_WEI, shortest)
+        address = Signer(key).address
+        await chain.rpc.request("anvil_setBalance", [address, hex(10**21)])
+        token = chain.deployment.token
+        await chain.transact(info.signer("owner"), "transfer", address, deposit * 3 // 2, to=token)
+        return deposit
+    finally:
+        await chain.rpc.aclose()
+
+
+def test_a_map_the_account_cannot_stake_is_refused_before_any_session_opens(market, home):
+    key = Account.create().key.hex()
+    deposit = asyncio.run(_fund_for_one_session(market["info"], key))
+    with _connect(market, market["steady"], key=key) as wb:
+        with pytest.raises(mor.InsufficientFunds) as refused:
+            wb.map(["one", "two"], model=MODEL, concurrency=2, progress=False)
+        assert refused.value.needed == 2 * deposit  # both sessions' stake, asked up front
+        assert len(wb.sessions()) == 0  # not one opened (and then closed) before the refusal
