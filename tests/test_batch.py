@@ -31,13 +31,14 @@ from eth_account import Account
 import mor_workbench as mor
 from mor_workbench import sandbox
 from mor_workbench._portal import Portal
-from mor_workbench.batch import Checkpoint, row_key
-from mor_workbench.chain.client import Chain
+from mor_workbench.batch import Checkpoint, row_key, session_duration
+from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.deploy import MOR
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.router.peer import deposit_for
+from mor_workbench.router.router import rank_bids
 from mor_workbench.sandbox.model_server import ModelServer
 
 MODEL = "llama-3.3-70b"
@@ -401,3 +402,38 @@ def test_a_map_the_account_cannot_stake_is_refused_before_any_session_opens(mark
             wb.map(["one", "two"], model=MODEL, concurrency=2, progress=False)
         assert refused.value.needed == 2 * deposit  # both sessions' stake, asked up front
         assert len(wb.sessions()) == 0  # not one opened (and then closed) before the refusal
+
+
+async def _durations(info: sandbox.SandboxInfo, providers: list[OwnProvider]) -> dict:
+    chain = Chain(RpcClient(info.rpc_url), info.deployment)
+    try:
+        model_id, _ = await resolve_model(chain, MODEL)
+        ours = {p.address for p in providers}
+        bids = [b for b in await rank_bids(chain, MODEL) if b.provider in ours]
+
+        async def size(rows: int, concurrency: int) -> int:
+            return await session_duration(chain, model_id, bids, rows, concurrency, MAX_TOKENS)
+
+        shortest, longest = await chain.read_many(
+            [Call("MIN_SESSION_DURATION"), Call("getMaxSessionDuration")]
+        )
+        return {
+            "shortest": shortest,
+            "longest": longest,
+            "two_rows": await size(2, 2),
+            "endless": await size(10**12, 1),
+            "run": await size(4_000, 1),
+            "twice_the_rows": await size(8_000, 1),
+            "twice_the_sessions": await size(4_000, 2),
+        }
+    finally:
+        await chain.rpc.aclose()
+
+
+def test_sessions_are_sized_to_the_run_within_the_contracts_limits(market) -> None:
+    sized = asyncio.run(_durations(market["info"], market["steady"]))
+    assert sized["two_rows"] == sized["shortest"]  # a short run: the contract's minimum
+    assert sized["endless"] == sized["longest"]  # a run longer than a session may be: the cap
+    assert sized["shortest"] < sized["run"] < sized["longest"]
+    assert abs(sized["twice_the_rows"] - 2 * sized["run"]) <= 2  # in proportion to the rows
+    assert abs(2 * sized["twice_the_sessions"] - sized["run"]) <= 2  # shared by the sessions
