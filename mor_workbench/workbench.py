@@ -347,8 +347,11 @@ class AsyncWorkbench:
         Returns a DataFrame with the input's index: `answer`, `provider`, `tokens` (completion
         tokens), `cost_mor` (the session time the row used at the bid's price, in MOR),
         `failovers` and `error` (None when answered; a failed row is not checkpointed, so a
-        resumed run asks it again). Raises `ConfigurationError` for bad input before any money
-        moves, `InsufficientFunds` when the sessions' stake cannot be paid."""
+        resumed run asks it again). Sessions last the expected run time (`batch.session_duration`:
+        from the providers' speed on chain, within the contract's minimum and maximum) and
+        renew if it runs over. Raises, before any money moves, `ConfigurationError` for bad
+        input, `NoProviderAvailable` when no bid passes the strategy and `InsufficientFunds`
+        when the account cannot stake `concurrency` sessions."""
         if self._closed:
             raise ConfigurationError("this workbench is closed: connect again")
         run = MapRun(
