@@ -437,3 +437,32 @@ def test_sessions_are_sized_to_the_run_within_the_contracts_limits(market) -> No
     assert sized["shortest"] < sized["run"] < sized["longest"]
     assert abs(sized["twice_the_rows"] - 2 * sized["run"]) <= 2  # in proportion to the rows
     assert abs(2 * sized["twice_the_sessions"] - sized["run"]) <= 2  # shared by the sessions
+
+
+async def _cancel_a_map(market: dict, checkpoint: Path) -> tuple[int, pd.DataFrame]:
+    """The async twin: a map cancelled once 10 rows are done; the sessions left open after
+    it unwound, and a rerun's result."""
+    allow = [p.address.lower() for p in market["steady"]]
+    directory = market["info"].directory
+    prompts = [f"Async row {i}: name a canal." for i in range(120)]
+    async with await mor.aconnect(
+        "sandbox", sandbox_dir=directory, strategy={"allow": allow}, timeout=5.0
+    ) as wb:
+        run = asyncio.create_task(
+            wb.map(prompts, model=MODEL, concurrency=3, checkpoint=checkpoint, progress=False)
+        )
+        while len(Checkpoint(checkpoint).done()) < 10:
+            await asyncio.sleep(0.02)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        sessions = await wb.sessions()
+        still_open = int(sessions["is_active"].sum())
+        rerun = await wb.map(prompts[:20], model=MODEL, checkpoint=checkpoint, progress=False)
+        return still_open, rerun
+
+
+def test_the_async_twin_closes_its_sessions_when_cancelled(market, home, tmp_path) -> None:
+    still_open, rerun = asyncio.run(_cancel_a_map(market, tmp_path / "rows.jsonl"))
+    assert still_open == 0
+    assert rerun["error"].isna().all() and len(rerun) == 20
