@@ -298,8 +298,8 @@ def test_a_map_killed_mid_run_resumes_without_asking_done_rows_again(
 
     done = Checkpoint(checkpoint).done()
     assert 15 <= len(done) < rows
-    before = _served(steady, prompts)
     with _connect(market, steady) as wb:  # connecting closes what the dead child left open
+        before = _served(steady, prompts)
         frame = wb.map(
             prompts,
             model=MODEL,
@@ -310,8 +310,11 @@ def test_a_map_killed_mid_run_resumes_without_asking_done_rows_again(
         )
         asked_now = _served(steady, prompts) - before
         done_prompts = {p for i, p in enumerate(prompts) if row_key(i, p) in done}
-        for prompt in prompts:  # a done row is not asked again, any other exactly once
-            assert asked_now[prompt] == (0 if prompt in done_prompts else 1), prompt
+        # a done row is not asked (paid for) again; any other is asked once, but for the
+        # rows the child had in flight (2 at most), which may reach a provider as it dies
+        assert all(asked_now[p] == 0 for p in done_prompts)
+        others = [asked_now[p] for p in prompts if p not in done_prompts]
+        assert all(n >= 1 for n in others) and sum(n - 1 for n in others) <= 2
         for i, prompt in enumerate(prompts):  # done rows come back from the checkpoint
             if prompt in done_prompts:
                 assert frame.loc[i, "answer"] == done[row_key(i, prompt)]["answer"]
