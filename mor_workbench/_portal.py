@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -37,6 +38,29 @@ class Portal:
             coro.close()
             raise RuntimeError("Portal.run called from the portal's own loop; await instead")
         return self._portal.call(_await_in, coro, contextvars.copy_context())
+
+    def run_interruptible(self, coro: Coroutine[Any, Any, T]) -> T:
+        """`run`, except that Ctrl-C (KeyboardInterrupt) while waiting cancels `coro` on the
+        loop once (a plain asyncio cancel, so its cleanup may await) and waits until it has
+        unwound before re-raising: what it opened is closed before control returns."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("Portal.run_interruptible called from the portal's own loop")
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        started: list[asyncio.Task[T]] = []
+
+        def start() -> None:  # on the loop
+            task = self.loop.create_task(coro)
+            task.add_done_callback(lambda done: _settle(outcome, done))
+            started.append(task)
+
+        self.loop.call_soon_threadsafe(start)
+        try:
+            return outcome.result()
+        except KeyboardInterrupt:  # callbacks run in order: start() has run before this one
+            self.loop.call_soon_threadsafe(lambda: started[0].cancel())
+            concurrent.futures.wait([outcome])
+            raise
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Iterate an async iterator from sync code, one item per round trip to the loop."""
@@ -75,6 +99,17 @@ class Portal:
     def stop(self) -> None:
         """Stop the loop (at interpreter exit)."""
         self._context.__exit__(None, None, None)
+
+
+def _settle(outcome: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    """Hand a finished task's outcome to a future another thread waits on."""
+    if task.cancelled():
+        outcome.cancel()
+        outcome.set_running_or_notify_cancel()  # wakes concurrent.futures.wait() too
+    elif task.exception() is not None:
+        outcome.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        outcome.set_result(task.result())
 
 
 async def _await(coro: Coroutine[Any, Any, T]) -> T:

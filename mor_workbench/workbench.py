@@ -15,7 +15,7 @@ import logging
 import os
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -26,7 +26,8 @@ from openai.types.chat import ChatCompletion
 from mor_workbench._home import workbench_home
 from mor_workbench._portal import portal
 from mor_workbench.backends import Backend, GatewayBackend, MarketplaceBackend
-from mor_workbench.budget import paying, session_closed
+from mor_workbench.batch import MapRun
+from mor_workbench.budget import Budget, paying, session_closed
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
 from mor_workbench.chain.listings import find_model
@@ -488,6 +489,62 @@ class AsyncWorkbench:
             raise ProviderError("the providers returned embeddings of different sizes")
         return np.vstack(rows)
 
+    async def map(
+        self,
+        prompts: Sequence[str] | pd.Series | pd.DataFrame,
+        *,
+        model: str,
+        template: str | None = None,
+        concurrency: int = 8,
+        checkpoint: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        system: str | None = None,
+        budget: Budget | None = None,
+        **params: Any,
+    ) -> pd.DataFrame:
+        """Answer one prompt per row, `concurrency` sessions in parallel; see `batch.MapRun`.
+
+        `prompts`: a list or a pandas Series of strings, or a DataFrame with `template`
+        ("Summarise {text} for {audience}", fields naming columns). OpenAI `params`
+        (max_tokens, temperature, …) and `system` apply to every row. The first sessions go to
+        different providers; a provider that fails a row is failed over, and every session is
+        closed when the run ends, fails or is cancelled (Ctrl-C). A progress bar (tqdm; a
+        widget in notebooks) shows the MOR spent so far; `progress=False` hides it.
+        `checkpoint="file.jsonl"` appends each answered row (fsync'd) and, on a later run,
+        skips the rows already there (same index label and prompt): they are not paid twice.
+
+        Returns a DataFrame with the input's index: `answer`, `provider`, `tokens` (completion
+        tokens), `cost_mor` (the session time the row used at the bid's price, in MOR),
+        `failovers` and `error` (None when answered; a failed row is not checkpointed, so a
+        resumed run asks it again). Sessions last the expected run time (`batch.session_duration`:
+        from the providers' speed on chain, within the contract's minimum and maximum) and
+        renew if it runs over. Raises, before any money moves, `ConfigurationError` for bad
+        input, `NoProviderAvailable` when no bid passes the strategy and `InsufficientFunds`
+        when the account cannot stake `concurrency` sessions. With `budget` (a `mor.budget(...)`)
+        the run counts in it as if made inside `with budget:`: an open that would cross its
+        caps raises `BudgetExceeded` before paying, and rows past a cap are not asked."""
+        if self._closed:
+            raise ConfigurationError("this workbench is closed: connect again")
+        run = MapRun(
+            self.router,
+            model,
+            prompts,
+            template=template,
+            concurrency=concurrency,
+            checkpoint=checkpoint,
+            progress=progress,
+            system=system,
+            timeout=self.timeout,
+            deadline=self.deadline,
+            max_failovers=self.max_failovers,
+            params=params,
+        )
+        await self._check_model(model, "chat")
+        if budget is None:
+            return await run.run()
+        async with budget:  # every open and row of the run counts in it
+            return await run.run()
+
     async def balance(self, user: str | None = None) -> Balance:
         """ETH, MOR, MOR staked in open sessions, MOR on hold (available now / later) and the
         MOR the marketplace contract may still draw without an approve (`mor_allowance`): a
@@ -743,6 +800,17 @@ class Workbench:
     ) -> CreateEmbeddingResponse:
         """See `AsyncWorkbench.embeddings`: OpenAI's `CreateEmbeddingResponse`."""
         return self._portal.run(self._inner.embeddings(input=input, model=model, **params))
+
+    def map(
+        self,
+        prompts: Sequence[str] | pd.Series | pd.DataFrame,
+        *,
+        model: str,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """See `AsyncWorkbench.map`; Ctrl-C stops the run after closing its sessions (rows
+        answered so far are in the checkpoint, when one is given)."""
+        return self._portal.run_interruptible(self._inner.map(prompts, model=model, **options))
 
     def close_all(self) -> int:
         return self._portal.run(self._inner.close_all())

@@ -492,6 +492,10 @@ class Router:
         """Wait for background closes; stop housekeeping."""
         await cancel_and_wait(self._housekeeper)
         self._housekeeper = None
+        await self.wait_for_closes()
+
+    async def wait_for_closes(self) -> None:
+        """Wait for the background closes `close_soon` started (housekeeping goes on)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
