@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -163,3 +164,34 @@ async def test_over_an_async_workbench(sandbox_dir: Path, tmp_path, monkeypatch)
         assert np.allclose(vectors, [embedding_vector(text) for text in DOCS[:2]], atol=1e-7)
         with pytest.raises(mor.ConfigurationError, match="aembed_documents"):
             await asyncio.to_thread(embeddings.embed_query, "hi")
+
+
+async def test_a_cancelled_async_call_is_cancelled_where_it_runs(workbench, monkeypatch) -> None:
+    """Over a sync Workbench the call runs on the workbench's own loop: cancelling the caller
+    cancels it there (no further batch is sent), and the model stays usable."""
+    embeddings = MorpheusEmbeddings(model=EMBEDDING, workbench=workbench, batch_size=1)
+    original = workbench.aio.embedding_payload
+    requests: list[int] = []
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:  # runs on the workbench's loop
+        requests.append(1)
+        started.set()
+        try:
+            return await original(*args, **kwargs)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    monkeypatch.setattr(workbench.aio, "embedding_payload", watched)
+    task = asyncio.create_task(embeddings.aembed_documents(DOCS * 50))  # 200 requests
+    assert await asyncio.to_thread(started.wait, 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(cancelled.wait, 60)
+    sent = len(requests)
+    assert sent < 200
+    vector = await embeddings.aembed_query(DOCS[0])
+    assert len(requests) == sent + 1  # the cancelled call sent nothing more
+    assert np.allclose(vector, embedding_vector(DOCS[0]), atol=1e-7)
