@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,3 +196,15 @@ async def test_a_cancelled_async_call_is_cancelled_where_it_runs(workbench, monk
     vector = await embeddings.aembed_query(DOCS[0])
     assert len(requests) == sent + 1  # the cancelled call sent nothing more
     assert np.allclose(vector, embedding_vector(DOCS[0]), atol=1e-7)
+
+
+def test_a_pickle_leaves_the_key_out_and_refuses_to_connect_without_it() -> None:
+    key = "sk-GATEWAY.0123456789abcdef"
+    embeddings = MorpheusEmbeddings(
+        model=EMBEDDING, network="gateway", base_url="http://127.0.0.1:9/v1", api_key=key
+    )
+    assert embeddings.api_key.get_secret_value() == key and key not in repr(embeddings)
+    pickled = pickle.dumps(embeddings)
+    assert key.encode() not in pickled
+    with pytest.raises(mor.ConfigurationError, match="unpickled"):
+        pickle.loads(pickled).embed_query("hi")
