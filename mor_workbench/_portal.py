@@ -62,6 +62,11 @@ class Portal:
             concurrent.futures.wait([outcome])
             raise
 
+    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` on the portal's loop from another running loop (a Jupyter kernel's);
+        cancelling the caller cancels it where it runs."""
+        return await asyncio.wrap_future(self._portal.start_task_soon(_await, coro))
+
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Iterate an async iterator from sync code, one item per round trip to the loop."""
         try:
