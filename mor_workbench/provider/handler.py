@@ -150,7 +150,9 @@ class RequestHandler:
         params = request.params
         if isinstance(params, PingReq):
             # the report rides outside the signature (see PongRes), None before the first sweep
-            pong = sign(PongRes(params.nonce, self.version, models=self.health.report), self._key)
+            pong = sign(
+                PongRes(params.nonce, self.version, models=self.health.published()), self._key
+            )
             await send(Response(request.id, result=pong))
         elif isinstance(params, SessionReq):
             await send(Response(request.id, result=await self._approve(params)))
@@ -328,10 +330,15 @@ class RequestHandler:
                 async for chunk in backend.complete(body, stats):
                     await send_chunk(chunk)
         except BackendError as exc:
+            if exc.status >= 500:  # the backend failed (a 4xx is the request's, 429 throttling)
+                self.health.observe(model.model_id, ("bad_response", exc.status))
             await self._send_backend_error(exc, user_key, request_id, send)
             return
         except httpx.HTTPError as exc:
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "unreachable"
+            self.health.observe(model.model_id, (kind, 0))
             raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None
+        self.health.observe(model.model_id, None)
         if body.get("stream"):
             await send_chunk("[DONE]")
         self.capacity.record(session_id, stats)

@@ -16,6 +16,13 @@ of configured models and bid models:
 
 Sweeps run every `interval_s` seconds, `probe_delay_s` apart between probes (the live default
 pacing is 2 s, `MODEL_HEALTH_CHECK_PROBE_DELAY`), and on demand with `refresh()`.
+
+Live traffic counts too, as on live providers since v7.5 (PRs #812/#813): after
+`MAX_CONSECUTIVE_ERRORS` (3, the live `MODEL_HEALTH_MAX_CONSECUTIVE_ERRORS`) backend failures
+in a row on real prompts (5xx, no answer, a timeout; not a 4xx, which is the request's fault,
+nor a 429, which is throttling) a model is published `unhealthy` with the last failure's kind
+and status, without waiting for the next sweep; one answered prompt, or a sweep whose probe
+answers, clears it (`observe`, `published`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ from mor_workbench.errors import MorError
 from mor_workbench.protocol.messages import ModelHealth
 from mor_workbench.provider.config import ModelConfig
 
-__all__ = ["HealthProbe", "probe_backend"]
+__all__ = ["MAX_CONSECUTIVE_ERRORS", "HealthProbe", "probe_backend"]
+
+MAX_CONSECUTIVE_ERRORS = 3
+"""Backend failures in a row on live traffic that flip a model to unhealthy (the live
+`MODEL_HEALTH_MAX_CONSECUTIVE_ERRORS` default)."""
 
 log = logging.getLogger("mor_workbench.provider")
 
@@ -93,8 +104,38 @@ class HealthProbe:
         self.probe_delay_s = probe_delay_s
         self.timeout_s = timeout_s
         self.report: tuple[ModelHealth, ...] | None = None  # None until the first sweep
+        self._streaks: dict[bytes, int] = {}  # backend failures in a row on live traffic
+        self._failing: dict[bytes, tuple[str, int]] = {}  # flipped: (errorKind, httpStatus)
         self._sweeping = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+
+    def observe(self, model_id: bytes, failure: tuple[str, int] | None) -> None:
+        """Count one live prompt's backend outcome for `model_id`: `failure` is (errorKind,
+        httpStatus) of a backend failure (see the module docstring for which count), None for
+        an answer. The `MAX_CONSECUTIVE_ERRORS`-th failure in a row flips the model to
+        unhealthy in `published()`; an answer clears it."""
+        if failure is None:
+            self._streaks.pop(model_id, None)
+            self._failing.pop(model_id, None)
+            return
+        self._streaks[model_id] = streak = self._streaks.get(model_id, 0) + 1
+        if streak >= MAX_CONSECUTIVE_ERRORS:
+            self._failing[model_id] = failure
+
+    def published(self) -> tuple[ModelHealth, ...] | None:
+        """The report the pong carries: the last sweep's, with models failing on live traffic
+        marked unhealthy (entries of their own when no sweep has run); None when there is
+        neither."""
+        if not self._failing:
+            return self.report
+        entries = {e.model_id: e for e in self.report or ()}
+        for model_id, (kind, http) in self._failing.items():
+            known = entries.get(model_id)
+            bid_id, name = (known.bid_id, known.model_name) if known else (b"", "")
+            if not name and model_id in self.models:
+                name = self.models[model_id].model_name
+            entries[model_id] = ModelHealth(model_id, "unhealthy", bid_id, name, kind, http)
+        return tuple(entries[k] for k in sorted(entries))
 
     async def refresh(self) -> tuple[ModelHealth, ...]:
         """Sweep now (a sweep already running is waited for, not stacked) and return the report.
@@ -117,6 +158,8 @@ class HealthProbe:
                     await asyncio.sleep(self.probe_delay_s)
                 probed += 1
                 status, kind, http = await probe_backend(config, self.http, self.timeout_s)
+                if status == "healthy":  # the backend answers again: live failures are past
+                    self.observe(model_id, None)
                 entries.append(ModelHealth(model_id, status, bid_id, name, kind, http))
             self.report = tuple(entries)
             return self.report
