@@ -6,7 +6,12 @@ wb.models()
 """
 
 from mor_workbench._version import __version__ as __version__
+
+# `mor.budget(...)` is the function, not the module of the same name: imported eagerly (it
+# needs only the standard library and the errors) so the name is bound to it once and for all
+from mor_workbench.budget import Budget, budget
 from mor_workbench.errors import (
+    BudgetExceeded,
     ChainError,
     ConfigurationError,
     ContractReverted,
@@ -45,6 +50,8 @@ __all__ = [
     "AsyncChatStream",
     "AsyncSession",
     "AsyncWorkbench",
+    "Budget",
+    "BudgetExceeded",
     "ChainError",
     "ChatStream",
     "ConfigurationError",
@@ -66,6 +73,7 @@ __all__ = [
     "StreamPart",
     "Workbench",
     "aconnect",
+    "budget",
     "connect",
 ]
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import AbstractContextManager
@@ -30,11 +32,40 @@ class Portal:
         self._thread = self._portal.call(threading.current_thread)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the portal's loop and return its result (re-raising its error)."""
+        """Run `coro` on the portal's loop and return its result (re-raising its error), in a
+        copy of the caller's context: its contextvars (a `mor.budget`) hold there too."""
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("Portal.run called from the portal's own loop; await instead")
-        return self._portal.call(_await, coro)
+        return self._portal.call(_await_in, coro, contextvars.copy_context())
+
+    def run_interruptible(self, coro: Coroutine[Any, Any, T]) -> T:
+        """`run`, except that Ctrl-C (KeyboardInterrupt) while waiting cancels `coro` on the
+        loop once (a plain asyncio cancel, so its cleanup may await) and waits until it has
+        unwound before re-raising: what it opened is closed before control returns."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("Portal.run_interruptible called from the portal's own loop")
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        started: list[asyncio.Task[T]] = []
+
+        def start() -> None:  # on the loop
+            task = self.loop.create_task(coro)
+            task.add_done_callback(lambda done: _settle(outcome, done))
+            started.append(task)
+
+        self.loop.call_soon_threadsafe(start)
+        try:
+            return outcome.result()
+        except KeyboardInterrupt:  # callbacks run in order: start() has run before this one
+            self.loop.call_soon_threadsafe(lambda: started[0].cancel())
+            concurrent.futures.wait([outcome])
+            raise
+
+    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` on the portal's loop from another running loop (a Jupyter kernel's);
+        cancelling the caller cancels it where it runs."""
+        return await asyncio.wrap_future(self._portal.start_task_soon(_await, coro))
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Iterate an async iterator from sync code, one item per round trip to the loop."""
@@ -58,7 +89,8 @@ class Portal:
         step = None
         try:
             while True:
-                step = self._portal.start_task_soon(_anext, agen)
+                context = contextvars.copy_context()  # the caller's, as in run()
+                step = self._portal.start_task_soon(_await_in, _anext(agen), context)
                 try:
                     item = await asyncio.wrap_future(step)
                 except StopAsyncIteration:
@@ -74,8 +106,25 @@ class Portal:
         self._context.__exit__(None, None, None)
 
 
+def _settle(outcome: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    """Hand a finished task's outcome to a future another thread waits on."""
+    if task.cancelled():
+        outcome.cancel()
+        outcome.set_running_or_notify_cancel()  # wakes concurrent.futures.wait() too
+    elif task.exception() is not None:
+        outcome.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        outcome.set_result(task.result())
+
+
 async def _await(coro: Coroutine[Any, Any, T]) -> T:
     return await coro
+
+
+async def _await_in(coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+    """Await `coro` as a task in the caller's `context`, so the caller's contextvars (its
+    active `mor.budget`, its surface label) hold on the portal's loop too."""
+    return await asyncio.get_running_loop().create_task(coro, context=context)
 
 
 async def _anext(agen: AsyncIterator[T]) -> T:

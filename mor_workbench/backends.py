@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from mor_workbench.errors import ConfigurationError, MorError
-from mor_workbench.router.calls import CallRecord
+from mor_workbench.router.calls import CallRecord, embeddings_request
 from mor_workbench.router.gateway import Gateway
 from mor_workbench.router.peer import check_prompt_fits
 from mor_workbench.router.router import Router
@@ -28,6 +28,10 @@ class Backend(Protocol):
 
     def payloads(self, body: dict[str, Any], record: CallRecord) -> AsyncIterator[dict[str, Any]]:
         """The raw OpenAI chunks (body["stream"]) or the completion for an OpenAI body."""
+        ...
+
+    async def embeddings(self, body: dict[str, Any], record: CallRecord) -> dict[str, Any]:
+        """The `CreateEmbeddingResponse` JSON for an OpenAI embeddings request body."""
         ...
 
     @property
@@ -58,14 +62,15 @@ class Backend(Protocol):
 
 
 class MarketplaceBackend:
-    """Calls go through sessions of our own on the marketplace: `session_for(model)` gives
-    the workbench's automatic session, `make_router()` builds the router on first use."""
+    """Calls go through sessions of our own on the marketplace: `session_for(model, purpose)`
+    gives the workbench's automatic session ("chat" or "embeddings": what the model must be
+    for), `make_router()` builds the router on first use."""
 
     def __init__(
         self,
         *,
         make_router: Callable[[], Router],
-        session_for: Callable[[str], Awaitable[Any]],
+        session_for: Callable[..., Awaitable[Any]],
         models: Callable[[], Awaitable[pd.DataFrame]],
         describe: Callable[[], str],
     ) -> None:
@@ -88,6 +93,13 @@ class MarketplaceBackend:
         session = await self._session_for(body["model"])
         async for payload in session.payloads(body, record):
             yield payload
+
+    async def embeddings(self, body: dict[str, Any], record: CallRecord) -> dict[str, Any]:
+        request = embeddings_request(body)
+        check_prompt_fits(request)  # before a session is opened for it
+        session = await self._session_for(body["model"], "embeddings")
+        payloads = [payload async for payload in session.payloads(request, record)]
+        return payloads[-1]
 
     async def model_cards(self) -> list[dict[str, Any]]:
         frame = await self._models()
@@ -149,6 +161,13 @@ class GatewayBackend:
             record.observe(payload)
             yield payload
         record.finished = time.monotonic()
+
+    async def embeddings(self, body: dict[str, Any], record: CallRecord) -> dict[str, Any]:
+        record.provider = "gateway"
+        answer = await self.gateway.embeddings(body)
+        record.observe(answer)
+        record.finished = time.monotonic()
+        return answer
 
     async def model_cards(self) -> list[dict[str, Any]]:
         return await self.gateway.models()  # the gateway's own list: it is what answers

@@ -199,10 +199,13 @@ def _serve(args: argparse.Namespace) -> int:
         if not api_key:
             raise ConfigurationError(f"--api-key-env names ${args.api_key_env}, which is not set")
     options: dict[str, object] = {}
-    if args.network == "sandbox":
+    custom = args.diamond or args.token or args.multicall
+    if args.network == "sandbox" and not custom:
         options["sandbox_dir"] = args.dir
     if args.rpc_url:
         options["rpc_url"] = args.rpc_url
+    if custom:  # any deployment, as mor.connect(rpc_url=, diamond=, token=) takes it
+        options.update(diamond=args.diamond, token=args.token, multicall=args.multicall)
 
     def ready(url: str) -> None:
         print(
@@ -210,12 +213,34 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    if args.budget is not None:  # every request counts in it (see mor_workbench.budget)
+        from mor_workbench.budget import budget
+
+        budget(max_mor=args.budget).activate()
+
     async def run() -> None:
         workbench = await aconnect(args.network, **options)
         await serve(workbench, args.host, args.port, api_key=api_key, ready=ready)
 
     _run_service(run())
     return 0
+
+
+def _add_deployment_arguments(command: argparse.ArgumentParser) -> None:
+    """The options naming any deployment of the contracts (`provider` and `serve` alike)."""
+    command.add_argument("--rpc-url", default=None, help="RPC URL (or $MOR_RPC_URL)")
+    command.add_argument(
+        "--diamond",
+        default=None,
+        help="any deployment: its Diamond address (with --token and --rpc-url; chain id from "
+        "the node)",
+    )
+    command.add_argument("--token", default=None, help="any deployment: its MOR token address")
+    command.add_argument(
+        "--multicall",
+        default=None,
+        help="any deployment: its Multicall3 (default the canonical 0xcA11…CA11)",
+    )
 
 
 def _run_service(main: Coroutine[Any, Any, None]) -> None:
@@ -278,19 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         default="sandbox",
         help="sandbox, base or base-sepolia; with --diamond/--token, a label for that deployment",
     )
-    provider.add_argument("--rpc-url", default=None, help="RPC URL (or $MOR_RPC_URL)")
-    provider.add_argument(
-        "--diamond",
-        default=None,
-        help="any deployment: its Diamond address (with --token and --rpc-url; chain id from "
-        "the node)",
-    )
-    provider.add_argument("--token", default=None, help="any deployment: its MOR token address")
-    provider.add_argument(
-        "--multicall",
-        default=None,
-        help="any deployment: its Multicall3 (default the canonical 0xcA11…CA11)",
-    )
+    _add_deployment_arguments(provider)
     provider.add_argument(
         "--keystore", default=None, help="encrypted keystore (else $MOR_PRIVATE_KEY)"
     )
@@ -309,14 +322,25 @@ def main(argv: list[str] | None = None) -> int:
         "serve", help="serve the marketplace as a local OpenAI-compatible endpoint"
     )
     served.add_argument(
-        "--network", default="sandbox", choices=["sandbox", "base", "base-sepolia", "gateway"]
+        "--network",
+        default="sandbox",
+        help="sandbox, base, base-sepolia or gateway; with --diamond/--token, a label for that "
+        "deployment",
     )
     served.add_argument("--dir", default=None, help="sandbox directory (default: per user)")
-    served.add_argument("--rpc-url", default=None, help="RPC URL (or $MOR_RPC_URL)")
+    _add_deployment_arguments(served)
     served.add_argument("--host", default="127.0.0.1")
     served.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     served.add_argument(
         "--api-key-env", default=None, help="environment variable holding the Bearer key to require"
+    )
+    served.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="MOR",
+        help="cap the MOR this server stakes and spends (held + spent, see mor.budget): "
+        "requests that would cross it are refused with HTTP 402",
     )
     served.set_defaults(run=_serve)
     args = parser.parse_args(argv)

@@ -17,7 +17,8 @@ Every failure is sorted once, where it happens, into one of two kinds:
     │   ├── ConfigurationError        bad input to a function (also a ValueError)
     │   │   ├── RequestTooLarge       the prompt does not fit a MOR-RPC message
     │   │   └── ModelNotFound         no active model of that name (404)
-    │   └── RequestRejected           the model refused the request (also a ProviderError)
+    │   ├── RequestRejected           the model refused the request (also a ProviderError)
+    │   └── BudgetExceeded            the call would cross a `mor.budget` cap (402)
     ├── ProviderError                 the provider is at fault (failover)
     │   ├── ProviderStalled           no reply in time, or the call's deadline passed
     │   └── SessionExpired            the session ended: open a new one
@@ -43,8 +44,14 @@ import sys
 from typing import Any
 
 __all__ = [
+    "AttestationUnverified",
     "BackendError",
+    "BudgetExceeded",
     "ChainError",
+    "ChannelError",
+    "ChunkForged",
+    "ChunkMissing",
+    "ChunkReplayed",
     "ConfigurationError",
     "ContractReverted",
     "IllegalTransition",
@@ -63,6 +70,8 @@ __all__ = [
     "RpcUnavailable",
     "SandboxError",
     "SessionExpired",
+    "StreamTruncated",
+    "TranscriptForged",
     "one_line",
 ]
 
@@ -180,6 +189,27 @@ class ModelNotFound(ConfigurationError):
     code = "model_not_found"
 
 
+class BudgetExceeded(RequestError):
+    """A call would cross a cap of the active `mor.budget(...)` (mor_workbench/budget.py):
+    raised before a session whose stake would cross `max_mor` (or one session more than
+    `max_sessions`) is opened, and mid-stream when a call's spend crosses `per_call` or
+    `max_mor` (that session is then closed). Never failed over; `serve` answers 402.
+    `cap` names the cap ("max_mor", "per_call", "max_sessions"); `limit`, `would_be` are in
+    its unit (MOR, or sessions)."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(self, cap: str, limit: float, would_be: float, what: str) -> None:
+        self.cap, self.limit, self.would_be = cap, limit, would_be
+        unit = "" if cap == "max_sessions" else " MOR"
+        super().__init__(
+            f"{what} would bring the budget's {cap} to {would_be:.6g}{unit}, over its "
+            f"{limit:.6g}{unit}: raise the cap or ask for less (shorter sessions, fewer tokens)"
+        )
+
+
 # ----- the provider is at fault -----
 
 
@@ -195,6 +225,14 @@ class ProviderError(MorError):
     def retryable(self) -> bool:
         """Whether another provider might take the request (False for request faults)."""
         return not isinstance(self, RequestError)
+
+
+class AttestationUnverified(ProviderError):
+    """A step of a TEE provider's attestation check failed (no quote, a quote that does not
+    verify, is not bound to the served certificate, or whose RTMR3 is not a golden value); the
+    message says which and why. `router.attestation.TeeVerifier.check` turns it into an
+    unverified `Attestation`; only the step functions (`fetch_quote`, `verify_tdx_quote`)
+    raise it."""
 
 
 class ProviderStalled(ProviderError, TimeoutError):
@@ -268,6 +306,33 @@ class LocalProtocolError(ProtocolError):
 class RemoteProtocolError(ProtocolError):
     """The peer sent something malformed, unsigned, forged, replayed, stale or too large.
     On the consumer side the provider is at fault: the router fails over."""
+
+
+class ChannelError(RemoteProtocolError):
+    """A frame of the fast channel between our own peers (`mor_workbench.protocol.fastchannel`)
+    broke one of its rules; the provider (or someone between us) is at fault."""
+
+
+class ChunkForged(ChannelError):
+    """A fast-channel frame failed authentication: altered in transit, or sealed with another
+    session's or request's key."""
+
+
+class ChunkReplayed(ChannelError):
+    """A fast-channel frame arrived again (its sequence number was already taken)."""
+
+
+class ChunkMissing(ChannelError):
+    """A fast-channel frame arrived ahead of its turn: one before it was dropped, or the
+    frames were reordered."""
+
+
+class StreamTruncated(ChannelError):
+    """A fast-channel answer ended without its final signed transcript (cut off)."""
+
+
+class TranscriptForged(ChannelError):
+    """A fast-channel transcript signature is not the provider's over what was received."""
 
 
 # ----- chain, funds, sandbox -----

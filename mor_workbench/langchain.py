@@ -12,6 +12,11 @@ how the call went (provider, session, bid, cost) in `response_metadata["morpheus
 
 Models that connect themselves share one workbench per connection settings in the process
 (and so one session per marketplace model), however many are built.
+
+`MorpheusEmbeddings` does the same for embedding models, as LangChain `Embeddings` for vector
+stores and retrievers:
+
+    emb = MorpheusEmbeddings(model="text-embedding-bge-m3", workbench=wb)
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.embeddings import Embeddings
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
@@ -58,6 +65,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    ValidationError,
     field_serializer,
     model_validator,
 )
@@ -68,7 +76,7 @@ from mor_workbench.errors import ConfigurationError
 from mor_workbench.session import CallRecord, chat_body
 from mor_workbench.workbench import API_KEY_ENV, AsyncWorkbench, Workbench, connect
 
-__all__ = ["ChatMorpheus", "close_shared_workbenches"]
+__all__ = ["ChatMorpheus", "MorpheusEmbeddings", "close_shared_workbenches"]
 
 # Settings that only matter when ChatMorpheus connects itself; with `workbench=` they belong
 # on the mor.connect(...) call that made it, so passing them too is refused, not ignored.
@@ -332,7 +340,7 @@ class ChatMorpheus(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         body = self._body(messages, stop, kwargs)
-        record = CallRecord(body["model"])
+        record = CallRecord(body["model"], surface="langchain")
         payloads = list(self._payloads(body, record))
         return _result(payloads[-1], record)
 
@@ -344,7 +352,7 @@ class ChatMorpheus(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         body = self._body(messages, stop, kwargs)
-        record = CallRecord(body["model"])
+        record = CallRecord(body["model"], surface="langchain")
         payloads = [p async for p in self._apayloads(body, record)]
         return _result(payloads[-1], record)
 
@@ -364,7 +372,7 @@ class ChatMorpheus(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         # Per-token callbacks are fired by BaseChatModel for each chunk yielded here.
         body = self._stream_body(messages, stop, kwargs)
-        record = CallRecord(body["model"])
+        record = CallRecord(body["model"], surface="langchain")
         chunks = _Chunks()
         for payload in self._payloads(body, record):
             yield from chunks.feed(payload)
@@ -378,7 +386,7 @@ class ChatMorpheus(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         body = self._stream_body(messages, stop, kwargs)
-        record = CallRecord(body["model"])
+        record = CallRecord(body["model"], surface="langchain")
         chunks = _Chunks()
         async for payload in self._apayloads(body, record):
             for chunk in chunks.feed(payload):
@@ -469,6 +477,106 @@ class ChatMorpheus(BaseChatModel):
         )
         failed = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
+
+class MorpheusEmbeddings(Embeddings):
+    """A LangChain embeddings model answered by providers of the Morpheus marketplace, for
+    vector stores and retrievers: `embed_documents`/`embed_query` and their async twins return
+    lists of floats, one vector per text, from `wb.embed` (its batching under the providers'
+    message limit, sessions and failover included).
+
+    `model` is a marketplace embedding model (type EMBEDDING in `wb.models()`, e.g.
+    "text-embedding-bge-m3"). `dimensions` asks for shorter vectors (OpenAI's parameter, for
+    backends that support it); `batch_size` caps the texts a request (default `wb.embed`'s).
+    The connection is a ChatMorpheus's: give `workbench=`, or the same connection settings
+    (`network`, `rpc_url`, `sandbox_dir`, `base_url`, `api_key`/`key`, `connect_options`,
+    `timeout`, `max_retries`), checked, kept secret and shared the same way, so embeddings and
+    chat models built with equal settings use one workbench; `close()` lets go of it.
+
+    Raises `ConfigurationError`: at construction for a setting it does not take (or a
+    connection setting next to `workbench=`); on a call, before any transaction, for a model
+    that does not embed or an empty text (`wb.embed`'s rules), and for a sync call over an
+    `AsyncWorkbench`.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        dimensions: int | None = None,
+        batch_size: int | None = None,
+        **connection: Any,
+    ) -> None:
+        unknown = sorted(connection.keys() - _CONNECTION_FIELDS - {"workbench", "key"})
+        if unknown:
+            raise ConfigurationError(
+                f"MorpheusEmbeddings takes no {unknown[0]!r}: it takes model, dimensions, "
+                "batch_size, and workbench or the connection settings "
+                + ", ".join(sorted(_CONNECTION_FIELDS))
+            )
+        self.model = model
+        self.dimensions = dimensions
+        self.batch_size = batch_size
+        try:
+            self._connection = ChatMorpheus(model=model, **connection)
+        except ValidationError as invalid:  # one line naming the setting, as ChatMorpheus's
+            error = invalid.errors()[0]
+            reason = error.get("ctx", {}).get("error") or error["msg"]
+            where = f"{error['loc'][0]}: " if error["loc"] else ""
+            raise ConfigurationError(f"{where}{reason}") from None
+
+    def __getattr__(self, name: str) -> Any:
+        """The connection settings (`workbench`, `network`, `api_key`, …) read as ChatMorpheus
+        keeps them: secrets as `SecretStr`."""
+        if name in _CONNECTION_FIELDS or name == "workbench":
+            return getattr(self.__dict__["_connection"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        network = self.workbench.network if self.workbench is not None else self.network
+        return f"MorpheusEmbeddings(model={self.model!r}, network={network!r})"
+
+    def close(self) -> None:
+        """Let go of the shared workbench this model connected with (see `ChatMorpheus.close`);
+        a workbench passed in is left open for its owner."""
+        self._connection.close()
+
+    def _options(self) -> dict[str, Any]:
+        options = {"dimensions": self.dimensions, "batch_size": self.batch_size}
+        return {k: v for k, v in options.items() if v is not None}
+
+    def _vectors(self, texts: str | list[str]) -> np.ndarray:
+        workbench = self._connection._connected()
+        if isinstance(workbench, AsyncWorkbench):
+            raise ConfigurationError(
+                "this MorpheusEmbeddings wraps an AsyncWorkbench, which lives on your event "
+                "loop: call aembed_documents/aembed_query, or pass a Workbench (mor.connect)"
+            )
+        return workbench.embed(texts, model=self.model, **self._options())
+
+    async def _avectors(self, texts: str | list[str]) -> np.ndarray:
+        workbench = self.workbench
+        if workbench is None:  # connecting may block for seconds: not on the caller's loop
+            workbench = await asyncio.to_thread(self._connection._connected)
+        if isinstance(workbench, AsyncWorkbench):
+            return await workbench.embed(texts, model=self.model, **self._options())
+        return await portal().arun(workbench.aio.embed(texts, model=self.model, **self._options()))
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text, in order ([] for no texts)."""
+        return self._vectors(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """The vector of one text."""
+        return self._vectors(text)[0].tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text, in order ([] for no texts)."""
+        return (await self._avectors(list(texts))).tolist()
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """The vector of one text."""
+        return (await self._avectors(text))[0].tolist()
 
 
 class _SharedWorkbenches:

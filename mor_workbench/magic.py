@@ -34,6 +34,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.display import display
 
+from mor_workbench.budget import Budget, budget
+from mor_workbench.budget import active as active_budget
 from mor_workbench.market.tables import short
 from mor_workbench.readouts import call_footer
 from mor_workbench.session import Session
@@ -68,6 +70,13 @@ HELP = """\
   %mor providers              active providers
   %mor sessions               this account's sessions on chain
   %mor balance                ETH, MOR, MOR staked and on hold
+  %mor quote MODEL [--duration D | --tokens N]
+                              what a session would stake, return and hold, per bid, before
+                              any money moves (and why a bid is excluded)
+  %mor budget [MAX_MOR [--per-call MOR] [--max-sessions N] | off]
+                              a budget for every call of this notebook (widgets included):
+                              sessions whose stake would cross it are refused, streams that
+                              cross it stopped; alone: its ledger, one row per call
   %mor open MODEL [--duration 10m]
                               open a session (returns it; use its id with --session)
   %mor close [ID|all]         close a session opened with %mor open (an id or its prefix),
@@ -144,7 +153,26 @@ def _open_parser() -> _Parser:
     return parser
 
 
+def _quote_parser() -> _Parser:
+    parser = _Parser(prog="%mor quote", add_help=False)
+    parser.add_argument("model")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--duration")
+    size.add_argument("--tokens", type=int)
+    return parser
+
+
+def _budget_parser() -> _Parser:
+    parser = _Parser(prog="%mor budget", add_help=False)
+    parser.add_argument("max_mor", type=float)
+    parser.add_argument("--per-call", type=float)
+    parser.add_argument("--max-sessions", type=int)
+    return parser
+
+
 _CELL = _cell_parser()
+_QUOTE = _quote_parser()
+_BUDGET = _budget_parser()
 _CONNECT = _connect_parser()
 _OPEN = _open_parser()
 
@@ -448,6 +476,34 @@ class MorMagics(Magics):
         frame = pd.DataFrame([dict(self.wb.balance())], index=[self.wb.address])
         return readable_mor(frame, amounts=list(frame.columns))
 
+    def _cmd_quote(self, rest: list[str]) -> pd.DataFrame:
+        args = _QUOTE.parse_args(rest)
+        model = self.aliases[args.model].model if args.model in self.aliases else args.model
+        options = {k: v for k, v in (("duration", args.duration), ("tokens", args.tokens)) if v}
+        return readable_mor(
+            self.wb.quote(model, **options),
+            amounts=["stake", "returned_at_close", "held_at_close", "session_cost"],
+            prices=["price_per_second", "mor_per_1k_tokens"],
+        )
+
+    def _cmd_budget(self, rest: list[str]) -> pd.DataFrame | None:
+        current = active_budget()
+        if rest == ["off"]:
+            if current is not None:
+                current.deactivate()
+            print("no notebook budget")
+            return None
+        if not rest:
+            if current is None:
+                print("no notebook budget: set one with %mor budget 5")
+                return None
+            print(repr(current))
+            return current.report()
+        args = _BUDGET.parse_args(rest)
+        chosen: Budget = budget(args.max_mor, args.per_call, args.max_sessions).activate()
+        print(f"notebook budget: {chosen!r}")
+        return None
+
     def _cmd_open(self, rest: list[str]) -> Session:
         args = _OPEN.parse_args(rest)
         model = self.aliases[args.model].model if args.model in self.aliases else args.model
@@ -585,6 +641,7 @@ class MorMagics(Magics):
             stream = session.stream(messages, system=instruction, **params)
         else:
             stream = workbench.stream(messages, model=model, system=instruction, **params)
+        stream.record.surface = "%%mor"
         text = self._show(stream, model, args)
         if args.chat:
             self.conversations[model] = [*messages, {"role": "assistant", "content": text}]

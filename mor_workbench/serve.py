@@ -172,16 +172,51 @@ def _is_last(payload: dict[str, Any]) -> bool:
     return bool(payload.get("usage")) or any(c.get("finish_reason") for c in choices)
 
 
-async def _chat(request: web.Request) -> web.StreamResponse:
-    """The body goes to the router untouched; the answer comes back as JSON or as SSE, with
-    how the call went in `x-morpheus-*` headers and a `morpheus` object; one log line each."""
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; a 400 in OpenAI's shape for anything else."""
     try:
         body = json.loads(await request.read())
     except ValueError:  # not JSON (UnicodeDecodeError is a ValueError too)
         raise _Refused(400, "the request body is not valid JSON", "invalid_request_error") from None
     if not isinstance(body, dict):
         raise _Refused(400, "the request body must be a JSON object", "invalid_request_error")
-    record = CallRecord(str(body.get("model")))
+    return body
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    """POST /v1/embeddings: the body goes to the workbench untouched (the openai client's
+    default base64 vectors included), the `CreateEmbeddingResponse` comes back with how the
+    call went in `x-morpheus-*` headers and a `morpheus` object; one log line each."""
+    body = await _json_body(request)
+    record = CallRecord(str(body.get("model")), surface="serve")
+    outcome = "failed"
+    try:
+        answer = await request.app[WORKBENCH_KEY].embedding_payload(body, record)
+        outcome = "ok"
+    except BaseException as exc:
+        outcome = f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        raise
+    finally:
+        log.info(
+            "embeddings %s: provider %s, session %s, %d tokens, %.8f MOR, %.2f s: %s",
+            record.model,
+            record.provider if record.provider == "gateway" else short(record.provider) or "-",
+            short(record.session_id) or "-",
+            (record.usage or {}).get("prompt_tokens", 0),
+            record.cost_mor,
+            record.e2e_s,
+            outcome,
+        )
+    details = record.to_dict()
+    headers = morpheus_headers(details, finished=True)
+    return web.json_response({**answer, "morpheus": details}, headers=headers)
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    """The body goes to the router untouched; the answer comes back as JSON or as SSE, with
+    how the call went in `x-morpheus-*` headers and a `morpheus` object; one log line each."""
+    body = await _json_body(request)
+    record = CallRecord(str(body.get("model")), surface="serve")
     streamed = bool(body.get("stream"))
     outcome = "failed"
     try:
@@ -280,7 +315,7 @@ async def _chain(
 
 def make_app(workbench: AsyncWorkbench, *, api_key: str | None = None) -> web.Application:
     """The OpenAI-compatible app (GET /v1/models, GET /v1/models/{id},
-    POST /v1/chat/completions) over `workbench`;
+    POST /v1/chat/completions, POST /v1/embeddings) over `workbench`;
     it owns the workbench and closes it (and the sessions it opened) on cleanup."""
     app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[_guard])
     app[WORKBENCH_KEY] = workbench
@@ -289,6 +324,7 @@ def make_app(workbench: AsyncWorkbench, *, api_key: str | None = None) -> web.Ap
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _retrieve_model)
     app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_post("/v1/embeddings", _embeddings)
 
     async def close_workbench(_: web.Application) -> None:
         await workbench.close()

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -15,7 +16,9 @@ from typing import Any, Literal
 from openai.types.chat import ChatCompletion
 
 from mor_workbench._portal import Portal
-from mor_workbench.errors import ConfigurationError, SessionExpired
+from mor_workbench.budget import Budget, call_row, call_wei
+from mor_workbench.budget import active as active_budget
+from mor_workbench.errors import BudgetExceeded, ConfigurationError, MorError, SessionExpired
 from mor_workbench.readouts import CallInfo, SessionInfo
 from mor_workbench.router.calls import CallRecord, Lease, run_call
 from mor_workbench.router.router import OpenSession, Router
@@ -32,6 +35,8 @@ __all__ = [
     "stream_body",
     "to_completion",
 ]
+
+log = logging.getLogger(__name__)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -88,6 +93,46 @@ def to_completion(payload: dict[str, Any], record: CallRecord) -> ChatCompletion
     provider added are kept: a reasoning model's thinking is in
     `.choices[0].message.reasoning_content` (as DeepSeek and vLLM send it)."""
     return ChatCompletion.model_validate({**payload, "morpheus": record.to_dict()})
+
+
+async def metered(
+    payloads: AsyncIterator[dict[str, Any]],
+    record: CallRecord,
+    close: Callable[[], Awaitable[None]],
+    current: Budget,
+) -> AsyncIterator[dict[str, Any]]:
+    """`payloads` counted in the budget `current`: refused at once when the budget is already
+    spent, each streamed chunk checked against `per_call` and `max_mor` (the call's spend so
+    far: its session seconds at the bid's price), and on crossing the stream is stopped, its
+    session closed on chain (`close`) and `BudgetExceeded` raised. The call is added to the
+    budget's ledger however it ends."""
+    what = f"a call to {record.model}"
+    current.check(0, what)
+    outcome = "ok"
+    try:
+        stopped: BudgetExceeded | None = None
+        async with contextlib.aclosing(payloads) as stream:  # type: ignore[type-var]
+            async for payload in stream:
+                if record.streamed:  # a whole completion is paid once it is here
+                    try:
+                        current.check(call_wei(record), what)
+                    except BudgetExceeded as exc:
+                        stopped = exc
+                        break
+                yield payload
+        if stopped is not None:  # the provider's stream is closed: now its session
+            outcome = "stopped by the budget"
+            try:
+                await close()
+            except MorError as exc:  # journaled: housekeeping or the next connect closes it
+                log.warning("could not close the session a budget stopped yet: %s", exc)
+            raise stopped
+    except BaseException as exc:
+        if outcome == "ok":
+            outcome = "abandoned" if isinstance(exc, GeneratorExit) else type(exc).__name__
+        raise
+    finally:
+        current.charge(*call_row(record, outcome))
 
 
 @dataclass(frozen=True)
@@ -251,7 +296,9 @@ class AsyncSession:
 
     def info(self) -> SessionInfo:
         """What this session is: id, model, provider, bid, price (MOR/s), endpoint, end time
-        (UTC), state; a dict of exact values that displays rounded with units."""
+        (UTC), state, and what its provider attested (a tee model's; see
+        `router.attestation`); a dict of exact values that displays rounded with units."""
+        attested = self._router.attestations.get(self.opened.session_id)
         return SessionInfo(
             {
                 "id": self.id,
@@ -263,6 +310,7 @@ class AsyncSession:
                 "ends_at": self.ends_at,
                 "encrypted_prompts": self.opened.encrypt,
                 "closed": self.closed,
+                "attestation": attested.status if attested else "not checked",
             }
         )
 
@@ -275,7 +323,7 @@ class AsyncSession:
                     "closed: open a new one"
                 )
             raise ConfigurationError("this session is closed: open a new one")
-        return run_call(
+        call = run_call(
             self._router,
             self.lease,
             body,
@@ -283,6 +331,8 @@ class AsyncSession:
             timeout=self.timeout,
             deadline_s=self.deadline,
         )
+        current = active_budget()  # the caller's: see mor_workbench.budget
+        return call if current is None else metered(call, record, self.close, current)
 
     def stream(
         self, prompt: str | list[dict[str, Any]], *, system: str | None = None, **params: Any

@@ -8,47 +8,54 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import contextlib
 import dataclasses
 import logging
 import os
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
 from mor_workbench._home import workbench_home
 from mor_workbench._portal import portal
 from mor_workbench.backends import Backend, GatewayBackend, MarketplaceBackend
+from mor_workbench.batch import MapRun
+from mor_workbench.budget import Budget, paying, session_closed
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer, load_signer
 from mor_workbench.chain.listings import find_model
 from mor_workbench.chain.networks import Network, connect_chain, custom_network, get_network
 from mor_workbench.chain.rpc import RpcClient
-from mor_workbench.errors import ConfigurationError
+from mor_workbench.errors import ConfigurationError, ProviderError
 from mor_workbench.market import tables
 from mor_workbench.market.catalog import (
     ACTIVE_MODELS_URL,
     check_chat_model,
+    check_embedding_model,
     fetch_catalog,
     join_catalog,
 )
 from mor_workbench.market.compare import compare as market_compare
 from mor_workbench.market.history import history as market_history
+from mor_workbench.market.quote import natural_duration
+from mor_workbench.market.quote import quote as market_quote
 from mor_workbench.readouts import Balance
 from mor_workbench.router import health
 from mor_workbench.router.attestation import (
     Attestation,
-    attestation_for,
     check_tee_model,
 )
-from mor_workbench.router.calls import CallRecord, Lease
+from mor_workbench.router.calls import EMBED_BATCH_INPUTS, CallRecord, Lease, embedding_batches
 from mor_workbench.router.gateway import API_KEY_ENV, Gateway
 from mor_workbench.router.journal import SessionJournal, journal_path
-from mor_workbench.router.router import OpenSession, Router, rank_book
+from mor_workbench.router.router import OpenSession, RankedBid, Router, rank_book
 from mor_workbench.router.scoring import explain_score
 from mor_workbench.router.strategy import Strategy
 from mor_workbench.session import (
@@ -67,9 +74,41 @@ __all__ = ["API_KEY_ENV", "AsyncWorkbench", "Workbench", "aconnect", "connect"]
 log = logging.getLogger(__name__)
 
 RPC_URL_ENV = "MOR_RPC_URL"
-AUTO_SESSION_S = 600  # sessions chat/stream/complete open on their own last 10 minutes
+AUTO_SESSION_S = 600  # sessions chat/stream/complete open last 10 minutes (or to midnight)
 BIDS_PING_TIMEOUT_S = 2.0  # wb.bids() waits this long for each provider's pong
 DEFAULT_ALLOWANCE_MOR = 100.0  # standing ERC-20 allowance for opens (see AsyncWorkbench)
+
+Purpose = Literal["chat", "embeddings"]
+"""What a session is opened for: the model must be a chat model, or an embedding model."""
+
+
+def _vector(embedding: list[float] | str) -> np.ndarray:
+    """One embedding as float32: from floats, or from base64 of little-endian float32 (what
+    OpenAI sends for encoding_format="base64")."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def _vectors(payload: dict[str, Any], count: int) -> list[np.ndarray]:
+    """The `count` embeddings of an embeddings answer, as float32 vectors in input order;
+    `ProviderError` when the answer has another number of them, or they are malformed."""
+    try:
+        data = sorted(payload.get("data") or (), key=lambda item: item["index"])
+        vectors = [_vector(item["embedding"]) for item in data]
+    except (KeyError, TypeError, ValueError):
+        raise ProviderError("the provider's embeddings answer is malformed") from None
+    if len(vectors) != count:
+        raise ProviderError(f"the provider returned {len(vectors)} embeddings for {count} texts")
+    if len({v.shape for v in vectors}) > 1:
+        raise ProviderError("the provider returned embeddings of different sizes")
+    return vectors
+
+
+def _budget_guard(bid: RankedBid, amount: int, duration_s: int) -> Any:
+    """The router's spend guard: the active `mor.budget` refuses or counts each open."""
+    what = f"a {duration_s} s session on {bid.provider[:10]}… (a stake of {amount / 1e18:.6g} MOR)"
+    return paying(amount, what)
 
 
 def _bid_bytes(bid: str | bytes) -> bytes:
@@ -135,7 +174,6 @@ class AsyncWorkbench:
         self._sessions: dict[str, AsyncSession] = {}  # sessions chat/stream reuse, by model
         self._opening: dict[str, asyncio.Lock] = {}
         self._session_listeners: list[Callable[[str, str], None]] = []
-        self._attestations: dict[str, Attestation] = {}  # by session id, for attestation()
         self._closed = False
 
     @property
@@ -166,7 +204,7 @@ class AsyncWorkbench:
             deployment.diamond,
             self.account.address,
         )
-        return Router(
+        router = Router(
             self.chain,
             self.account,
             SessionJournal(path),
@@ -175,6 +213,8 @@ class AsyncWorkbench:
             standing_allowance=self.allowance_wei,
             on_change=self._sessions_changed,
         )
+        router.spend_guard = _budget_guard
+        return router
 
     def _describe_chain(self) -> str:
         who = self.account.address if self.account else "read-only"
@@ -195,6 +235,8 @@ class AsyncWorkbench:
         return unsubscribe
 
     def _sessions_changed(self, event: str, session: OpenSession) -> None:
+        if event == "closed":
+            session_closed(session.session_id)
         session_id = "0x" + session.session_id.hex()
         for listener in list(self._session_listeners):
             try:
@@ -219,52 +261,101 @@ class AsyncWorkbench:
         return await self._open(model, parse_duration(duration), bid, direct_payment, renew=False)
 
     async def _open(
-        self, model: str, duration_s: int, bid: str | bytes | None, direct: bool, *, renew: bool
+        self,
+        model: str,
+        duration_s: int,
+        bid: str | bytes | None,
+        direct: bool,
+        *,
+        renew: bool,
+        purpose: Purpose = "chat",
     ) -> AsyncSession:
         if self._closed:
             raise ConfigurationError("this workbench is closed: connect again")
         bid_id = _bid_bytes(bid) if bid is not None else None
         router = self.router
-        tags = await self._check_chat_model(model)
+        await self._check_model(model, purpose)
         opened = await router.open(model, duration_s, direct_payment=direct, bid=bid_id)
         lease = Lease(model, duration_s, direct, opened, renew, self.max_failovers)
-        session = AsyncSession(self.router, lease, timeout=self.timeout, deadline=self.deadline)
-        self._attestations[session.id] = attestation_for(tags)
-        return session
+        return AsyncSession(self.router, lease, timeout=self.timeout, deadline=self.deadline)
 
-    async def _check_chat_model(self, model: str) -> list[str]:
-        """Refuse, before any transaction, a model that cannot chat (an embedding, speech-to-text
-        or text-to-speech model: `catalog.check_chat_model`) or, under a tee-only strategy, a
-        model not tagged `tee`, with a `ConfigurationError`. Returns the model's tags."""
+    async def _check_model(self, model: str, purpose: Purpose) -> None:
+        """Refuse, before any transaction, a model that cannot serve `purpose` (for chat an
+        embedding, speech-to-text or text-to-speech model: `catalog.check_chat_model`; for
+        embeddings any but an embedding model: `catalog.check_embedding_model`) or, under a
+        tee-only strategy, a model not tagged `tee`, with a `ConfigurationError`."""
         _, found = await find_model(self.chain, model)
-        check_chat_model(found["name"], found["tags"])
+        check = check_embedding_model if purpose == "embeddings" else check_chat_model
+        check(found["name"], found["tags"])
         if self.strategy.tee:
             check_tee_model(found["name"], found["tags"])
-        return list(found["tags"])
 
     def attestation(self, session: AsyncSession | Session | str) -> Attestation:
         """What is known about the TEE status of a session this workbench opened (the session or
-        its id): `tee` (its model is tagged tee), `attested` (always False: this library does
-        not verify TDX/SEV-SNP quotes, see `router.attestation`) and `status`. Raises
-        `ConfigurationError` for a session this workbench did not open."""
+        its id): `tee` (its model is tagged tee), `attested` (its provider's TDX quote verified,
+        is bound to its attestation endpoint's certificate and its RTMR3 matches a golden value;
+        checked at open and before each prompt, see `router.attestation`), `status` (why, in
+        one line) and the evidence read. Raises `ConfigurationError` for a session this
+        workbench did not open."""
         session_id = session if isinstance(session, str) else session.id
         try:
-            return self._attestations[session_id]
-        except KeyError:
+            return self.router.attestations[bytes.fromhex(session_id.removeprefix("0x"))]
+        except (KeyError, ValueError):
             raise ConfigurationError(
                 f"session {session_id} was not opened by this workbench: "
                 "pass a session from open_session() or wb.sessions()"
             ) from None
 
-    async def _session_for(self, model: str) -> AsyncSession:
+    async def _session_for(self, model: str, purpose: Purpose = "chat") -> AsyncSession:
         """This workbench's session for `model`, opened on first use (once, however many
-        calls arrive together) and renewed when it ends."""
+        calls arrive together) and renewed when it ends; the model must serve `purpose` (a
+        model serves one, so one session per model serves every call)."""
         async with self._opening.setdefault(model, asyncio.Lock()):
             session = self._sessions.get(model)
             if session is None or session.closed:
-                session = await self._open(model, AUTO_SESSION_S, None, False, renew=True)
+                session = await self._open(
+                    model, await self._auto_duration(), None, False, renew=True, purpose=purpose
+                )
                 self._sessions[model] = session
             return session
+
+    async def _auto_duration(self) -> int:
+        """The length (s) of a session opened without a user duration: AUTO_SESSION_S, or up
+        to the next UTC midnight when that comes first (`market.quote.natural_duration`)."""
+        now = await self.chain.block_timestamp()
+        shortest = await self.chain.call("MIN_SESSION_DURATION")
+        return natural_duration(now, AUTO_SESSION_S, shortest)
+
+    async def quote(
+        self,
+        model: str,
+        *,
+        duration: str | int | None = None,
+        tokens: int | None = None,
+        direct_payment: bool = False,
+    ) -> pd.DataFrame:
+        """What a session for `model` would cost on each of its bids, before any money moves:
+        a DataFrame, one row per bid, eligible bids first. `duration` ("10m", seconds) or
+        `tokens` (completion tokens, sized at each provider's measured speed); with neither,
+        the length chat/stream/complete would open. Columns (MOR, exact wei beside): `stake`
+        (what an open moves from the wallet, to the wei), `returned_at_close`,
+        `held_at_close` and `held_until` (a natural close, under the contract's day-lock),
+        `session_cost`, `mor_per_1k_tokens` at the measured `tps`, `health`, and `excluded`
+        with `why` (price cap, deny or allow list, unhealthy, not a chat model, not tee under
+        require_tee). See `market.quote.quote`; `ConfigurationError` for a duration outside
+        the contract's limits."""
+        duration_s = None if duration is None else parse_duration(duration)
+        bids, stats = await asyncio.gather(self.bids(model), self.stats())
+        return await market_quote(
+            self.chain,
+            bids,
+            stats,
+            self.strategy,
+            duration_s=duration_s,
+            tokens=tokens,
+            default_duration_s=AUTO_SESSION_S,
+            direct_payment=direct_payment,
+        )
 
     async def payloads(
         self, body: dict[str, Any], record: CallRecord | None = None
@@ -319,6 +410,140 @@ class AsyncWorkbench:
             p async for p in self.payloads(chat_body(model, messages, None, params), record)
         ]
         return to_completion(payloads[-1], record)
+
+    async def embedding_payload(
+        self, body: dict[str, Any], record: CallRecord | None = None
+    ) -> dict[str, Any]:
+        """The raw OpenAI `CreateEmbeddingResponse` JSON for an embeddings request body (as
+        the caller wrote it: `input`, `encoding_format`, `dimensions` pass through);
+        body["model"] picks the model, sessions are automatic. One request: see `embed` for
+        many texts. Raises `ConfigurationError` (before any transaction) for a model that
+        does not embed, `RequestTooLarge` for a body over a provider's message limit."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigurationError(
+                "the request body needs a model, e.g. model='text-embedding-bge-m3'"
+            )
+        return await self.backend.embeddings(body, record or CallRecord(model))
+
+    async def embeddings(
+        self, *, input: str | list[str], model: str, **params: Any
+    ) -> CreateEmbeddingResponse:
+        """An OpenAI `CreateEmbeddingResponse` for `input` (one request, as the openai client's
+        `embeddings.create`; parameters such as `dimensions` pass through), its vectors as
+        floats even when `encoding_format="base64"` carried them; how the call went is under
+        `.morpheus`. Errors as `embedding_payload`."""
+        record = CallRecord(model)
+        payload = await self.embedding_payload({"model": model, "input": input, **params}, record)
+        vectors = _vectors(payload, 1 if isinstance(input, str) else len(input))
+        data = [
+            {"object": "embedding", "index": i, "embedding": v.tolist()}
+            for i, v in enumerate(vectors)
+        ]
+        return CreateEmbeddingResponse.model_validate(
+            {**payload, "data": data, "morpheus": record.to_dict()}
+        )
+
+    async def embed(
+        self,
+        texts: str | list[str],
+        *,
+        model: str,
+        batch_size: int = EMBED_BATCH_INPUTS,
+        **params: Any,
+    ) -> np.ndarray:
+        """The embeddings of `texts` (one string or a list), a float32 array of shape
+        (len(texts), dim) (one row per text, in order; (0, 0) for no texts, with no session
+        opened). Texts are sent in requests of at most `batch_size` texts, each under a
+        provider's message limit (`PEER_REQUEST_LIMIT`, 1 MiB as sent encrypted), one after
+        another through this workbench's session for `model` (failing over as chat does);
+        vectors travel as base64. `params` (e.g. `dimensions`) pass through.
+
+        Raises, before any transaction: `ConfigurationError` for a model that does not embed
+        (type EMBEDDING in `wb.models()`), an empty text (OpenAI-compatible servers refuse
+        them), a bad `batch_size`, or `model`/`input`/`encoding_format` among `params`;
+        `RequestTooLarge` for one text too long for any request."""
+        items = [texts] if isinstance(texts, str) else texts
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise ConfigurationError("texts must be a string or a list of strings")
+        for i, text in enumerate(items):
+            if not text:
+                raise ConfigurationError(
+                    f"texts[{i}] is empty: embedding servers refuse empty inputs; drop it"
+                )
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigurationError(f"batch_size={batch_size!r} must be a whole number >= 1")
+        for reserved in ("model", "input", "encoding_format"):
+            if reserved in params:
+                raise ConfigurationError(
+                    f"embed() sets {reserved!r} itself: pass texts and model as arguments"
+                )
+        if not items:
+            return np.empty((0, 0), dtype=np.float32)
+        body = {"model": model, **params, "encoding_format": "base64"}
+        rows: list[np.ndarray] = []
+        for batch in embedding_batches(items, body, max_inputs=batch_size):
+            payload = await self.embedding_payload({**body, "input": batch})
+            rows.extend(_vectors(payload, len(batch)))
+        if len({row.shape for row in rows}) > 1:
+            raise ProviderError("the providers returned embeddings of different sizes")
+        return np.vstack(rows)
+
+    async def map(
+        self,
+        prompts: Sequence[str] | pd.Series | pd.DataFrame,
+        *,
+        model: str,
+        template: str | None = None,
+        concurrency: int = 8,
+        checkpoint: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        system: str | None = None,
+        budget: Budget | None = None,
+        **params: Any,
+    ) -> pd.DataFrame:
+        """Answer one prompt per row, `concurrency` sessions in parallel; see `batch.MapRun`.
+
+        `prompts`: a list or a pandas Series of strings, or a DataFrame with `template`
+        ("Summarise {text} for {audience}", fields naming columns). OpenAI `params`
+        (max_tokens, temperature, …) and `system` apply to every row. The first sessions go to
+        different providers; a provider that fails a row is failed over, and every session is
+        closed when the run ends, fails or is cancelled (Ctrl-C). A progress bar (tqdm; a
+        widget in notebooks) shows the MOR spent so far; `progress=False` hides it.
+        `checkpoint="file.jsonl"` appends each answered row (fsync'd) and, on a later run,
+        skips the rows already there (same index label and prompt): they are not paid twice.
+
+        Returns a DataFrame with the input's index: `answer`, `provider`, `tokens` (completion
+        tokens), `cost_mor` (the session time the row used at the bid's price, in MOR),
+        `failovers` and `error` (None when answered; a failed row is not checkpointed, so a
+        resumed run asks it again). Sessions last the expected run time (`batch.session_duration`:
+        from the providers' speed on chain, within the contract's minimum and maximum) and
+        renew if it runs over. Raises, before any money moves, `ConfigurationError` for bad
+        input, `NoProviderAvailable` when no bid passes the strategy and `InsufficientFunds`
+        when the account cannot stake `concurrency` sessions. With `budget` (a `mor.budget(...)`)
+        the run counts in it as if made inside `with budget:`: an open that would cross its
+        caps raises `BudgetExceeded` before paying, and rows past a cap are not asked."""
+        if self._closed:
+            raise ConfigurationError("this workbench is closed: connect again")
+        run = MapRun(
+            self.router,
+            model,
+            prompts,
+            template=template,
+            concurrency=concurrency,
+            checkpoint=checkpoint,
+            progress=progress,
+            system=system,
+            timeout=self.timeout,
+            deadline=self.deadline,
+            max_failovers=self.max_failovers,
+            params=params,
+        )
+        await self._check_model(model, "chat")
+        if budget is None:
+            return await run.run()
+        async with budget:  # every open and row of the run counts in it
+            return await run.run()
 
     async def balance(self, user: str | None = None) -> Balance:
         """ETH, MOR, MOR staked in open sessions, MOR on hold (available now / later) and the
@@ -476,7 +701,9 @@ class AsyncWorkbench:
     ) -> pd.DataFrame:
         """Run `prompt` `runs` times on each provider of `model` (a session each, side by
         side): TTFT, inter-token and end-to-end latency percentiles, tokens/s, cost per 1K
-        tokens and the answer, one row per provider, fastest first."""
+        tokens and the answer, one row per provider, fastest first. An embedding model is
+        measured on embeddings of `prompt` (a text or a list of texts): end-to-end latency,
+        input tokens/s and cost per 1M tokens (`market.compare`)."""
         return await market_compare(
             self.router, prompt, model, providers=providers, runs=runs, **params
         )
@@ -530,6 +757,9 @@ class Workbench:
     def providers(self) -> pd.DataFrame:
         return self._portal.run(self._inner.providers())
 
+    def quote(self, model: str, **options: Any) -> pd.DataFrame:
+        return self._portal.run(self._inner.quote(model, **options))
+
     def sessions(self, user: str | None = None) -> pd.DataFrame:
         return self._portal.run(self._inner.sessions(user))
 
@@ -559,6 +789,27 @@ class Workbench:
         self, messages: list[dict[str, Any]], *, model: str, **params: Any
     ) -> ChatCompletion:
         return self._portal.run(self._inner.complete(messages, model=model, **params))
+
+    def embed(self, texts: str | list[str], *, model: str, **options: Any) -> np.ndarray:
+        """See `AsyncWorkbench.embed`: a float32 array, one row per text."""
+        return self._portal.run(self._inner.embed(texts, model=model, **options))
+
+    def embeddings(
+        self, *, input: str | list[str], model: str, **params: Any
+    ) -> CreateEmbeddingResponse:
+        """See `AsyncWorkbench.embeddings`: OpenAI's `CreateEmbeddingResponse`."""
+        return self._portal.run(self._inner.embeddings(input=input, model=model, **params))
+
+    def map(
+        self,
+        prompts: Sequence[str] | pd.Series | pd.DataFrame,
+        *,
+        model: str,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """See `AsyncWorkbench.map`; Ctrl-C stops the run after closing its sessions (rows
+        answered so far are in the checkpoint, when one is given)."""
+        return self._portal.run_interruptible(self._inner.map(prompts, model=model, **options))
 
     def close_all(self) -> int:
         return self._portal.run(self._inner.close_all())

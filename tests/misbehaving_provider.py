@@ -66,6 +66,8 @@ def _chunk(text: str, *, stream: bool = True) -> dict[str, Any]:
 class MisbehavingHandler(RequestHandler):
     """`RequestHandler` whose prompt answers break MOR-RPC as `fault` says (None: honest)."""
 
+    fast_channel = False  # its faults are the live wire's (the channel's: test_fastchannel)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fault: Fault | None = None

@@ -8,7 +8,7 @@ https://active.mor.org/active_models.json according to the public source that re
 `{"models": [{Id, IpfsCID, Fee, Stake, Owner, Name, Tags, CreatedAt, IsDeleted, ModelType}],
 "last_updated"}`). It was written from that source, not captured from the live host. Sandbox
 model ids depend on the sandbox's owner account, so the entries named as sandbox models get
-their chain id when served; `llama-3.3-70b` stays a model this chain does not have.
+their chain id when served; `kimi-k2.6` stays a model this chain does not have.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_catalog_keeps_the_listed_models_and_joins_the_feed(wb, serve) -> None:
     assert 0 < len(curated) < len(chain)  # a model with no healthy provider is left out
     deleted = {m["Name"] for m in feed["models"] if m["IsDeleted"]}
     assert deleted and not deleted & set(curated["name"])
-    assert "llama-3.3-70b" not in set(curated["name"])  # listed, but not on this chain
+    assert "kimi-k2.6" not in set(curated["name"])  # listed, but not on this chain
     by_name = {m["Name"]: m["ModelType"] for m in feed["models"]}
     assert list(curated["catalog_type"]) == [by_name[n] for n in curated["name"]]
     assert (curated["type"] == curated["catalog_type"]).all()  # both read the tags alike

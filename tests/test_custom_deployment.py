@@ -182,3 +182,48 @@ def test_the_provider_cli_names_a_diamond_without_code(sandbox_info, models_conf
         f"mor-workbench: no contract at diamond {NOWHERE} on chain id 31337 "
         f"({sandbox_info.rpc_url}): check the diamond address for this chain"
     ]
+
+
+def test_serve_answers_for_a_deployment_given_by_its_addresses(sandbox_info) -> None:
+    """`mor-workbench serve --rpc-url … --diamond … --token …`: the same deployment as above
+    served as an OpenAI endpoint, answered through the official openai client."""
+    import openai
+
+    env = {**os.environ, "MOR_PRIVATE_KEY": _keys(sandbox_info)["consumer"]}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mor_workbench.cli",
+            "serve",
+            "--network",
+            "my-fork",
+            "--rpc-url",
+            sandbox_info.rpc_url,
+            "--diamond",
+            sandbox_info.deployment.diamond,
+            "--token",
+            sandbox_info.deployment.token,
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = process.stdout.readline()
+        assert "serving" in line, process.stderr.read() if process.poll() is not None else line
+        url = line.split(" at ")[1].split(" ")[0]
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        assert "llama-3.3-70b" in {m.id for m in client.models.list()}
+        answer = client.chat.completions.create(
+            model="llama-3.3-70b", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+        assert answer.choices[0].message.content
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.communicate(timeout=60)
+    assert process.returncode == 0

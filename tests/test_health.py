@@ -20,6 +20,7 @@ from mor_workbench.chain.listings import listing, resolve_model
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.protocol import PongRes, sign
 from mor_workbench.protocol.messages import ModelHealth
+from mor_workbench.provider import health as health_module
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router import health, peer
@@ -253,3 +254,66 @@ async def test_preferred_opens_with_a_healthy_provider_and_bids_show_health(
         await session.close()
     finally:
         await wb.close()
+
+
+async def test_live_traffic_flips_a_model_unhealthy_after_three_backend_failures(
+    sandbox_info, sandbox_dir
+) -> None:
+    """As live providers do since v7.5 (MODEL_HEALTH_MAX_CONSECUTIVE_ERRORS = 3): with no
+    sweep running, three prompts in a row whose backend answers 500 publish the model
+    unhealthy in the pong (the last failure's kind and status), so consumers stop paying it;
+    an answered prompt in between restarts the count, and a sweep whose probe answers
+    clears it."""
+    chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
+    provider = Signer(os.urandom(32))
+    consumer = sandbox_info.signer("consumer")
+    model_id, _ = await resolve_model(chain, MODEL)
+    failing = LatencyProfile(ttft_s=0.0, jitter=0.0, error_rate=1.0)
+    working = LatencyProfile(ttft_s=0.0, jitter=0.0)
+    try:
+        async with ModelServer([MODEL], profile=failing) as backend:
+            config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
+            async with ProviderServer(
+                signer=provider, chain=chain, models=[config], claim_interval=None
+            ) as server:
+                await _register(chain, sandbox_info.signer("owner"), provider, server.endpoint)
+                await chain.transact(provider, "postModelBid", provider.address, model_id, 10**12)
+                wb = await mor.aconnect(
+                    "sandbox",
+                    sandbox_dir=sandbox_dir,
+                    strategy={"allow": [provider.address]},
+                    max_failovers=0,
+                )
+
+                async def health_after(outcomes: str) -> ModelHealth | None:
+                    for outcome in outcomes:  # "x": the backend fails, "o": it answers
+                        backend.profile = failing if outcome == "x" else working
+                        if outcome == "x":
+                            with pytest.raises(mor.ProviderError):
+                                await wb.chat("hi", model=MODEL)
+                        else:
+                            assert await wb.chat("hi", model=MODEL)
+                    pong = await peer.ping(server.endpoint, consumer, provider.address)
+                    return pong.health_of(model_id)
+
+                try:
+                    reset = await health_after("xxo" + "xx")
+                    flipped = await health_after("x")
+                    with pytest.raises(mor.NoProviderAvailable, match="unhealthy"):
+                        await wb.chat("hi", model=MODEL)  # never paid again
+                    backend.profile = working
+                    swept = {e.model_id: e for e in await server.refresh_health()}[model_id]
+                    cleared = await peer.ping(server.endpoint, consumer, provider.address)
+                finally:
+                    await wb.close()
+    finally:
+        await _retire(chain, provider)
+        await chain.rpc.aclose()
+    assert reset is None  # no sweep ran: two failures after an answer flip nothing
+    assert (flipped.status, flipped.error_kind, flipped.http_status) == (
+        "unhealthy",
+        "bad_response",
+        500,
+    )
+    assert flipped.model_name == MODEL and health_module.MAX_CONSECUTIVE_ERRORS == 3
+    assert swept.status == "healthy" and cleared.health_of(model_id) == swept

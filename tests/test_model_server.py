@@ -28,7 +28,7 @@ from mor_workbench.sandbox.model_server import (
     split_tokens,
 )
 
-MODEL = "llama-3.3-70b"
+MODEL = "llama-3.2"
 KEY = "sk-test-key"
 MESSAGES = [{"role": "user", "content": "Say something about markets."}]
 PINNED = (  # seed 7: the text must not drift between versions, platforms or Pythons
@@ -39,7 +39,7 @@ PINNED = (  # seed 7: the text must not drift between versions, platforms or Pyt
 
 @pytest.fixture
 async def server() -> ModelServer:
-    async with ModelServer([MODEL, "qwen3-235b"], profile="instant", api_key=KEY) as s:
+    async with ModelServer([MODEL, "qwen-2.5-coder"], profile="instant", api_key=KEY) as s:
         yield s
 
 
@@ -86,9 +86,9 @@ async def collect(stream: openai.AsyncStream) -> dict:
 
 async def test_models_are_listed_and_retrieved(client: openai.AsyncOpenAI) -> None:
     models = await client.models.list()
-    assert [m.id for m in models.data] == [MODEL, "qwen3-235b"]
+    assert [m.id for m in models.data] == [MODEL, "qwen-2.5-coder"]
     assert all(m.object == "model" for m in models.data)
-    assert (await client.models.retrieve("qwen3-235b")).id == "qwen3-235b"
+    assert (await client.models.retrieve("qwen-2.5-coder")).id == "qwen-2.5-coder"
     with pytest.raises(openai.NotFoundError):
         await client.models.retrieve("gpt-9")
 
@@ -134,7 +134,7 @@ async def test_same_seed_same_text_other_seeds_other_texts(client: openai.AsyncO
 
     assert await text(7) == await text(7)
     assert await text(None) == await text(None)
-    others = {await text(7, model="qwen3-235b"), await text(8), await text(None)}
+    others = {await text(7, model="qwen-2.5-coder"), await text(8), await text(None)}
     others.add(await text(7, messages=[{"role": "user", "content": "Something else."}]))
     assert len(others) == 4 and await text(7) not in others
     async with ModelServer([MODEL], profile="fast", seed=99) as another:
@@ -294,7 +294,7 @@ async def test_arguments_take_the_literals_the_prompt_gives(client: openai.Async
         {"role": "assistant", "content": "OK."},
         {
             "role": "user",
-            "content": "Price of 'llama-3.3-70b' per hour, at most 9 results (say 3), "
+            "content": "Price of 'llama-3.2' per hour, at most 9 results (say 3), "
             "under 1.5 MOR, in '東京'.",
         },
     ]
@@ -303,7 +303,7 @@ async def test_arguments_take_the_literals_the_prompt_gives(client: openai.Async
     jsonschema.validate(args, PRICE["function"]["parameters"])
     # the first quoted string, the enum member named, the first number in bounds (9 is not)
     assert (args["model"], args["unit"], args["limit"], args["max_price"]) == (
-        "llama-3.3-70b",
+        "llama-3.2",
         "hour",
         3,
         1.5,
@@ -312,7 +312,7 @@ async def test_arguments_take_the_literals_the_prompt_gives(client: openai.Async
         model=MODEL, messages=asked, tools=[WEATHER], tool_choice="required"
     )
     arguments = reply.choices[0].message.tool_calls[0].function.arguments
-    assert json.loads(arguments) == {"city": "llama-3.3-70b"} and "東京" not in arguments
+    assert json.loads(arguments) == {"city": "llama-3.2"} and "東京" not in arguments
     keyed = [{"role": "user", "content": "Answer as JSON with 'setup' and 'punchline' keys."}]
     loose = await client.chat.completions.create(
         model=MODEL, messages=keyed, response_format={"type": "json_object"}
@@ -674,13 +674,13 @@ async def test_stop_does_not_wait_for_a_stalled_stream() -> None:
 
 def test_cli_prints_the_base_url_and_stops_on_sigterm() -> None:
     command = [sys.executable, "-m", "mor_workbench.sandbox.model_server", "--model", MODEL]
-    command += ["--model", "mistral-31-24b", "--profile", "fast", "--port", "0", "--api-key", KEY]
+    command += ["--model", "mistral-small", "--profile", "fast", "--port", "0", "--api-key", KEY]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         base_url = process.stdout.readline().strip()
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
         client = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0)
-        assert [m.id for m in client.models.list().data] == [MODEL, "mistral-31-24b"]
+        assert [m.id for m in client.models.list().data] == [MODEL, "mistral-small"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
     finally:

@@ -68,7 +68,7 @@ def test_a_non_chat_model_is_refused_before_any_transaction(wb) -> None:
         "complete": lambda: wb.complete([{"role": "user", "content": "hi"}], model=EMBEDDING),
         "open_session": lambda: wb.open_session(EMBEDDING, duration="6m"),
         "by any case": lambda: wb.chat("hi", model=EMBEDDING.upper()),
-        "compare": lambda: wb.compare("hi", EMBEDDING, runs=1),
+        # compare measures an embedding model on embeddings (tests/test_embeddings.py)
     }
     for what, call in calls.items():
         with pytest.raises(mor.ConfigurationError) as refused:

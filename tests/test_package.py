@@ -22,7 +22,10 @@ def test_import_loads_nothing_heavy() -> None:
     assert probe.returncode == 0, probe.stderr
     heavy, ours = probe.stdout.splitlines()
     assert heavy == "[]"
-    assert ours == "['mor_workbench', 'mor_workbench._version', 'mor_workbench.errors']"
+    assert ours == (
+        "['mor_workbench', 'mor_workbench._version', 'mor_workbench.budget', "
+        "'mor_workbench.errors']"
+    )
 
 
 def test_every_surface_imports_without_fcntl() -> None:

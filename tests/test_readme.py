@@ -115,7 +115,8 @@ class Reader:
                 self.run_cell(block)
             else:
                 for offset, line in enumerate(block.source.splitlines()):
-                    if line.strip() and NEEDS.search(line) is None:
+                    command = line.strip()
+                    if command and not command.startswith("#") and NEEDS.search(line) is None:
                         self.run_command(line, block.line + offset)
 
     def run_cell(self, block: Block) -> None:

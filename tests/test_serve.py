@@ -166,7 +166,7 @@ async def test_shutdown_closes_the_sessions_it_opened(
     ("options", "status", "message"),
     [
         ({"strategy": {"max_price_per_second": 0}}, 503, "no provider accepted"),
-        ({"timeout": 0.001, "max_failovers": 0}, 502, "no reply within"),
+        ({"timeout": 0.001, "deadline": 60, "max_failovers": 0}, 502, "no reply within"),
     ],
 )
 async def test_router_failures_map_to_http_statuses(

@@ -111,7 +111,7 @@ def test_explorer_sorts_and_filters(wb, widgets) -> None:
     assert [r["price_per_hour"] for r in explorer.rows] == sorted(prices, reverse=True)
 
     cheapest = explorer.rows[-1]
-    explorer.filter = cheapest["provider_short"][-4:].lower()  # case does not matter
+    explorer.filter = cheapest["provider_short"].lower()  # case does not matter
     assert [r["id"] for r in explorer.rows] == [cheapest["id"]]
     explorer.filter = "no such thing"
     assert explorer.rows == []
@@ -326,3 +326,22 @@ def test_the_chat_widget_offers_only_chat_models(wb) -> None:
     assert all(types[name] in ("LLM", "UNKNOWN") for name in chat.model_names)
     assert "text-embedding-bge-m3" not in chat.model_names
     chat.close()
+
+
+def test_a_process_wide_budget_counts_the_widgets_calls_as_theirs(wb, widgets) -> None:
+    """`%mor budget 5` makes a process-wide budget: the Chat widget's calls, made on the
+    router's loop, are in its ledger under the surface "widget"."""
+    spend = mor.budget(max_mor=50).activate()
+    try:
+        chat = Chat(wb, model=MODEL, max_tokens=20)
+        widgets(chat)
+        chat.wait(30)
+        chat.send("Hello there")
+        chat.wait(60)
+        assert chat.error == ""
+    finally:
+        spend.deactivate()
+    report = spend.report()
+    assert list(report["surface"]) == ["widget"] and spend.spent > 0
+    click(chat, type="end_session")
+    chat.wait(30)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from coincurve import PrivateKey
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
@@ -35,7 +36,7 @@ def checksum_address(value: str, *, what: str = "address") -> str:
 class Signer:
     """An account that signs transactions and messages; the key never leaves this object."""
 
-    __slots__ = ("__account",)
+    __slots__ = ("__account", "__signing_key")
 
     def __init__(self, private_key: str | bytes) -> None:
         try:
@@ -46,6 +47,7 @@ class Signer:
                 "the private key is malformed: expected 32 bytes as 64 hex digits (0x optional)"
             ) from None
         self.__account = account
+        self.__signing_key = PrivateKey(bytes(account.key))
 
     @property
     def address(self) -> str:
@@ -73,6 +75,12 @@ class Signer:
     def public_key_65(self) -> bytes:
         """Uncompressed public key with the 0x04 prefix (65 bytes), as MOR-RPC carries it."""
         return b"\x04" + self.public_key
+
+    @property
+    def signing_key(self) -> PrivateKey:
+        """The key as a coincurve object, built once (building one costs about as much as a
+        signature): what MOR-RPC signatures and ECIES use. Never log it."""
+        return self.__signing_key
 
     def private_key_bytes(self) -> bytes:
         """The raw key, for the few primitives that need it (ECIES decrypt). Never log it."""

@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_TYPES",
     "Catalog",
     "check_chat_model",
+    "check_embedding_model",
     "fetch_catalog",
     "join_catalog",
     "model_type",
@@ -73,6 +74,18 @@ def check_chat_model(name: str, tags: Iterable[str]) -> None:
         raise ConfigurationError(
             f"model {name!r} is {_WHAT_TYPE_DOES[kind]}, not a chat model: choose one whose "
             "type is LLM in wb.models()"
+        )
+
+
+def check_embedding_model(name: str, tags: Iterable[str]) -> None:
+    """Raise `ConfigurationError` unless the model embeds (type EMBEDDING: an `embedding` or
+    `embeddings` tag, as the live proxy-router reads them)."""
+    kind = model_type(tags)
+    if kind != "EMBEDDING":
+        what = _WHAT_TYPE_DOES.get(kind, "a chat model" if kind == "LLM" else "an untyped model")
+        raise ConfigurationError(
+            f"model {name!r} is {what}, not an embedding model: choose one whose type is "
+            "EMBEDDING in wb.models() (e.g. text-embedding-bge-m3)"
         )
 
 

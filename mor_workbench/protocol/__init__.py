@@ -42,8 +42,13 @@ from mor_workbench.protocol.signing import (
 )
 
 ENCRYPTED_PROMPTS = "encrypted-prompts"
+EMBEDDINGS_PROMPT_TYPE = "embeddings"
+"""The live wire's mark of an embeddings request (proxy-router `SendEmbeddings`): the
+session.prompt body is OpenAI's embeddings request plus `"type": "embeddings"`, which the
+provider takes out before posting the rest to the model's embeddings endpoint."""
 
 __all__ = [
+    "EMBEDDINGS_PROMPT_TYPE",
     "ENCRYPTED_PROMPTS",
     "PEER_REQUEST_LIMIT",
     "Approval",

@@ -4,6 +4,10 @@ secp256k1 ECDH (the shared x coordinate), NIST SP 800-56 concat KDF with SHA-256
 AES key and a MAC key (itself hashed with SHA-256), AES-128-CTR with a random IV, and
 HMAC-SHA-256 over IV ‖ ciphertext ‖ s2. Output: ephemeral public key (65) ‖ IV (16) ‖
 ciphertext ‖ tag (32).
+
+Keys may be coincurve objects (a sender that encrypts every chunk to one recipient parses its
+key once; a receiver passes its `PrivateKey`). Per message the cost is what the scheme needs:
+one fixed-base multiplication (the ephemeral public key) and one ECDH multiplication.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import hmac
 import os
 
 from coincurve import PrivateKey, PublicKey
+from coincurve.utils import get_valid_secret
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mor_workbench.protocol.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["concat_kdf", "ecies_decrypt", "ecies_encrypt", "shared_secret"]
+__all__ = ["concat_kdf", "ecies_decrypt", "ecies_encrypt", "recipient_key", "shared_secret"]
 
 KEY_LEN = 16  # AES-128
 BLOCK = 16
@@ -36,10 +41,13 @@ def concat_kdf(z: bytes, s1: bytes, length: int) -> bytes:
     return out[:length]
 
 
-def shared_secret(private_key: bytes, public_key: bytes) -> bytes:
+def shared_secret(private_key: bytes | PrivateKey, public_key: bytes | PublicKey) -> bytes:
     """The ECDH x coordinate, left-padded to 32 bytes."""
-    point = PublicKey(public_key).multiply(private_key)
-    return point.format(compressed=False)[1:33]
+    if isinstance(private_key, PrivateKey):
+        private_key = private_key.secret
+    if not isinstance(public_key, PublicKey):
+        public_key = PublicKey(public_key)
+    return public_key.multiply(private_key).format(compressed=False)[1:33]
 
 
 def _keys(z: bytes, s1: bytes) -> tuple[bytes, bytes]:
@@ -52,11 +60,13 @@ def _ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
     return cipher.update(data) + cipher.finalize()
 
 
-def _public(public_key: bytes) -> bytes:
+def recipient_key(public_key: bytes) -> PublicKey:
+    """A recipient's key (65 bytes 0x04 ‖ X ‖ Y, or 64 without the prefix), parsed once for
+    many `ecies_encrypt` calls. Raises `LocalProtocolError` when it is not such a key."""
     if len(public_key) == 64:
         public_key = b"\x04" + public_key
     try:
-        return PublicKey(public_key).format(compressed=False)
+        return PublicKey(public_key)
     except Exception:
         raise LocalProtocolError(
             "not a secp256k1 public key: expected 65 bytes 0x04 ‖ X ‖ Y"
@@ -64,7 +74,7 @@ def _public(public_key: bytes) -> bytes:
 
 
 def ecies_encrypt(
-    public_key: bytes,
+    public_key: bytes | PublicKey,
     plaintext: bytes,
     *,
     s1: bytes = b"",
@@ -72,26 +82,36 @@ def ecies_encrypt(
     ephemeral: bytes | None = None,
     iv: bytes | None = None,
 ) -> bytes:
-    """Encrypt to `public_key` (65 or 64 bytes). `ephemeral`/`iv` are for test vectors only."""
-    recipient = _public(public_key)
-    eph = PrivateKey(ephemeral) if ephemeral is not None else PrivateKey()
-    ke, km = _keys(shared_secret(eph.secret, recipient), s1)
+    """Encrypt to `public_key` (65 or 64 bytes, or one parsed by `recipient_key`).
+    `ephemeral`/`iv` are for test vectors only."""
+    recipient = public_key if isinstance(public_key, PublicKey) else recipient_key(public_key)
+    # the ephemeral key's secret and public point only (a coincurve PrivateKey would compute
+    # an x-only public key too: a second multiplication nobody uses)
+    if ephemeral is None:
+        secret = get_valid_secret()  # in [1, n): no second check
+        ephemeral_public = PublicKey.from_valid_secret(secret).format(compressed=False)
+    else:
+        secret = ephemeral
+        ephemeral_public = PublicKey.from_secret(secret).format(compressed=False)
+    ke, km = _keys(shared_secret(secret, recipient), s1)
     iv = iv if iv is not None else os.urandom(BLOCK)
     em = iv + _ctr(ke, iv, plaintext)
-    tag = hmac.new(km, em + s2, hashlib.sha256).digest()
-    return eph.public_key.format(compressed=False) + em + tag
+    return ephemeral_public + em + hmac.digest(km, em + s2, "sha256")
 
 
-def ecies_decrypt(private_key: bytes, data: bytes, *, s1: bytes = b"", s2: bytes = b"") -> bytes:
-    """Decrypt a go-ethereum ECIES message; a wrong key or any tampering raises."""
+def ecies_decrypt(
+    private_key: bytes | PrivateKey, data: bytes, *, s1: bytes = b"", s2: bytes = b""
+) -> bytes:
+    """Decrypt a go-ethereum ECIES message; a wrong key or any tampering raises
+    `RemoteProtocolError`."""
     if len(data) < OVERHEAD or data[0] != 4:
         raise RemoteProtocolError("ECIES message is malformed (too short or bad ephemeral key)")
     try:
         ephemeral = PublicKey(data[:PUB_LEN])
     except Exception:
         raise RemoteProtocolError("ECIES ephemeral key is not on secp256k1") from None
-    ke, km = _keys(shared_secret(private_key, ephemeral.format(compressed=False)), s1)
+    ke, km = _keys(shared_secret(private_key, ephemeral), s1)
     em, tag = data[PUB_LEN:-TAG_LEN], data[-TAG_LEN:]
-    if not hmac.compare_digest(hmac.new(km, em + s2, hashlib.sha256).digest(), tag):
+    if not hmac.compare_digest(hmac.digest(km, em + s2, "sha256"), tag):
         raise RemoteProtocolError("ECIES message failed authentication (wrong key or tampered)")
     return _ctr(ke, em[:BLOCK], em[BLOCK:])

@@ -53,6 +53,10 @@ class Decoder:
                     return out
                 if self._buffer[0] != ord("{"):
                     raise self._fail("expected a JSON object")
+                line = self._line()
+                if line is not None:
+                    out.append(line)
+                    continue
             end = self._scan()
             if end is None:
                 if len(self._buffer) > self.max_message:
@@ -70,6 +74,27 @@ class Decoder:
             if not isinstance(value, dict):
                 raise self._fail("expected a JSON object")
             out.append(value)
+
+    def _line(self) -> dict[str, Any] | None:
+        """The object at the buffer's start when it fills the first line (as Go's json.Encoder
+        and our provider write every message: one line each), parsed without scanning it
+        here; None when it does not (pretty-printed, several on one line, incomplete), and
+        `_scan` decides. Only taken when the line is within the size limit and has at most
+        64 brackets (so it cannot nest deeper than `_scan` allows)."""
+        buf = self._buffer
+        end = buf.find(b"\n")
+        if (
+            end < 0
+            or end > self.max_message
+            or buf.count(b"{", 0, end) + buf.count(b"[", 0, end) > 64
+        ):
+            return None
+        try:
+            value = json.loads(buf[:end])
+        except (ValueError, RecursionError):
+            return None
+        del buf[: end + 1]  # an object: the buffer starts with "{"
+        return value
 
     def _scan(self) -> int | None:
         """The end offset of the object at the buffer's start, or None if it is incomplete."""

@@ -78,6 +78,8 @@ def _go_float(number: float) -> str:
 def go_json(value: Any) -> str:
     """Any decoded JSON value (objects in their received order) as Go's json.Marshal wrote
     it: the bytes a Go peer signed, whatever its struct holds."""
+    if type(value) is str:  # the common case first (a message's strings and hex)
+        return go_string(value)
     if value is None:
         return "null"
     if value is True:
@@ -140,6 +142,7 @@ class Message:
 
     SPEC: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     SIGNATURE_ALWAYS: ClassVar[bool] = False  # ping/pong write an empty signature as "0x"
+    OMIT_EMPTY: ClassVar[tuple[str, ...]] = ()  # our extensions: left out when empty (omitempty)
 
     received: tuple[tuple[str, Any], ...] | None = field(
         default=None, kw_only=True, compare=False, repr=False
@@ -161,6 +164,8 @@ class Message:
                     value = b""
                 if not value and not self.SIGNATURE_ALWAYS:
                     continue
+            elif not value and attr in self.OMIT_EMPTY:
+                continue
             members.append((key, _encode(kind, value)))
         return go_object(members).encode()
 
@@ -194,7 +199,7 @@ class Message:
         values: dict[str, Any] = {}
         for key, attr, kind in cls.SPEC:
             if key not in obj or obj[key] is None:
-                if attr == "signature" or attr in cls._optional():
+                if attr == "signature" or attr in cls._optional() or attr in cls.OMIT_EMPTY:
                     values[attr] = b"" if kind == "hex" else ""
                     continue
                 raise RemoteProtocolError(f"{cls.__name__} is missing {key!r}")
@@ -376,33 +381,47 @@ class SessionRes(Message):
 
 @dataclass(frozen=True)
 class SessionPromptReq(Message):
-    """session.prompt: an OpenAI request body as a JSON string (or 0x-hex ECIES of it)."""
+    """session.prompt: an OpenAI request body as a JSON string (or 0x-hex ECIES of it).
+
+    `fast_channel` (our extension, sent only to a provider whose pong advertises
+    `fast-channel/1`, left out when empty): the consumer's ephemeral X25519 public key, an
+    offer to stream the answer on the fast channel (`mor_workbench.protocol.fastchannel`)."""
 
     session_id: bytes
     message: str
     timestamp: int
     signature: bytes = b""
+    fast_channel: bytes = b""
     SPEC = (
         ("signature", "signature", "hex"),
         ("sessionid", "session_id", "hash"),
         ("message", "message", "string"),
         ("timestamp", "timestamp", "uint"),
+        ("fastChannel", "fast_channel", "hex"),
     )
+    OMIT_EMPTY = ("fast_channel",)
     METHOD: ClassVar[str] = "session.prompt"
 
 
 @dataclass(frozen=True)
 class SessionPromptRes(Message):
-    """One streamed piece of the answer: hex of the ECIES-encrypted JSON chunk."""
+    """One streamed piece of the answer: hex of the ECIES-encrypted JSON chunk.
+
+    `fast_channel` (our extension, only in answer to an offer, left out when empty): the
+    provider's ephemeral X25519 public key; this signed reply accepts the offer, and the answer
+    follows as fast-channel frames (`mor_workbench.protocol.fastchannel`)."""
 
     message: str
     timestamp: int
     signature: bytes = b""
+    fast_channel: bytes = b""
     SPEC = (
         ("message", "message", "string"),
         ("signature", "signature", "hex"),
         ("timestamp", "timestamp", "uint"),
+        ("fastChannel", "fast_channel", "hex"),
     )
+    OMIT_EMPTY = ("fast_channel",)
 
 
 @dataclass(frozen=True)
@@ -539,12 +558,17 @@ class Response:
     id: str
     result: Message | None = None
     error: RpcError | None = None
+    encoded: bytes | None = field(default=None, kw_only=True, compare=False, repr=False)
+    """Its wire bytes when they were built with it, in one pass (`live_chunks.ChunkSealer`);
+    None: `encode` writes them."""
 
     def __post_init__(self) -> None:
         if (self.result is None) == (self.error is None):
             raise LocalProtocolError("a response carries exactly one of result and error")
 
     def encode(self) -> bytes:
+        if self.encoded is not None:
+            return self.encoded
         members = [("id", go_string(self.id))]
         if self.error is not None:
             members += [("result", "null"), ("error", self.error.encode().decode())]

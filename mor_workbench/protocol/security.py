@@ -21,7 +21,11 @@ def check_fresh(timestamp_ms: int, now_ms: int, window_ms: int = DEFAULT_WINDOW_
 
 
 class ReplayGuard:
-    """Remembers signatures seen within the freshness window; a second use is a replay."""
+    """Remembers signatures seen within the freshness window; a second use is a replay.
+
+    A signature is remembered by r ‖ s: v (0/1, or 27/28 as on chain) only helps recover the
+    signer's key, so the same signature with v rewritten recovers the same key and is the
+    same signature."""
 
     def __init__(self, window_ms: int = DEFAULT_WINDOW_MS, max_entries: int = 100_000) -> None:
         self.window_ms = window_ms
@@ -36,6 +40,7 @@ class ReplayGuard:
             if now_ms - stamp <= 2 * self.window_ms and len(self._seen) < self.max_entries:
                 break
             self._seen.pop(oldest)
-        if signature in self._seen:
+        signed = signature[:64]
+        if signed in self._seen:
             raise RemoteProtocolError("replayed request: this signature was already used")
-        self._seen[signature] = now_ms
+        self._seen[signed] = now_ms

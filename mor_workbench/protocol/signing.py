@@ -1,5 +1,9 @@
 """Signatures: MOR-RPC messages (keccak256 of the Go JSON, raw secp256k1, v in {0,1}) and the
-payloads checked on chain (approval and receipt ABI encodings, EIP-191 signatures, v + 27)."""
+payloads checked on chain (approval and receipt ABI encodings, EIP-191 signatures, v + 27).
+
+Keys may be given as bytes or as coincurve key objects; a caller that signs or verifies many
+messages (a provider streaming chunks, a consumer reading them) passes the objects, built once:
+building a `PrivateKey` from bytes costs about as much as a signature."""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from coincurve import PrivateKey, PublicKey
+from coincurve.ecdsa import cdata_to_der, deserialize_compact
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_hash.auto import keccak
+from eth_utils import to_checksum_address
 
 from mor_workbench.protocol.errors import LocalProtocolError, RemoteProtocolError
 from mor_workbench.protocol.messages import Message, RpcError
@@ -24,11 +30,14 @@ __all__ = [
     "encode_receipt",
     "eth_recover",
     "eth_sign",
+    "parse_public_key",
     "public_key_of",
     "recover_public_key",
     "sign",
+    "sign_digest",
     "sign_error",
     "verify",
+    "verify_digest",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -48,11 +57,17 @@ def address_of(public_key: bytes) -> str:
     return to_checksum_address(keccak(raw)[-20:])
 
 
-def _sign_digest(digest: bytes, private_key: bytes) -> bytes:
-    return PrivateKey(private_key).sign_recoverable(digest, hasher=None)
+def sign_digest(digest: bytes, private_key: bytes | PrivateKey) -> bytes:
+    """The recoverable secp256k1 signature r ‖ s ‖ v (v in {0, 1}, low s, RFC 6979 nonce) over
+    a 32-byte digest."""
+    if not isinstance(private_key, PrivateKey):
+        private_key = PrivateKey(private_key)
+    return private_key.sign_recoverable(digest, hasher=None)
 
 
-def _recover(digest: bytes, signature: bytes) -> bytes:
+def _recovery_id(signature: bytes) -> int:
+    """v of a 65-byte signature (0/1, or 27/28 as on chain) after the shape checks every
+    signature gets: 65 bytes, a known v, s in the lower half (no malleable twin)."""
     if len(signature) != 65:
         raise RemoteProtocolError("a signature must be 65 bytes")
     v = signature[64]
@@ -60,6 +75,11 @@ def _recover(digest: bytes, signature: bytes) -> bytes:
         v -= 27
     if v not in (0, 1) or int.from_bytes(signature[32:64], "big") > _SECP256K1_HALF_N:
         raise RemoteProtocolError("the signature is malformed")
+    return v
+
+
+def _recover(digest: bytes, signature: bytes) -> bytes:
+    v = _recovery_id(signature)
     try:
         key = PublicKey.from_signature_and_message(signature[:64] + bytes([v]), digest, hasher=None)
     except Exception:
@@ -67,14 +87,28 @@ def _recover(digest: bytes, signature: bytes) -> bytes:
     return key.format(compressed=False)
 
 
-def sign(message: M, private_key: bytes) -> M:
+def verify_digest(digest: bytes, signature: bytes, public_key: PublicKey) -> bool:
+    """Whether `signature` (65 bytes, r ‖ s ‖ v) over `digest` was made by `public_key`: an
+    ECDSA verification against the known key, cheaper than recovering the signer's key and
+    comparing it. v is shape-checked, not used: (r, s) alone decides, so callers that must
+    tell signatures apart (replay checks) compare r ‖ s. Raises `RemoteProtocolError` when
+    the signature is malformed (see `_recovery_id`, r or s out of range)."""
+    _recovery_id(signature)
+    try:
+        compact = deserialize_compact(signature[:64])
+    except ValueError:
+        raise RemoteProtocolError("the signature is malformed") from None
+    return public_key.verify(cdata_to_der(compact), digest, hasher=None)
+
+
+def sign(message: M, private_key: bytes | PrivateKey) -> M:
     """`message` with its signature: keccak256 of its Go JSON without the signature."""
-    return message.with_signature(_sign_digest(keccak(message.encode(signed=False)), private_key))
+    return message.with_signature(sign_digest(keccak(message.encode(signed=False)), private_key))
 
 
-def sign_error(error: RpcError, private_key: bytes) -> RpcError:
+def sign_error(error: RpcError, private_key: bytes | PrivateKey) -> RpcError:
     """A signed error reply (the live network signs its error struct with signature null)."""
-    return replace(error, signature=_sign_digest(keccak(error.encode(signed=False)), private_key))
+    return replace(error, signature=sign_digest(keccak(error.encode(signed=False)), private_key))
 
 
 def recover_public_key(message: Message | RpcError) -> bytes:
@@ -86,10 +120,15 @@ def recover_public_key(message: Message | RpcError) -> bytes:
 
 
 def verify(
-    message: Message | RpcError, *, public_key: bytes | None = None, address: str | None = None
+    message: Message | RpcError,
+    *,
+    public_key: bytes | PublicKey | None = None,
+    address: str | None = None,
 ) -> frozenset[str]:
-    """Check `message` was signed by `public_key` or by the key of `address`; raise
-    `RemoteProtocolError` if not. Returns the received fields the signature does not cover.
+    """Check `message` was signed by `public_key` (65 or 64 bytes, or a coincurve `PublicKey`:
+    checked against that key, without recovering the signer's) or by the key of `address`;
+    raise `RemoteProtocolError` if not. Returns the received fields the signature does not
+    cover.
 
     The signature is checked over every field the message carried, in the order received (a
     Go peer signs its own struct, and a newer one has fields this version does not know). A
@@ -99,6 +138,8 @@ def verify(
     """
     if public_key is None and address is None:
         raise LocalProtocolError("verify needs the expected public_key or address")
+    if public_key is not None and not isinstance(public_key, PublicKey):
+        public_key = parse_public_key(public_key)
     if not message.signature:
         raise RemoteProtocolError(f"{type(message).__name__} is not signed")
     if _signed_by(message.signing_payload(), message.signature, public_key, address):
@@ -110,14 +151,30 @@ def verify(
     raise RemoteProtocolError(f"{type(message).__name__} is not signed by {expected}")
 
 
+def parse_public_key(public_key: bytes) -> PublicKey:
+    """A key carried in a message (65 bytes 0x04 ‖ X ‖ Y, or 64 without the prefix) as a
+    coincurve `PublicKey`, to verify many signatures against; `RemoteProtocolError` when it
+    is not such a key."""
+    raw = b"\x04" + public_key if len(public_key) == 64 else public_key
+    if len(raw) != 65 or raw[0] != 4:
+        raise RemoteProtocolError("a public key must be 64 or 65 bytes (uncompressed)")
+    try:
+        return PublicKey(raw)
+    except ValueError:
+        raise RemoteProtocolError("the public key is not a point on secp256k1") from None
+
+
 def _signed_by(
-    payload: bytes, signature: bytes, public_key: bytes | None, address: str | None
+    payload: bytes, signature: bytes, public_key: PublicKey | None, address: str | None
 ) -> bool:
-    signer = _recover(keccak(payload), signature)
-    if public_key is not None:
-        expected = public_key if len(public_key) == 65 else b"\x04" + public_key
-        if signer != expected:
-            return False
+    if public_key is None:
+        signer = _recover(keccak(payload), signature)
+    elif not verify_digest(keccak(payload), signature, public_key):
+        return False
+    elif address is None:
+        return True
+    else:
+        signer = public_key.format(compressed=False)
     return address is None or address_of(signer).lower() == address.lower()
 
 
@@ -125,9 +182,9 @@ def _eth_digest(data: bytes) -> bytes:
     return keccak(b"\x19Ethereum Signed Message:\n32" + keccak(data))
 
 
-def eth_sign(data: bytes, private_key: bytes) -> bytes:
+def eth_sign(data: bytes, private_key: bytes | PrivateKey) -> bytes:
     """EIP-191 signature over keccak256(data), v + 27: what openSession/closeSession check."""
-    raw = _sign_digest(_eth_digest(data), private_key)
+    raw = sign_digest(_eth_digest(data), private_key)
     return raw[:64] + bytes([raw[64] + 27])
 
 

@@ -1,4 +1,5 @@
-"""Forward chat completions to an OpenAI-compatible backend (vLLM, llama.cpp, Ollama, OpenAI).
+"""Forward chat completions and embeddings to an OpenAI-compatible backend (vLLM, llama.cpp,
+Ollama, OpenAI, TEI, Infinity).
 
 The consumer's request body goes through as sent; streamed SSE chunks come back one by one as
 parsed JSON, with the timings and token counts the provider signs into its receipt.
@@ -15,6 +16,11 @@ Likewise the model: the backend is asked for the provider's own name of the mode
 carries the name the consumer asked for, so a provider's internal naming never reaches the
 client. Every other field (`id`, `created`, `object`, `system_fingerprint`) goes on as the
 backend set it.
+
+Embeddings go through whole, as the live proxy-router's OpenAI adapter sends them (`Embeddings`
+in proxy-router/internal/aiengine/openai.go): the request with the provider's model name,
+posted to the model's `apiUrl`, the one JSON answer back as a single chunk; the receipt counts
+its `usage.prompt_tokens` as input tokens (an embedding has no output tokens).
 
 The hop to the backend is aiohttp (one keep-alive pool per provider, `BackendHttp`): on this
 path httpx took milliseconds per request, aiohttp a fraction of one (issue 16 §3).
@@ -96,6 +102,21 @@ class BackendStream:
         return int(self.completion_tokens * 1000 / elapsed)
 
 
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    """`BackendError` with the backend's status and JSON error (OpenAI shape; its text when it
+    is not JSON) when it answered 400 or more."""
+    if response.status < 400:
+        return
+    raw = await response.read()
+    try:
+        error = json.loads(raw)
+    except ValueError:
+        error = {"error": {"message": raw.decode(errors="replace")[:500]}}
+    if not isinstance(error, dict):
+        error = {"error": {"message": str(error)}}
+    raise BackendError(response.status, error)
+
+
 def _usage(payload: dict[str, Any], stats: BackendStream) -> None:
     usage = payload.get("usage")
     if isinstance(usage, dict):
@@ -150,6 +171,36 @@ class OpenAIBackend:
             headers["authorization"] = f"Bearer {self.model.api_key}"
         return headers
 
+    async def embeddings(self, body: dict[str, Any], stats: BackendStream) -> dict[str, Any]:
+        """The backend's `CreateEmbeddingResponse` JSON for an OpenAI embeddings request (its
+        `model` named as the consumer asked); `stats` gets the timing and the input tokens.
+        Raises BackendError when the backend answers with an HTTP error (or with JSON that is
+        not an embeddings list: a 502), one of `BACKEND_FAILURES` when it cannot be reached."""
+        request = {**body, "model": self.model.model_name}
+        stats.started = time.monotonic()
+        async with self._post(request) as response:
+            await _raise_for_status(response)
+            raw = await response.read()
+        stats.first_token_at = stats.finished_at = time.monotonic()
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            message = "the model backend answered without an embeddings list"
+            raise BackendError(502, {"error": {"message": message, "type": "server_error"}})
+        stats.chunks = 1
+        _usage(answer, stats)
+        return _as_asked(answer, body.get("model"))
+
+    def _post(self, request: dict[str, Any]) -> Any:
+        """POST `request` as JSON to the model's `apiUrl` (an aiohttp response context)."""
+        return self.http.session.post(
+            self.model.api_url,
+            data=json.dumps(request, separators=(",", ":")).encode(),
+            headers=self._headers(),
+        )
+
     async def complete(
         self, body: dict[str, Any], stats: BackendStream
     ) -> AsyncIterator[dict[str, Any]]:
@@ -167,21 +218,8 @@ class OpenAIBackend:
             # to refuse)
             request["stream_options"] = {**(options or {}), "include_usage": True}
         stats.started = time.monotonic()
-        async with self.http.session.post(
-            self.model.api_url,
-            data=json.dumps(request, separators=(",", ":")).encode(),
-            headers=self._headers(),
-        ) as response:
-            if response.status >= 400:
-                raw = await response.read()
-                try:
-                    error = json.loads(raw)
-                except ValueError:
-                    error = {"error": {"message": raw.decode(errors="replace")[:500]}}
-                raise BackendError(
-                    response.status,
-                    error if isinstance(error, dict) else {"error": {"message": str(error)}},
-                )
+        async with self._post(request) as response:
+            await _raise_for_status(response)
             if not streaming:
                 completion = json.loads(await response.read())
                 stats.first_token_at = stats.finished_at = time.monotonic()

@@ -1,7 +1,11 @@
 """The provider's model configuration, in the live network's `models-config.json` format.
 
 Both layouts the live proxy-router accepts load as they are: `{"models": [{...}, ...]}` and the
-legacy map `{"0x<modelId>": {...}}`. `apiUrl` is the backend's full chat-completions URL.
+legacy map `{"0x<modelId>": {...}}`. `apiUrl` is the backend's full URL of the model's
+endpoint, as on the live network (its models-config docs: "Full url including endpoint"): a chat
+model's `.../v1/chat/completions`, an embedding model's `.../v1/embeddings` (e.g. live resellers
+of `text-embedding-bge-m3` set `https://api.venice.ai/api/v1/embeddings`). The live format has
+no other field for the modality, so the URL's path says which one a model serves.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mor_workbench.errors import ConfigurationError
 
@@ -38,6 +43,12 @@ class ModelConfig:
     def model_id_hex(self) -> str:
         return "0x" + self.model_id.hex()
 
+    @property
+    def serves_embeddings(self) -> bool:
+        """Whether `api_url` is an OpenAI embeddings endpoint (its path ends in /embeddings):
+        the model answers embeddings requests, not chat (see the module doc)."""
+        return urlsplit(self.api_url).path.rstrip("/").endswith("/embeddings")
+
     def __repr__(self) -> str:
         key = ", api_key=<hidden>" if self.api_key else ""
         return (
@@ -61,7 +72,8 @@ def _model(entry: Any, where: str, model_id: str | None = None) -> ModelConfig:
         raise ConfigurationError(f"{where}: modelName is missing")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigurationError(
-            f"{where}: apiUrl must be the backend's full URL, e.g. http://host:8000/v1/chat/completions"
+            f"{where}: apiUrl must be the backend's full URL, e.g. "
+            "http://host:8000/v1/chat/completions (or .../v1/embeddings for an embedding model)"
         )
     api_type = entry.get("apiType", "openai")
     if api_type not in API_TYPES:

@@ -6,9 +6,12 @@ Stricter than the live provider: a requester's key must belong to the address it
 requests must be fresh and unreplayed on our clock, and a prompt must come from the user of an
 open, unexpired session on one of our own bids (checked on chain). Prompts may arrive
 ECIES-encrypted (advertised in the pong's version); answers go out as signed, ECIES-encrypted
-chunks. What the contract checks against block.timestamp (approval and receipt timestamps) is
-stamped on the chain's clock; the MOR-RPC envelopes keep the wall clock the live protocol's
-freshness checks expect.
+chunks, or sealed on the fast channel when the prompt offers it (also advertised in the pong:
+`mor_workbench.protocol.fastchannel`). An embeddings request comes as the live wire marks it
+(`EMBEDDINGS_PROMPT_TYPE`) and goes to the model's embeddings endpoint, its one answer sent
+back as one sealed chunk. What the contract checks against block.timestamp (approval and
+receipt timestamps) is stamped on the chain's clock; the MOR-RPC envelopes keep the wall
+clock the live protocol's freshness checks expect.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import ChainError
 from mor_workbench.protocol import (
+    EMBEDDINGS_PROMPT_TYPE,
     ENCRYPTED_PROMPTS,
     Approval,
     Decoder,
@@ -53,6 +57,8 @@ from mor_workbench.protocol import (
     sign_error,
     verify,
 )
+from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Frames, accept_offer
+from mor_workbench.protocol.live_chunks import ChunkSealer
 from mor_workbench.protocol.signing import recover_public_key
 from mor_workbench.provider.backend import (
     BACKEND_FAILURES,
@@ -67,8 +73,9 @@ from mor_workbench.provider.health import HealthProbe
 
 __all__ = ["RequestHandler", "Send"]
 
-Send = Callable[[Response], Awaitable[None]]
-"""Delivers one response to the requester (raises `ConnectionError` when it is gone)."""
+Send = Callable[[Response | Frames], Awaitable[None]]
+"""Delivers one response (or fast-channel frames) to the requester, as `.encode()` gives its
+bytes (raises `ConnectionError` when it is gone)."""
 
 
 def _now_ms() -> int:
@@ -78,6 +85,9 @@ def _now_ms() -> int:
 class RequestHandler:
     """Answers MOR-RPC requests for `models` as the provider `signer`, checking sessions on
     `chain` through `capacity`; pongs carry `health`'s report."""
+
+    fast_channel: bool = True
+    """Advertise the fast channel in the pong and answer offers on it (a subclass may not)."""
 
     def __init__(
         self,
@@ -101,9 +111,11 @@ class RequestHandler:
         self.health = health
         self.max_message = max_message
         self.version = f"mor-workbench/{__version__} {ENCRYPTED_PROMPTS}"
+        if self.fast_channel:
+            self.version += f" {FAST_CHANNEL}"
         self._http = http
-        self._key = signer.private_key_bytes()
-        self.public_key = public_key_of(self._key)
+        self._key = signer.signing_key  # built once: every chunk is signed with it
+        self.public_key = public_key_of(self._key.secret)
         self._replay = ReplayGuard(freshness_window_ms)  # bounded by its window and size
         self._last_approval_ms = 0
         self._chain_lead_ms = 0  # the most the chain's clock was seen ahead of ours
@@ -142,7 +154,9 @@ class RequestHandler:
         params = request.params
         if isinstance(params, PingReq):
             # the report rides outside the signature (see PongRes), None before the first sweep
-            pong = sign(PongRes(params.nonce, self.version, models=self.health.report), self._key)
+            pong = sign(
+                PongRes(params.nonce, self.version, models=self.health.published()), self._key
+            )
             await send(Response(request.id, result=pong))
         elif isinstance(params, SessionReq):
             await send(Response(request.id, result=await self._approve(params)))
@@ -218,13 +232,80 @@ class RequestHandler:
         if not isinstance(body, dict):
             raise RemoteProtocolError("the prompt is not a JSON object")
 
+        if req.fast_channel and self.fast_channel:
+            await self._prompt_fast(request_id, req, user_key, model, body, send)
+            return
+        sealer = ChunkSealer(request_id, self._key, user_key)
+
         async def send_chunk(payload: Any) -> None:
-            box = ecies_encrypt(user_key, json.dumps(payload, separators=(",", ":")).encode())
-            chunk = sign(SessionPromptRes("0x" + box.hex(), _now_ms()), self._key)
-            await send(Response(request_id, result=chunk))
+            await send(sealer.seal(payload, _now_ms()))
 
         async with self.capacity.prompt_slot(model.model_id):
             await self._forward(req.session_id, model, body, send_chunk, user_key, request_id, send)
+
+    async def _prompt_fast(
+        self,
+        request_id: str,
+        req: SessionPromptReq,
+        user_key: bytes,
+        model: ModelConfig,
+        body: dict[str, Any],
+        send: Send,
+    ) -> None:
+        """Answer a verified prompt on the fast channel it offered: the signed accept, then
+        sealed chunks, any failure sealed too (the live wire's signed error response), and
+        the signed END (`mor_workbench.protocol.fastchannel`)."""
+        public, sender = accept_offer(
+            req.fast_channel,
+            identity_key=self._key,
+            consumer_key=user_key,
+            session_id=req.session_id,
+            request_id=request_id,
+            prompt_signature=req.signature,
+        )
+        accept = sign(SessionPromptRes("", _now_ms(), fast_channel=public), self._key)
+        await send(Response(request_id, result=accept))
+
+        async def send_chunk(payload: Any) -> None:
+            await send(sender.data(json.dumps(payload, separators=(",", ":")).encode()))
+
+        async def send_failure(response: Response | Frames) -> None:
+            await send(sender.failure(response.encode()))
+
+        try:
+            async with self.capacity.prompt_slot(model.model_id):
+                await self._forward(
+                    req.session_id, model, body, send_chunk, user_key, request_id, send_failure
+                )
+        except ProtocolError as exc:
+            await send_failure(self.error(request_id, str(exc)))
+        await send(sender.end())
+
+    async def _send_backend_error(
+        self, exc: BackendError, user_key: bytes, request_id: str, send: Send
+    ) -> None:
+        """The backend's error JSON, sealed to the user, as a signed MOR-RPC error."""
+        box = ecies_encrypt(user_key, json.dumps(exc.body).encode())
+        error = sign_error(RpcError("0x" + box.hex(), exc.status, _now_ms()), self._key)
+        await send(Response(request_id, error=error))
+
+    @staticmethod
+    def _wrong_kind(model: ModelConfig, embeddings: bool) -> BackendError | None:
+        """A 400 for a request of the other kind than `model` serves (chat to an embeddings
+        endpoint or the reverse): the request is at fault, and no backend is bothered."""
+        if embeddings == model.serves_embeddings:
+            return None
+        served, other = ("chat", "embeddings") if embeddings else ("embeddings", "chat")
+        message = f"model {model.model_name!r} serves {served} here: send it a {served} request"
+        body = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": f"{other}_not_supported",
+            }
+        }
+        return BackendError(400, body)
 
     async def _forward(
         self,
@@ -236,18 +317,32 @@ class RequestHandler:
         request_id: str,
         send: Send,
     ) -> None:
-        """Stream the backend's answer to `body` as sealed chunks, and measure it."""
+        """Stream the backend's answer to `body` as sealed chunks, and measure it; an
+        embeddings request (marked as the live wire marks it) gets one chunk, its answer."""
         stats = BackendStream()
+        embeddings = body.get("type") == EMBEDDINGS_PROMPT_TYPE
+        if embeddings:
+            body = {k: v for k, v in body.items() if k != "type"}
+        backend = OpenAIBackend(model, self._http)
         try:
-            async for chunk in OpenAIBackend(model, self._http).complete(body, stats):
-                await send_chunk(chunk)
+            refused = self._wrong_kind(model, embeddings)
+            if refused is not None:
+                raise refused
+            if embeddings:
+                await send_chunk(await backend.embeddings(body, stats))
+            else:
+                async for chunk in backend.complete(body, stats):
+                    await send_chunk(chunk)
         except BackendError as exc:
-            box = ecies_encrypt(user_key, json.dumps(exc.body).encode())
-            error = sign_error(RpcError("0x" + box.hex(), exc.status, _now_ms()), self._key)
-            await send(Response(request_id, error=error))
+            if exc.status >= 500:  # the backend failed (a 4xx is the request's, 429 throttling)
+                self.health.observe(model.model_id, ("bad_response", exc.status))
+            await self._send_backend_error(exc, user_key, request_id, send)
             return
         except BACKEND_FAILURES as exc:
+            kind = "timeout" if isinstance(exc, TimeoutError) else "unreachable"
+            self.health.observe(model.model_id, (kind, 0))
             raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None
+        self.health.observe(model.model_id, None)
         if body.get("stream"):
             await send_chunk("[DONE]")
         self.capacity.record(session_id, stats)

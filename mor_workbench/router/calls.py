@@ -1,13 +1,18 @@
 """One call through a session, with failover: when the provider refuses, stalls or dies, the
 router closes that session, opens one with the next provider and carries on — for a stream
 that already produced text, by sending that text back as the start of the assistant's answer
-so the new provider continues it and the user sees one coherent answer."""
+so the new provider continues it and the user sees one coherent answer.
+
+An embeddings request takes the same path, marked as the live wire marks it
+(`embeddings_request`), and many texts are cut into requests that each fit a provider's
+message limit (`embedding_batches`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,12 +22,23 @@ from mor_workbench.errors import (
     ProviderError,
     ProviderStalled,
     RequestError,
+    RequestTooLarge,
     SessionExpired,
 )
-from mor_workbench.router.peer import check_prompt_fits
+from mor_workbench.protocol import EMBEDDINGS_PROMPT_TYPE, PEER_REQUEST_LIMIT
+from mor_workbench.router.peer import check_prompt_fits, prompt_size
 from mor_workbench.router.router import OpenSession, Router
 
-__all__ = ["CallRecord", "Lease", "TokensPerSecondBasis", "resume_body", "run_call"]
+__all__ = [
+    "EMBED_BATCH_INPUTS",
+    "CallRecord",
+    "Lease",
+    "TokensPerSecondBasis",
+    "embedding_batches",
+    "embeddings_request",
+    "resume_body",
+    "run_call",
+]
 
 
 TokensPerSecondBasis = Literal["generation", "end_to_end"]
@@ -51,6 +67,8 @@ class CallRecord:
     usage: dict[str, int] | None = None
     failovers: list[tuple[str, str]] = field(default_factory=list)
     resumed: bool = False
+    surface: str = "workbench"
+    """Which surface made the call ("langchain", "serve", "%%mor", …), for budget reports."""
     streamed: bool | None = None
     """True once a streamed chunk arrived, False for a whole completion, None before either."""
 
@@ -159,6 +177,51 @@ def resume_body(body: dict[str, Any], partial: str) -> dict[str, Any]:
     DeepSeek spell it; llama.cpp and Ollama continue a trailing assistant message as is)."""
     messages = [*body["messages"], {"role": "assistant", "content": partial, "prefix": True}]
     return {**body, "messages": messages}
+
+
+EMBED_BATCH_INPUTS = 64
+"""Most texts sent in one embeddings request. The answer comes back as one MOR-RPC message,
+which a consumer reads up to `transport.CONSUMER_MESSAGE_LIMIT` (4 MiB, hex of the encrypted
+JSON): 64 vectors of 1024 floats are about 1.3 MB as JSON floats (a backend that ignores
+`encoding_format="base64"`), 2.6 MB once hex; and a failed request costs little to send again."""
+
+
+def embeddings_request(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI embeddings request as the session.prompt body the live wire sends for it (the
+    proxy-router's `SendEmbeddings`): the request plus `"type": "embeddings"`, which the
+    provider takes out before posting the rest to the model's embeddings endpoint."""
+    return {**body, "type": EMBEDDINGS_PROMPT_TYPE}
+
+
+def embedding_batches(
+    texts: Sequence[str],
+    body: dict[str, Any],
+    *,
+    max_inputs: int = EMBED_BATCH_INPUTS,
+    limit: int = PEER_REQUEST_LIMIT,
+) -> list[list[str]]:
+    """`texts` cut, in order, into the fewest runs of consecutive texts such that each run, as
+    the `input` of the embeddings request `body` (see `embeddings_request`), holds at most
+    `max_inputs` texts and fits a provider's `limit` (bytes, as sent encrypted: `prompt_size`).
+    Raises `RequestTooLarge` (before any session is opened) for a text that fits no request
+    alone."""
+    base = prompt_size(embeddings_request({**body, "input": []}))
+    batches: list[list[str]] = []
+    batch: list[str] = []
+    size = base
+    for text in texts:
+        # as JSON in the list: the text and a comma, each byte two hex digits once encrypted
+        added = 2 * (len(json.dumps(text).encode()) + 1)
+        if base + added > limit:
+            raise RequestTooLarge(base + added, limit)
+        if batch and (len(batch) >= max_inputs or size + added > limit):
+            batches.append(batch)
+            batch, size = [], base
+        batch.append(text)
+        size += added
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 CALL_DEADLINE_PER_TIMEOUT = 20

@@ -59,6 +59,23 @@ class Gateway:
                 f"the gateway at {self.base_url} could not be reached ({type(exc).__name__})"
             ) from None
 
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The gateway's answer to an OpenAI embeddings request (its `/embeddings` route under
+        the base URL: `/api/v1/embeddings` on the hosted gateway), as the dict it sent. The
+        vectors come as the body's `encoding_format` asks, floats when it does not say (the
+        openai client would otherwise ask for base64 on its own)."""
+        try:
+            reply = await self._client.embeddings.with_raw_response.create(
+                **{"encoding_format": "float", **body}
+            )
+        except openai.APIStatusError as exc:
+            raise self._error(exc) from None
+        except openai.APIConnectionError as exc:
+            raise ProviderError(
+                f"the gateway at {self.base_url} could not be reached ({type(exc).__name__})"
+            ) from None
+        return reply.http_response.json()
+
     async def models(self) -> list[dict[str, Any]]:
         """The gateway's model list (OpenAI's /models shape)."""
         try:

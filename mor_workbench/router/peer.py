@@ -2,7 +2,8 @@
 chain, send prompts and read the verified, decrypted answer, and get the close receipt.
 
 Every reply is checked: the provider's key must belong to the bid's provider address, every
-chunk must be signed by that key, approvals must be for us, this chain and this bid.
+chunk must be signed by that key (on the fast channel, sealed under a key that one signed and
+covered by its signed transcript), approvals must be for us, this chain and this bid.
 
 Every exchange takes `transport=`: TCP unless a test passes an in-memory one
 (`mor_workbench.router.transport.MockTransport`).
@@ -17,6 +18,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from coincurve import PrivateKey
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
@@ -34,6 +37,7 @@ from mor_workbench.protocol import (
     PongRes,
     RemoteProtocolError,
     Request,
+    Response,
     SessionPromptReq,
     SessionPromptRes,
     SessionReportReq,
@@ -49,10 +53,19 @@ from mor_workbench.protocol import (
     sign,
     verify,
 )
-from mor_workbench.router.transport import TCP, PeerTransport, call, call_once
+from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Data, End, Failure, Offer, Replies
+from mor_workbench.protocol.signing import parse_public_key
+from mor_workbench.router.transport import (
+    CONSUMER_MESSAGE_LIMIT,
+    TCP,
+    PeerTransport,
+    call,
+    call_once,
+)
 
 __all__ = [
     "Approved",
+    "ChunkReader",
     "ProviderError",
     "SessionExpired",
     "check_prompt_fits",
@@ -60,11 +73,14 @@ __all__ = [
     "open_chunk",
     "open_session",
     "output_cap",
+    "parse_chunk",
     "ping",
     "prompt",
     "prompt_error",
+    "prompt_size",
     "report",
     "request_approval",
+    "supports_fast_channel",
 ]
 
 
@@ -103,7 +119,7 @@ async def ping(
     provider, never pay one it would not pay otherwise. Raises `ProviderError` when the
     provider answers with an error, `RemoteProtocolError` when the pong is not `provider`'s
     or answers another ping, `TimeoutError`/`OSError` when it cannot be reached."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     nonce = os.urandom(8)
     replies = await call_once(
         endpoint,
@@ -127,6 +143,12 @@ async def ping(
 def supports_encrypted_prompts(pong: PongRes) -> bool:
     """Whether the provider advertised that it decrypts ECIES-encrypted prompts."""
     return ENCRYPTED_PROMPTS in pong.version.split()
+
+
+def supports_fast_channel(pong: PongRes) -> bool:
+    """Whether the provider advertised the fast channel (`mor_workbench.protocol.fastchannel`):
+    only then is it offered, so live providers never see the offer."""
+    return FAST_CHANNEL in pong.version.split()
 
 
 def encrypt_prompts_for(pong: PongRes, *, require_encrypted_prompts: bool = False) -> bool:
@@ -153,7 +175,7 @@ async def request_approval(
     transport: PeerTransport = TCP,
 ) -> Approved:
     """session.request: the approval must come from `provider` for us, this chain and bid."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     req = sign(SessionReq(signer.address, signer.public_key_65, spend, _now_ms(), bid_id), key)
     replies = await call_once(
         endpoint,
@@ -250,13 +272,19 @@ def _empty_prompt_size() -> int:
     return len(Request(_request_id(), placeholder).encode())
 
 
+def prompt_size(body: dict[str, Any]) -> int:
+    """Bytes of `body` as a session.prompt message, sized as sent encrypted (hex of the ECIES
+    box, the larger form): the message grows by two hex digits a byte of the box, with
+    nothing else that varies."""
+    text = json.dumps(body, separators=(",", ":"))
+    return _empty_prompt_size() + 2 * (len(text.encode()) + _ECIES_OVERHEAD)
+
+
 def check_prompt_fits(body: dict[str, Any], limit: int = PEER_REQUEST_LIMIT) -> None:
     """Raise `RequestTooLarge` when `body` would not fit a provider's request limit as a
-    session.prompt message, sized as sent encrypted (hex of the ECIES box, the larger form),
-    so a request no provider can read is refused before any session is opened."""
-    text = json.dumps(body, separators=(",", ":"))
-    # the message grows by two hex digits a byte of the box, with nothing else that varies
-    size = _empty_prompt_size() + 2 * (len(text.encode()) + _ECIES_OVERHEAD)
+    session.prompt message (`prompt_size`), so a request no provider can read is refused
+    before any session is opened."""
+    size = prompt_size(body)
     if size > limit:
         raise RequestTooLarge(size, limit)
 
@@ -283,7 +311,7 @@ def output_cap(body: dict[str, Any]) -> int:
     return min(budget, OUTPUT_BYTES_UNBOUNDED)
 
 
-def _decrypt_hex(key: bytes, message: str, what: str) -> bytes:
+def _decrypt_hex(key: bytes | PrivateKey, message: str, what: str) -> bytes:
     """The plaintext of a 0x-hex ECIES box addressed to `key`; `RemoteProtocolError` when the
     provider sent anything else (plaintext where encryption is required, bad hex, bad box)."""
     if not message.startswith("0x"):
@@ -295,10 +323,47 @@ def _decrypt_hex(key: bytes, message: str, what: str) -> bytes:
     return ecies_decrypt(key, box)
 
 
-def open_chunk(key: bytes, message: str) -> dict[str, Any] | str:
+class ChunkReader:
+    """The consumer's checks on the chunks of one answer (see `prompt`): each signed by
+    `provider_pubkey`, the key bound at approval (verified against it, parsed once, not
+    recovered from each signature), seen once (by r ‖ s: a replay with v rewritten, 0 as 27,
+    is the same signature), encrypted to our `key`, a JSON object or "[DONE]", and in all at
+    most `cap` bytes of ECIES boxes."""
+
+    def __init__(self, key: PrivateKey, provider_pubkey: bytes, cap: int) -> None:
+        self._key = key
+        self._provider = parse_public_key(provider_pubkey)
+        self._seen: set[bytes] = set()
+        self._received = 0
+        self._cap = cap
+
+    def read(self, chunk: SessionPromptRes) -> dict[str, Any] | str:
+        """`chunk`'s payload; `RemoteProtocolError` when it breaks a rule above."""
+        verify(chunk, public_key=self._provider)
+        signed = chunk.signature[:64]
+        if signed in self._seen:
+            raise RemoteProtocolError("the provider replayed a chunk it had already sent")
+        self._seen.add(signed)
+        self.count(len(chunk.message) // 2)  # hex: two characters a byte
+        return open_chunk(self._key, chunk.message)
+
+    def count(self, size: int) -> None:
+        """Add `size` bytes of answer (a box here, a fast-channel chunk); `RemoteProtocolError`
+        once the answer exceeds the cap."""
+        self._received += size
+        if self._received > self._cap:
+            raise _endless(self._cap)
+
+
+def open_chunk(key: bytes | PrivateKey, message: str) -> dict[str, Any] | str:
     """A signed chunk's payload: decrypted with `key`, a JSON object or the string "[DONE]";
     `RemoteProtocolError` for anything else."""
-    plaintext = _decrypt_hex(key, message, "a chunk")
+    return parse_chunk(_decrypt_hex(key, message, "a chunk"))
+
+
+def parse_chunk(plaintext: bytes) -> dict[str, Any] | str:
+    """A chunk's payload from its JSON bytes: a JSON object or the string "[DONE]";
+    `RemoteProtocolError` for anything else."""
     try:
         payload = json.loads(plaintext)
     except ValueError:
@@ -321,9 +386,15 @@ async def prompt(
     first_reply_timeout: float = 90.0,
     idle_timeout: float = 60.0,
     transport: PeerTransport = TCP,
+    fast_channel: bool = False,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
     completion), stopping at "[DONE]". Timeouts in seconds.
+
+    With `fast_channel` (for a provider whose pong advertises it: `supports_fast_channel`) the
+    prompt offers the fast channel; a provider that accepts streams sealed frames, checked as
+    `mor_workbench.protocol.fastchannel` says (and raising its `ChannelError`s), one that
+    does not answers on the live wire, read as below.
 
     Every chunk must be signed by `provider_pubkey`, seen once (a repeated signature is a
     replay), encrypted to us and a JSON object; the answer may not exceed `output_cap(body)`
@@ -331,14 +402,27 @@ async def prompt(
     `ProviderStalled` / `ProviderError` from the transport, `SessionExpired` when the session
     has ended, `RequestRejected` when the model refused the request, and `ProviderError` for
     any other refusal (see `prompt_error`)."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     text = json.dumps(body, separators=(",", ":"))
     if encrypt:
         text = "0x" + ecies_encrypt(provider_pubkey, text.encode()).hex()
-    req = Request(_request_id(), sign(SessionPromptReq(session_id, text, _now_ms()), key))
+    offer = Offer.new() if fast_channel else None
+    offered = offer.public_key if offer is not None else b""
+    signed = sign(SessionPromptReq(session_id, text, _now_ms(), fast_channel=offered), key)
+    req = Request(_request_id(), signed)
+    replies = None
+    if offer is not None:
+        replies = Replies(
+            offer,
+            session_id,
+            req.id,
+            signed.signature,
+            signer.public_key_65,
+            provider_pubkey,
+            CONSUMER_MESSAGE_LIMIT,
+        )
+    reader = ChunkReader(key, provider_pubkey, output_cap(body))
     finished = False
-    seen: set[bytes] = set()
-    received, cap = 0, output_cap(body)
     async for reply in call(
         endpoint,
         req,
@@ -346,7 +430,24 @@ async def prompt(
         transport=transport,
         first_reply_timeout=first_reply_timeout,
         idle_timeout=idle_timeout,
+        replies=replies,
     ):
+        if not isinstance(reply, Response):  # a fast-channel event
+            if isinstance(reply, End):
+                break
+            if isinstance(reply, Data):
+                reader.count(len(reply.chunk))
+                payload = parse_chunk(reply.chunk)
+                if payload == "[DONE]":  # the signed END follows
+                    finished = True
+                    continue
+                if not body.get("stream"):
+                    finished = True
+                yield payload
+                continue
+            if not isinstance(reply, Failure):
+                continue  # the accept, a checkpoint: checked by the reader
+            reply = reply.response
         if reply.error is not None:
             message = reply.error.message
             if reply.error.signature is not None and message.startswith("0x"):
@@ -354,24 +455,23 @@ async def prompt(
                 message = _decrypt_hex(key, message, "an error").decode(errors="replace")
             raise prompt_error(message, reply.error.code)
         assert reply.result is not None
-        verify(reply.result, public_key=provider_pubkey)
-        if reply.result.signature in seen:
-            raise RemoteProtocolError("the provider replayed a chunk it had already sent")
-        seen.add(reply.result.signature)
-        received += len(reply.result.message) // 2  # hex: two characters a byte
-        if received > cap:
-            raise RemoteProtocolError(
-                f"the provider sent over {cap // 1024:,} KiB for a request that allows less "
-                "(max_tokens): an answer that does not end"
-            )
-        payload = open_chunk(key, reply.result.message)
+        payload = reader.read(reply.result)
         if payload == "[DONE]":
             return
         if not body.get("stream"):
             finished = True
         yield payload
+    if replies is not None:
+        replies.finish()
     if not finished:
         raise ProviderError("the provider closed the connection before the answer was complete")
+
+
+def _endless(cap: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"the provider sent over {cap // 1024:,} KiB for a request that allows less "
+        "(max_tokens): an answer that does not end"
+    )
 
 
 _EXPIRED = ("session expired", "session is closed")
@@ -419,7 +519,7 @@ async def report(
     transport: PeerTransport = TCP,
 ) -> tuple[bytes, bytes]:
     """The provider's signed close receipt: (receipt bytes, EIP-191 signature)."""
-    key = signer.private_key_bytes()
+    key = signer.signing_key
     req = sign(SessionReportReq("0x" + session_id.hex(), _now_ms()), key)
     replies = await call_once(
         endpoint,

@@ -11,9 +11,11 @@ updated after each step; `recover()` closes or settles whatever a previous proce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,7 @@ from mor_workbench.protocol import (
     eth_sign,
 )
 from mor_workbench.router import health, peer
+from mor_workbench.router.attestation import Attestation, TeeVerifier, attestation_for
 from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
 from mor_workbench.router.states import SessionEvent, SessionState
@@ -52,8 +55,16 @@ _PEER_FAILURES = (ProviderError, ProtocolError, OSError, TimeoutError)
 
 OPENED, CLOSE, CLOSED = SessionEvent.OPENED, SessionEvent.CLOSE, SessionEvent.CLOSED
 ABANDON, REOPENED = SessionEvent.ABANDON, SessionEvent.REOPENED
+SpendGuard = Callable[["RankedBid", int, int], AbstractContextManager[Callable[[bytes], None]]]
+"""(bid, deposit in wei, duration in s) -> a context around the open, yielding a function to
+call with the session id once it is paid; raising from it refuses the open."""
 APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
 RECHECK_CLOSED_S = 7 * 86400  # closed rows re-checked on chain by recover() (rollbacks)
+
+
+@contextlib.contextmanager
+def _no_guard(bid: RankedBid, amount: int, duration_s: int) -> Iterator[Callable[[bytes], None]]:
+    yield lambda session_id: None
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class OpenSession:
     ends_at: int
     approval_hash: str
     price_per_second: int = 0
+    fast_channel: bool = False  # the provider advertised it: prompts offer the fast channel
 
 
 async def rank_bids(chain: Chain, model: str) -> list[RankedBid]:
@@ -128,8 +140,16 @@ class Router:
         standing_allowance: int = 0,
         on_change: Callable[[str, OpenSession], None] | None = None,
         transport: PeerTransport = TCP,
+        tee_verifier: TeeVerifier | None = None,
     ) -> None:
         self.chain = chain
+        # checks the providers of tee-tagged models at open and before each prompt
+        self.tee_verifier = tee_verifier or TeeVerifier()
+        self.attestations: dict[bytes, Attestation] = {}  # by session id
+        self._model_tags: dict[bytes, list[str]] = {}
+        # around each open once its deposit (wei) is known, before the provider is asked: may
+        # refuse it (a spend cap); told the session id once paid (`SpendGuard`)
+        self.spend_guard: SpendGuard | None = None
         self.transport = transport
         # told "opened" or "closed" with the session, on this router's loop, after each change
         self.on_change = on_change
@@ -138,6 +158,7 @@ class Router:
         self.journal = journal
         self.strategy = strategy or Strategy()
         self.require_encrypted_prompts = require_encrypted_prompts
+        self.fast_channel = True  # offer it to providers that advertise it (protocol.fastchannel)
         self.housekeeping_s = housekeeping_s
         self.cooldowns = Cooldowns()
         self.opened: dict[bytes, OpenSession] = {}  # sessions this router opened, still open
@@ -210,12 +231,17 @@ class Router:
             raise NoProviderAvailable(model, [], "no bid passes the strategy's filters")
         plan, tried = await self.healthy_candidates(ranked, candidates)
         for candidate, pong in plan:
+            attestation = await self.attest(candidate, pong)
+            if self.strategy.tee and not attestation.attested:  # skipped, never paid
+                tried.append((candidate.provider, f"TEE attestation failed: {attestation.status}"))
+                continue
             try:
                 session = await self._open_on(candidate, pong, duration_s, direct_payment)
             except _PEER_FAILURES as exc:
                 self.failed(candidate.provider)
                 tried.append((candidate.provider, str(exc) or type(exc).__name__))
                 continue
+            self.attestations[session.session_id] = attestation
             return self._adopt(session)
         raise NoProviderAvailable(model, tried)
 
@@ -227,7 +253,40 @@ class Router:
         same checks as `open` (duration limits, the pong's signature, the approval's) apply."""
         await self.check_duration(duration_s)
         pong = await peer.ping(bid.endpoint, self.signer, bid.provider, transport=self.transport)
-        return self._adopt(await self._open_on(bid, pong, duration_s, direct_payment))
+        attestation = await self.attest(bid, pong)
+        if self.strategy.tee and not attestation.attested:
+            raise ProviderError(
+                f"provider {bid.provider}: TEE attestation failed: {attestation.status}"
+            )
+        session = await self._open_on(bid, pong, duration_s, direct_payment)
+        self.attestations[session.session_id] = attestation
+        return self._adopt(session)
+
+    async def attest(self, bid: RankedBid, pong: PongRes) -> Attestation:
+        """What `bid`'s provider proves about itself: for a model tagged `tee`, its TEE quote
+        checked by `tee_verifier` as the reference consumer does before it pays (see
+        `router.attestation`); for any other model, nothing to check."""
+        if bid.model_id not in self._model_tags:
+            self._model_tags[bid.model_id] = list(
+                (await self.chain.call("getModel", bid.model_id))["tags"]
+            )
+        attestation = attestation_for(self._model_tags[bid.model_id])
+        if not attestation.tee:
+            return attestation
+        return await self.tee_verifier.check(bid.endpoint, pong.version)
+
+    async def _recheck_attestation(self, session: OpenSession) -> None:
+        """Before a prompt, re-check a provider that attested at open (cached: a re-fetch of
+        its quote, compared with the one verified). Under a tee-only strategy a provider that
+        no longer attests raises `ProviderError`, so the call fails over before the prompt is
+        sent."""
+        known = self.attestations.get(session.session_id)
+        if known is None or not known.attested:
+            return
+        fresh = await self.tee_verifier.check(session.endpoint, known.version or "")
+        self.attestations[session.session_id] = fresh
+        if self.strategy.tee and not fresh.attested:
+            raise ProviderError(f"provider {session.provider} no longer attests: {fresh.status}")
 
     def _adopt(self, session: OpenSession) -> OpenSession:
         """A session this router just opened: kept, closed when its time is up, announced."""
@@ -267,46 +326,49 @@ class Router:
         )
         if held < amount:
             raise InsufficientFunds("MOR", amount, held, f"a {duration_s} s session")
-        approved = await peer.request_approval(
-            bid.endpoint,
-            self.signer,
-            bid.provider,
-            bid.bid_id,
-            amount,
-            self.chain.deployment.chain_id,
-            transport=self.transport,
-        )
-        entry = self.journal.record(
-            JournalEntry(
-                approval_hash="0x" + keccak(approved.approval).hex(),
-                state="opening",
-                model_id="0x" + bid.model_id.hex(),
-                bid_id="0x" + bid.bid_id.hex(),
-                provider=bid.provider,
-                endpoint=bid.endpoint,
-                provider_pubkey="0x" + approved.pubkey.hex(),
-                amount=str(amount),
-                direct_payment=direct,
-                approval="0x" + approved.approval.hex(),
-                approval_signature="0x" + approved.signature.hex(),
-            )
-        )
-        sent: list[str] = []
-
-        def journal_hash(tx_hash: str) -> None:  # before the transaction is broadcast
-            sent.append(tx_hash)
-            self.journal.update(entry.approval_hash, tx_hash=",".join(sent))
-
-        async with self._paying:
-            session_id = await peer.open_session(
-                self.chain,
+        guard = self.spend_guard or _no_guard
+        with guard(bid, amount, duration_s) as paid:  # a budget may refuse: nothing moved yet
+            approved = await peer.request_approval(
+                bid.endpoint,
                 self.signer,
-                approved,
+                bid.provider,
+                bid.bid_id,
                 amount,
-                direct_payment=direct,
-                standing_allowance=self.standing_allowance,
-                on_hash=journal_hash,
+                self.chain.deployment.chain_id,
+                transport=self.transport,
             )
+            entry = self.journal.record(
+                JournalEntry(
+                    approval_hash="0x" + keccak(approved.approval).hex(),
+                    state="opening",
+                    model_id="0x" + bid.model_id.hex(),
+                    bid_id="0x" + bid.bid_id.hex(),
+                    provider=bid.provider,
+                    endpoint=bid.endpoint,
+                    provider_pubkey="0x" + approved.pubkey.hex(),
+                    amount=str(amount),
+                    direct_payment=direct,
+                    approval="0x" + approved.approval.hex(),
+                    approval_signature="0x" + approved.signature.hex(),
+                )
+            )
+            sent: list[str] = []
+
+            def journal_hash(tx_hash: str) -> None:  # before the transaction is broadcast
+                sent.append(tx_hash)
+                self.journal.update(entry.approval_hash, tx_hash=",".join(sent))
+
+            async with self._paying:
+                session_id = await peer.open_session(
+                    self.chain,
+                    self.signer,
+                    approved,
+                    amount,
+                    direct_payment=direct,
+                    standing_allowance=self.standing_allowance,
+                    on_hash=journal_hash,
+                )
+            paid(session_id)
         ends_at = (await self.chain.call("getSession", session_id))["endsAt"]
         self.journal.transition(
             entry.approval_hash, OPENED, session_id="0x" + session_id.hex(), ends_at=ends_at
@@ -322,6 +384,7 @@ class Router:
             ends_at,
             entry.approval_hash,
             bid.price_per_second,
+            self.fast_channel and peer.supports_fast_channel(pong),
         )
 
     # ----- prompts -----
@@ -330,6 +393,7 @@ class Router:
     ) -> AsyncIterator[Any]:
         """The provider's verified, decrypted chunks (or completion) for one request body;
         `timeout` bounds the wait for the first reply and between chunks (a stall)."""
+        await self._recheck_attestation(session)
         async for payload in peer.prompt(
             session.endpoint,
             self.signer,
@@ -340,6 +404,7 @@ class Router:
             first_reply_timeout=timeout,
             idle_timeout=timeout,
             transport=self.transport,
+            fast_channel=session.fast_channel,
         ):
             yield payload
 
@@ -426,6 +491,10 @@ class Router:
         """Wait for background closes; stop housekeeping."""
         await cancel_and_wait(self._housekeeper)
         self._housekeeper = None
+        await self.wait_for_closes()
+
+    async def wait_for_closes(self) -> None:
+        """Wait for the background closes `close_soon` started (housekeeping goes on)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

@@ -47,10 +47,11 @@ class Strategy:
     `tee=True` (or `connect(..., require_tee=True)`) opens sessions only on models tagged
     `tee` on chain, the tag the live network gives its "secure" models; any other model is
     refused with `ConfigurationError` before any transaction. What it guarantees: the model's
-    owner declared it runs in a trusted execution environment. What it does NOT guarantee: that
-    the provider you reach really runs in one. The reference consumer checks an Intel TDX /
-    AMD SEV-SNP quote before each prompt; this library does not verify quotes yet, so such a
-    session reports `attested: False` ("unverified", see `router.attestation`)."""
+    owner declared it runs in a trusted execution environment. Each provider's Intel TDX quote
+    is then checked at open and before each prompt, as the reference consumer does
+    (`router.attestation`), and a provider whose quote does not verify, bind its attestation
+    endpoint's certificate and match a pinned golden RTMR3 is skipped (never paid); AMD
+    SEV-SNP providers are never verified by this library."""
 
     order: Literal["weighted", "best"] = "weighted"
     top: int = 3
@@ -94,19 +95,25 @@ class Strategy:
                 raise ConfigurationError(f"strategy options not understood: {exc}") from None
         raise ConfigurationError("strategy must be 'weighted', 'best', a dict or a Strategy")
 
+    def excludes(self, provider: str, price_per_second_wei: int) -> str | None:
+        """Why this strategy never asks `provider`'s bid at that price (MOR wei per second),
+        in a few words ("deny list", "not in the allow list", "over the price cap …"); None
+        when it may ask it."""
+        if provider.lower() in self.deny:
+            return "deny list"
+        if self.allow is not None and provider.lower() not in self.allow:
+            return "not in the allow list"
+        cap = self.max_price_per_second
+        if cap is not None and price_per_second_wei > cap * 1e18:
+            return f"over the price cap ({cap:g} MOR/s)"
+        return None
+
     def choose(
         self, bids: Sequence[B], cooling: Iterable[str] = (), rng: random.Random | None = None
     ) -> list[B]:
         """The order to ask providers in: eligible bids first (best score first, the first pick
         weighted among the top), providers cooling down after a failure last."""
-        cap = None if self.max_price_per_second is None else self.max_price_per_second * 1e18
-        eligible = [
-            b
-            for b in bids
-            if b.provider.lower() not in self.deny
-            and (self.allow is None or b.provider.lower() in self.allow)
-            and (cap is None or b.price_per_second <= cap)
-        ]
+        eligible = [b for b in bids if self.excludes(b.provider, b.price_per_second) is None]
         eligible.sort(key=lambda b: b.score.score, reverse=True)
         cold = {c.lower() for c in cooling}
         fresh = [b for b in eligible if b.provider.lower() not in cold]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, MutableMapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from mor_workbench.errors import ProviderError, ProviderStalled
 from mor_workbench.protocol import Decoder, Message, RemoteProtocolError, Request, Response
@@ -27,6 +27,7 @@ __all__ = [
     "PeerConnection",
     "PeerHandler",
     "PeerTransport",
+    "Replies",
     "TcpTransport",
     "call",
     "call_once",
@@ -53,6 +54,15 @@ class PeerConnection(Protocol):
 
     def close(self) -> None:
         """Let go of the connection (never raises)."""
+        ...
+
+
+class Replies(Protocol):
+    """Turns the bytes of a provider's replies into what `call` yields (by default, the
+    JSON `Response`s of the live wire; the fast channel's reader reads its frames too)."""
+
+    def feed(self, data: bytes) -> list[Any]:
+        """What `data`, the next bytes received, completes; raises `RemoteProtocolError`."""
         ...
 
 
@@ -162,9 +172,10 @@ async def call(
     first_reply_timeout: float = 90.0,
     idle_timeout: float = 60.0,
     max_message: int = CONSUMER_MESSAGE_LIMIT,
+    replies: Replies | None = None,
 ) -> AsyncIterator[Response]:
     """Send one request over `transport` (TCP unless a test passes another) and yield each
-    response until the provider closes the connection.
+    response until the provider closes the connection (or, given `replies`, what it reads).
 
     Timeouts are in seconds, `max_message` in bytes. Raises `ProviderStalled` when the
     connection, the first reply or the next one takes longer than its timeout,
@@ -190,6 +201,11 @@ async def call(
                 raise ProviderStalled(f"no reply within {timeout:g} s") from None
             if not data:
                 return
+            if replies is not None:
+                for reply in replies.feed(data):
+                    timeout = idle_timeout
+                    yield reply
+                continue
             for obj in decoder.feed(data):
                 timeout = idle_timeout
                 yield Response.from_json(obj, expect)

@@ -44,11 +44,6 @@ class Backend:
     base_url: str
     model: str
 
-    @property
-    def chat_url(self) -> str:
-        """The chat-completions URL the providers forward prompts to."""
-        return self.base_url + "/chat/completions"
-
     def describe(self) -> str:
         return f"{self.model} at {self.base_url}"
 

@@ -2,6 +2,10 @@
 server with its own latency profile (or, with a `Backend`, of the user's own model server),
 registered on chain at the port it listens on.
 
+As on the live network (models-config.json: `apiUrl` is the full URL of the model's endpoint),
+each model's backend URL is the endpoint of its kind: `/v1/embeddings` for an embedding model
+(type EMBEDDING by its tags), `/v1/chat/completions` for the others.
+
 Both run inside the daemon process (no child processes), on the ports of the previous start
 when those are still free, so clients that saved an endpoint keep reaching it.
 """
@@ -16,10 +20,11 @@ from typing import Protocol, TypeVar
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
+from mor_workbench.market.catalog import model_type
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.sandbox.backend import Backend, backend_api_key
-from mor_workbench.sandbox.market import MODELS, PROVIDERS, base_model_id
+from mor_workbench.sandbox.market import MODELS, PROVIDERS, ModelSpec, base_model_id
 from mor_workbench.sandbox.model_server import ModelServer
 
 __all__ = ["ProviderPorts", "run_providers"]
@@ -56,6 +61,13 @@ async def _serve(stack: AsyncExitStack, make: Callable[[int], _S], port: int) ->
     return server
 
 
+def _endpoint(base_url: str, model: ModelSpec) -> str:
+    """The full backend URL of `model` under an OpenAI base URL: its kind's endpoint."""
+    if model_type(model.tags) == "EMBEDDING":
+        return base_url + "/embeddings"
+    return base_url + "/chat/completions"
+
+
 async def run_providers(
     chain: Chain,
     owner: str,
@@ -87,16 +99,14 @@ async def run_providers(
             )
             listening[spec.name]["model"] = simulated.port
             configs = [
-                ModelConfig(
-                    model_id, m.name, simulated.base_url + "/chat/completions", concurrent_slots=32
-                )
+                ModelConfig(model_id, m.name, _endpoint(simulated.base_url, m), concurrent_slots=32)
                 for m, model_id in zip(MODELS, model_ids, strict=True)
             ]
         else:
             key = backend_api_key()
             configs = [
-                ModelConfig(model_id, backend.model, backend.chat_url, api_key=key)
-                for model_id in model_ids
+                ModelConfig(model_id, backend.model, _endpoint(backend.base_url, m), api_key=key)
+                for m, model_id in zip(MODELS, model_ids, strict=True)
             ]
         server = await _serve(
             stack,

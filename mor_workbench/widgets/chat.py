@@ -204,6 +204,7 @@ class Chat(MorWidget):
                 system=self.system or None,
                 **self.params,
             )
+            stream.record.surface = "widget"  # as the budget ledger reports it
             async with contextlib.aclosing(stream.events()) as parts:  # Stop ends it too
                 async with self._step(f"waiting for {short(session.provider)}"):
                     await anext(parts, None)  # the first token (of thinking or answer)

@@ -112,6 +112,7 @@ class Compare(MorWidget):
                 index, state="waiting", session_id=session.id, open_s=time.monotonic() - started
             )
             stream = session.stream(prompt, **self.params)
+            stream.record.surface = "widget"  # as the budget ledger reports it
             last = 0.0
             async for _delta in stream:
                 if time.monotonic() - last >= UPDATE_EVERY_S:

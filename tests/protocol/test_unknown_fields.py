@@ -29,7 +29,7 @@ from mor_workbench.protocol import (
 )
 from mor_workbench.protocol.errors import RemoteProtocolError
 from mor_workbench.protocol.messages import ModelHealth, go_json
-from mor_workbench.protocol.signing import _sign_digest
+from mor_workbench.protocol.signing import sign_digest
 
 KEY = bytes.fromhex("81f44a49c40f206517efbbcca783d808914841200e0ac9a769368e1b2741e227")
 PUB = public_key_of(KEY)
@@ -65,7 +65,7 @@ def go_signed(members: list[tuple[str, Any]], *, empty_signature: str | None) ->
         if k != "signature" or empty_signature is not None
     ]
     text = "{" + ",".join(f"{json.dumps(k)}:{go_json(v)}" for k, v in unsigned) + "}"
-    signature = "0x" + _sign_digest(keccak(text.encode()), KEY).hex()
+    signature = "0x" + sign_digest(keccak(text.encode()), KEY).hex()
     return {k: (signature if k == "signature" else v) for k, v in members}
 
 
@@ -199,7 +199,7 @@ def test_an_error_with_extra_fields_verifies_and_a_tampered_one_does_not() -> No
         "statusCode": 502,
         "data": {"timestamp": 7, "signature": None, "requestId": "r1"},
     }
-    signature = _sign_digest(keccak(go_json(unsigned).encode()), KEY)
+    signature = sign_digest(keccak(go_json(unsigned).encode()), KEY)
     received = {**unsigned, "data": {**unsigned["data"], "signature": "0x" + signature.hex()}}
     error = RpcError.from_json(json.loads(json.dumps(received)))
     assert verify(error, public_key=PUB) == frozenset()

@@ -1,7 +1,8 @@
 """A simulated LLM server speaking the OpenAI HTTP API, for the sandbox, tests and benchmarks.
 
 The project's only stand-in for vLLM, llama.cpp, Ollama or OpenAI (no GPU, no weights):
-`GET /v1/models[/{id}]` and `POST /v1/chat/completions`, streamed as SSE or not, with usage,
+`GET /v1/models[/{id}]`, `POST /v1/embeddings` (deterministic hashed bag-of-words vectors,
+float or base64) and `POST /v1/chat/completions`, streamed as SSE or not, with usage,
 stop, max_tokens, tool calls and JSON response formats that satisfy their schemas, OpenAI's
 error JSON and status codes, deterministic text (a hash of model, messages and seed), and a
 per-server latency profile (TTFT, tokens per second, jitter, errors, stalls, dropped
@@ -14,6 +15,7 @@ that works against it works against the real servers.
     python -m mor_workbench.sandbox.model_server --model llama-3.3-70b --profile fast --port 0
 """
 
+from mor_workbench.sandbox.model_server.embeddings import embedding_vector, is_embedding_model
 from mor_workbench.sandbox.model_server.profiles import PROFILES, LatencyProfile
 from mor_workbench.sandbox.model_server.schema import schema_value
 from mor_workbench.sandbox.model_server.server import ModelServer
@@ -24,6 +26,8 @@ __all__ = [
     "LatencyProfile",
     "ModelServer",
     "count_tokens",
+    "embedding_vector",
+    "is_embedding_model",
     "schema_value",
     "split_tokens",
 ]

@@ -13,6 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
+from mor_workbench.sandbox.model_server.embeddings import (
+    embeddings_response,
+    is_embedding_model,
+    validate_embeddings,
+)
 from mor_workbench.sandbox.model_server.profiles import PROFILES, LatencyProfile
 from mor_workbench.sandbox.model_server.request import (
     Invalid,
@@ -91,6 +96,9 @@ class ModelServer:
     RNG. Answers are deterministic in (model, messages, seed of the request).
     `reasoning_models` are the ids that think before answering and send `reasoning_content`
     (default: those whose names say so, e.g. gpt-oss-120b; see `is_reasoning_model`).
+    `embedding_models` are the ids that answer `POST /v1/embeddings` and only that (default:
+    those whose names say so, e.g. text-embedding-bge-m3; see `is_embedding_model`); as on a
+    real server, a chat request to one, or an embeddings request to a chat model, is a 400.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class ModelServer:
         port: int = 0,
         seed: int = 0,
         reasoning_models: Sequence[str] | None = None,
+        embedding_models: Sequence[str] | None = None,
     ) -> None:
         if isinstance(models, str):
             models = [models]
@@ -116,6 +125,10 @@ class ModelServer:
         if reasoning_models is None:
             reasoning_models = [m for m in self.models if is_reasoning_model(m)]
         self.reasoning_models: frozenset[str] = frozenset(reasoning_models)
+        if embedding_models is None:
+            embedding_models = [m for m in self.models if is_embedding_model(m)]
+        self.embedding_models: frozenset[str] = frozenset(embedding_models)
+        self._embedding_requests = 0  # numbers each embeddings request's fate
         self.profile: LatencyProfile = profile
         self.api_key = api_key
         self.host = host
@@ -130,6 +143,7 @@ class ModelServer:
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model:.+}", self._get_model)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._app = app
 
     @property
@@ -142,6 +156,11 @@ class ModelServer:
     def request_count(self) -> int:
         """How many chat completion requests this server has received."""
         return self._requests
+
+    @property
+    def embedding_request_count(self) -> int:
+        """How many embeddings requests this server has received."""
+        return self._embedding_requests
 
     async def start(self) -> ModelServer:
         """Bind and serve; with port 0 a free port is picked and `port` then holds it."""
@@ -250,16 +269,13 @@ class ModelServer:
             body = json.loads(await request.read())
             validate(body)
         except ValueError:  # not JSON (UnicodeDecodeError is a ValueError too)
-            message = (
-                "We could not parse the JSON body of your request. (HINT: This likely means "
-                "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
-                "payload, but what was sent was not valid JSON.)"
-            )
-            return web.json_response(error_body(message, "invalid_request_error"), status=400)
+            return self._unparsable()
         except Invalid as exc:
             return web.json_response(exc.body(), status=400)
         if body["model"] not in self.models:
             return self._unknown_model(body["model"])
+        if body["model"] in self.embedding_models:
+            return self._wrong_endpoint(body["model"], "an embedding model", "/v1/embeddings")
         answer = plan(body, reasoning=body["model"] in self.reasoning_models)
         fate = self._fate(answer.tokens)
         if fate.error:
@@ -269,6 +285,59 @@ class ModelServer:
         if body.get("stream"):
             return await self._stream(request, body, answer, fate, completion_id)
         return await self._complete(request, body, answer, fate, completion_id)
+
+    @staticmethod
+    def _wrong_endpoint(model: str, what: str, route: str) -> web.Response:
+        message = f"The model `{model}` is {what}: send its requests to {route}."
+        body = error_body(message, "invalid_request_error", "model", "model_not_supported")
+        return web.json_response(body, status=400)
+
+    @staticmethod
+    def _unparsable() -> web.Response:
+        message = (
+            "We could not parse the JSON body of your request. (HINT: This likely means "
+            "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+            "payload, but what was sent was not valid JSON.)"
+        )
+        return web.json_response(error_body(message, "invalid_request_error"), status=400)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            return await self._embed(request)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _embed(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's `POST /v1/embeddings` (see `embeddings`), after the profile's embedding
+        latency: `embedding_base_s` + input tokens / `embedding_tokens_per_second`, jittered;
+        its error rate applies as to chat."""
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        try:
+            body = json.loads(await request.read())
+            validate_embeddings(body)
+        except ValueError:
+            return self._unparsable()
+        except Invalid as exc:
+            return web.json_response(exc.body(), status=400)
+        if body["model"] not in self.models:
+            return self._unknown_model(body["model"])
+        if body["model"] not in self.embedding_models:
+            return self._wrong_endpoint(body["model"], "a chat model", "/v1/chat/completions")
+        self._embedding_requests += 1
+        rng = random.Random(f"{self.seed}:embeddings:{self._embedding_requests}")
+        p = self.profile
+        answer, tokens = embeddings_response(body)
+        if rng.random() < p.error_rate:
+            message = "The server had an error while processing your request. Sorry about that!"
+            return web.json_response(error_body(message, "server_error"), status=500)
+        delay = p.embedding_base_s + tokens / p.embedding_tokens_per_second
+        await asyncio.sleep(delay * (1 + p.jitter * (2 * rng.random() - 1)))
+        return web.json_response(answer)
 
     # ----- pacing -----
 
