@@ -4,7 +4,7 @@ PY := .venv/bin/python
 BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup chromium demo test test-python test-notebooks test-contracts lint artifacts contracts-build bench bench-peers
+.PHONY: setup chromium demo test test-python test-notebooks test-contracts lint artifacts contracts-build bench bench-peers bench-speed
 
 # Python virtual environment with the package and its dev tools.
 .venv/installed: pyproject.toml
@@ -60,10 +60,15 @@ test: setup lint test-contracts test-python test-notebooks
 demo: setup
 	$(PY) -m mor_workbench.cli demo
 
-# Every bench but the peer bench (which installs LiteLLM into a venv of its own: bench-peers).
+# Every bench but those that install LiteLLM into a venv of their own (bench-peers, bench-speed).
 bench: setup
-	for b in bench/*.py; do [ $$b = bench/peer_bench.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in bench/*.py; do case $$b in bench/peer_bench.py|bench/speed.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
 # Our serve and wb.stream beside LiteLLM's proxy (in .bench-venvs/litellm) on one backend.
 bench-peers: setup
 	$(PY) bench/peer_bench.py
+
+# Issue 16's figures in one run: per-chunk µs (live wire, fast channel), added latency of
+# wb.stream, serve and LiteLLM's proxy at 1 and 50 concurrent, the 10,000-bid snapshot.
+bench-speed: setup
+	$(PY) bench/speed.py
