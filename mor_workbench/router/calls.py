@@ -161,7 +161,8 @@ class CallRecord:
 @dataclass
 class Lease:
     """A session slot the router may move: to another provider on failure, or (when `renew`)
-    to a fresh session when this one has ended."""
+    to a fresh session when this one has ended. One move at a time (`moving`): calls running
+    together on the lease that fail or find it ended together share the one new session."""
 
     model: str
     duration_s: int
@@ -169,6 +170,7 @@ class Lease:
     opened: OpenSession
     renew: bool = False
     max_failovers: int = 2
+    moving: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
 
 def resume_body(body: dict[str, Any], partial: str) -> dict[str, Any]:
@@ -272,7 +274,7 @@ async def run_call(
     produced = ""
     while True:
         if lease.opened.ends_at <= time.time() + 5:
-            await _renew(router, lease, "the session has ended")
+            await _renew(router, lease, "the session has ended", lease.opened)
         session = lease.opened
         record.bind(session)
         request = resume_body(body, produced) if produced else body
@@ -284,7 +286,7 @@ async def run_call(
             record.finished = time.monotonic()
             return
         except SessionExpired as exc:
-            await _renew(router, lease, str(exc))
+            await _renew(router, lease, str(exc), session)
             continue
         except RequestError:
             raise
@@ -297,25 +299,34 @@ async def run_call(
             raise ProviderError(
                 f"{len(record.failovers)} providers failed this call; the last: {reason}"
             )
-        try:
-            lease.opened = await router.open(
-                lease.model,
-                lease.duration_s,
-                direct_payment=lease.direct_payment,
-                exclude=[p for p, _ in record.failovers],
-            )
-        except NoProviderAvailable as exc:
-            raise NoProviderAvailable(lease.model, [*record.failovers, *exc.tried]) from None
+        async with lease.moving:
+            failed = {p for p, _ in record.failovers}
+            if lease.opened is session or lease.opened.provider in failed:
+                try:
+                    lease.opened = await router.open(
+                        lease.model,
+                        lease.duration_s,
+                        direct_payment=lease.direct_payment,
+                        exclude=sorted(failed),
+                    )
+                except NoProviderAvailable as exc:
+                    raise NoProviderAvailable(
+                        lease.model, [*record.failovers, *exc.tried]
+                    ) from None
+            # else another call failing with this one has moved the lease: share its session
         record.resumed = record.resumed or bool(produced)
 
 
-async def _renew(router: Router, lease: Lease, why: str) -> None:
-    """Move an ended session's lease to a fresh session, when the lease may renew."""
+async def _renew(router: Router, lease: Lease, why: str, ended: OpenSession) -> None:
+    """Move the lease from `ended` (the session the caller found ended) to a fresh session,
+    when the lease may renew; a lease another call has already moved is left as it is."""
     if not lease.renew:
         raise SessionExpired(f"{why}: open a new session")
-    ended = lease.opened
-    lease.opened = await router.open(
-        lease.model, lease.duration_s, direct_payment=lease.direct_payment
-    )
+    async with lease.moving:
+        if lease.opened is not ended:
+            return  # another call on the lease has just renewed it: share that session
+        lease.opened = await router.open(
+            lease.model, lease.duration_s, direct_payment=lease.direct_payment
+        )
     if ended.session_id in router.opened:
         router.close_soon(ended)

@@ -473,10 +473,13 @@ class Router:
 
     def close_soon(self, session: OpenSession) -> None:
         """Close `session` in the background (after a failover); `drain()` waits for it. It
-        counts as closed at once (its journal row moves to closing), so it is never reused."""
+        counts as closed at once (its journal row moves to closing), so it is never reused.
+        Once: calls failing together on one session start one close (a session already
+        closing or closed is left to that close, or to the next `recover()`)."""
         self.opened.pop(session.session_id, None)
-        if not self.is_closed(session):
-            self.journal.transition(session.approval_hash, CLOSE)
+        if self.is_closed(session):
+            return
+        self.journal.transition(session.approval_hash, CLOSE)
         task = asyncio.create_task(self._close_quietly(session))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

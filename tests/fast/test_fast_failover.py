@@ -121,3 +121,78 @@ async def test_a_failed_session_is_closed_even_when_no_provider_takes_over(
     await router.drain()
     assert await _closeout(chain, entry.session_id) == DISPUTE
     assert router.opened == {} and router.journal.unfinished() == []
+
+
+async def test_calls_failing_together_on_one_session_close_it_once(
+    make_router, providers, chain, caplog
+) -> None:
+    """Eight streams on one session whose provider dies mid-answer: each fails over, all to
+    one new session (not one session, and one stake, per call), and the failed session is
+    closed by one transaction (not one attempt per call, the rest reverting with
+    SessionAlreadyClosed and logged as failures)."""
+    import asyncio
+
+    first = providers["first"]
+    first.mode = "die"
+    router = make_router()
+    opened = await router.open(MODEL, 600)
+    lease = Lease(MODEL, 600, False, opened)
+
+    async def one() -> str:
+        text = ""
+        async for payload in run_call(router, lease, BODY, CallRecord(MODEL), timeout=5.0):
+            text += payload["choices"][0]["delta"].get("content") or ""
+        return text
+
+    sent: list[str] = []
+    transact = router.chain.transact
+
+    async def counted(signer, function: str, *args, **options):
+        sent.append(function)
+        return await transact(signer, function, *args, **options)
+
+    router.chain.transact = counted
+    with caplog.at_level("WARNING", logger="mor_workbench"):
+        answers = await asyncio.gather(*(one() for _ in range(8)))
+        await router.drain()
+    assert all(a.endswith(ANSWER) for a in answers)
+    assert not [r for r in caplog.records if "could not close" in r.getMessage()]
+    assert await _closeout(chain, "0x" + opened.session_id.hex()) == DISPUTE
+    assert sent.count("closeSession") == 1  # only the failed session, once
+    assert sent.count("openSession") == 1  # one replacement, shared by the eight calls
+    assert _journal_states(router) == {first.address: "closed", lease.opened.provider: "open"}
+
+
+async def test_calls_finding_their_session_ended_together_share_one_renewal(
+    make_router, providers, chain
+) -> None:
+    """Five streams on a renewing lease whose session has just ended: one new session for all
+    five (the lease moves once), and the ended one is closed once."""
+    import asyncio
+    import dataclasses
+    import time
+
+    router = make_router()
+    opened = await router.open(MODEL, 600)
+    ended = dataclasses.replace(opened, ends_at=int(time.time()))  # as the clock will have it
+    router.opened[opened.session_id] = ended
+    lease = Lease(MODEL, 600, False, ended, renew=True)
+    sent: list[str] = []
+    transact = router.chain.transact
+
+    async def counted(signer, function: str, *args, **options):
+        sent.append(function)
+        return await transact(signer, function, *args, **options)
+
+    async def one() -> str:
+        text = ""
+        async for payload in run_call(router, lease, BODY, CallRecord(MODEL), timeout=5.0):
+            text += payload["choices"][0]["delta"].get("content") or ""
+        return text
+
+    router.chain.transact = counted
+    answers = await asyncio.gather(*(one() for _ in range(5)))
+    await router.drain()
+    assert answers == [ANSWER] * 5
+    assert sent.count("openSession") == 1 and sent.count("closeSession") == 1
+    assert lease.opened.session_id != opened.session_id
