@@ -239,8 +239,15 @@ async def serve_provider(directory: Path, key: str, args: argparse.Namespace, pi
     model_id = await model_id_of(info)
     async with ModelServer([MODEL], profile=profile) as backend:
         config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
+        # 50 concurrent streams from this one host: above the default 32 connections per
+        # peer address (a defence against one host taking every slot), as an operator serving
+        # a known heavy consumer would set it
         async with ProviderServer(
-            signer=Signer(key), chain=chain, models=[config], claim_interval=None
+            signer=Signer(key),
+            chain=chain,
+            models=[config],
+            claim_interval=None,
+            max_per_peer=max(64, max(args.concurrency) + 8),
         ) as provider:
             bid = await register_provider(info, key, provider.endpoint)
             pipe.send((backend.base_url, bid))
