@@ -74,6 +74,8 @@ class Capacity:
         self._sessions_read = 0  # how many of our sessions (getProviderSessions) were read
         self._sync_lock = asyncio.Lock()
         self._capacity_lock = asyncio.Lock()
+        # getSession and the chain's time being read, by session: one read in flight a session
+        self._session_reads: dict[bytes, asyncio.Future[tuple[dict[str, Any], int]]] = {}
 
     def prompt_slot(self, model_id: bytes) -> AbstractAsyncContextManager[Any]:
         """Held while a prompt of `model_id` is answered: at most its `concurrent_slots` at once
@@ -200,6 +202,30 @@ class Capacity:
                 raise raw
             self.note(session_id, raw, session_model, now)
 
+    async def _read_session(self, session_id: bytes) -> tuple[dict[str, Any], int]:
+        """getSession and the latest block's timestamp (s), read once for all the callers that
+        ask while it is in flight (a single flight, not a cache: the next caller after it ends
+        reads again). One caller cancelled does not cancel the read for the others."""
+        pending = self._session_reads.get(session_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_session_now(session_id))
+            self._session_reads[session_id] = pending
+
+            def done(future: asyncio.Future[Any]) -> None:
+                if self._session_reads.get(session_id) is future:
+                    del self._session_reads[session_id]
+                if not future.cancelled():
+                    future.exception()  # retrieved: every waiter may have gone
+
+            pending.add_done_callback(done)
+        return await asyncio.shield(pending)
+
+    async def _read_session_now(self, session_id: bytes) -> tuple[dict[str, Any], int]:
+        raw, now = await asyncio.gather(
+            self.chain.call("getSession", session_id), self.chain.block_timestamp()
+        )
+        return raw, now
+
     async def session_model(self, session_id: bytes, sender_pubkey: bytes) -> bytes:
         """The session's model id, if it is open, unexpired, ours, and `sender_pubkey` is its
         user's; else RemoteProtocolError ("unknown session", "Session is closed", ...).
@@ -207,11 +233,11 @@ class Capacity:
         Read on chain for every prompt (getSession and the latest block: one eth_call and one
         block read, small beside an inference): a session the user closed is refused at once
         ("Session is closed"), where a cache would serve it free until its booked end, and
-        expiry is judged on the chain's clock, as the contract judges it.
+        expiry is judged on the chain's clock, as the contract judges it. Prompts of one session
+        arriving while its read is under way share that read (`_read_session`), so a burst of
+        them costs one read, and no answer is older than the read itself.
         """
-        raw, now = await asyncio.gather(
-            self.chain.call("getSession", session_id), self.chain.block_timestamp()
-        )
+        raw, now = await self._read_session(session_id)
         if raw["user"] == _NO_USER:
             raise RemoteProtocolError("unknown session")
         model_id = await self.bid_model(raw["bidId"])

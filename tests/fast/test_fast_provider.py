@@ -85,3 +85,52 @@ async def test_the_real_provider_serves_the_router_without_a_socket(
             assert closed["closedAt"] and closed["closeoutType"] == COOPERATIVE
         finally:
             await server.stop()
+
+
+async def test_a_burst_of_prompts_on_one_session_reads_it_on_chain_once(
+    market, chain, routes, make_router
+) -> None:
+    """Each prompt is checked against the chain (a closed session is refused at once), but 20
+    prompts arriving together share one getSession read instead of 20: the reads of 50
+    concurrent streams queued at the chain node and added hundreds of ms to their TTFT."""
+    signer, endpoint = market.providers["first"]
+    model_id, _ = await listings.resolve_model(chain, MODEL)
+    async with ModelServer([MODEL], profile="instant") as backend:
+        config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
+        server = ProviderServer(signer=signer, chain=chain, models=[config], claim_interval=None)
+        try:
+            routes[endpoint] = in_memory(server.handler)
+            router = make_router()
+            session = await router.open(MODEL, 600)
+            reads: list[str] = []
+            call = chain.call
+
+            async def counted(function: str, *args, **options):
+                reads.append(function)
+                return await call(function, *args, **options)
+
+            chain.call = counted
+
+            async def answer() -> str:
+                chunks = [c async for c in router.stream(session, BODY)]
+                return chunks[-1]["choices"][0]["message"]["content"]
+
+            answers = await asyncio.gather(*(answer() for _ in range(20)))
+            assert len(set(answers)) == 1 and answers[0]  # seed 3: one answer, twenty times
+            assert 1 <= reads.count("getSession") < 20
+            await router.close(session)
+            reads.clear()
+            (refused,) = [c async for c in _refusals(router, session)]
+            assert "Session is closed" in refused and reads.count("getSession") == 1
+        finally:
+            chain.call = call
+            await server.stop()
+
+
+async def _refusals(router, session) -> AsyncIterator[str]:
+    """The provider's refusal of a prompt on `session`, as the consumer reads it."""
+    try:
+        async for _ in router.stream(session, BODY):
+            pass
+    except Exception as exc:  # the typed error of the consumer's side
+        yield str(exc)
