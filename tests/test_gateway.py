@@ -55,3 +55,32 @@ def test_gateway_mode_needs_a_key_and_has_no_sessions(gateway_url, monkeypatch) 
             wb.open_session("llama-3.3-70b")
         with pytest.raises(mor.ConfigurationError, match="rpc_url"):
             wb.models()  # market data comes from chain reads: Base needs an RPC URL
+
+
+async def test_an_unreachable_gateway_is_a_provider_error_on_every_route() -> None:
+    """Chat, embeddings and the model list alike: a gateway that cannot be reached is one
+    typed error naming it (the model list used to raise the openai client's own error)."""
+    from mor_workbench.errors import ProviderError
+    from mor_workbench.router.gateway import Gateway
+
+    gateway = Gateway("sk-test", base_url=f"http://127.0.0.1:{_closed_port()}/v1")
+    try:
+        body = {"model": "llama-3.3-70b", "messages": [{"role": "user", "content": "hi"}]}
+        calls = (
+            lambda: anext(gateway.payloads(body)),
+            lambda: gateway.embeddings({"model": "text-embedding-bge-m3", "input": ["hi"]}),
+            gateway.models,
+        )
+        for call in calls:
+            with pytest.raises(ProviderError, match=r"^the gateway at http://127\.0\.0\.1:"):
+                await call()
+    finally:
+        await gateway.aclose()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

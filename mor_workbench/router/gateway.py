@@ -4,8 +4,9 @@ people without a wallet. The gateway holds the sessions and bills in credits; an
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
@@ -43,7 +44,7 @@ class Gateway:
 
     async def payloads(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The gateway's chunks (streaming) or its one completion, as the dicts it sent."""
-        try:
+        with self._typed_errors():
             if not body.get("stream"):
                 reply = await self._client.chat.completions.with_raw_response.create(**body)
                 yield reply.http_response.json()
@@ -52,40 +53,39 @@ class Gateway:
             async with stream:
                 async for chunk in stream:
                     yield chunk.model_dump(exclude_unset=True)
-        except openai.APIStatusError as exc:
-            raise self._error(exc) from None
-        except openai.APIConnectionError as exc:
-            raise ProviderError(
-                f"the gateway at {self.base_url} could not be reached ({type(exc).__name__})"
-            ) from None
 
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         """The gateway's answer to an OpenAI embeddings request (its `/embeddings` route under
         the base URL: `/api/v1/embeddings` on the hosted gateway), as the dict it sent. The
         vectors come as the body's `encoding_format` asks, floats when it does not say (the
         openai client would otherwise ask for base64 on its own)."""
-        try:
+        with self._typed_errors():
             reply = await self._client.embeddings.with_raw_response.create(
                 **{"encoding_format": "float", **body}
             )
+        return reply.http_response.json()
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The gateway's model list (OpenAI's /models shape)."""
+        with self._typed_errors():
+            reply = await self._client.models.with_raw_response.list()
+        return list(reply.http_response.json().get("data") or [])
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    @contextlib.contextmanager
+    def _typed_errors(self) -> Iterator[None]:
+        """The openai client's errors as ours: an HTTP error as `_error` sorts it, a gateway
+        that cannot be reached as `ProviderError`."""
+        try:
+            yield
         except openai.APIStatusError as exc:
             raise self._error(exc) from None
         except openai.APIConnectionError as exc:
             raise ProviderError(
                 f"the gateway at {self.base_url} could not be reached ({type(exc).__name__})"
             ) from None
-        return reply.http_response.json()
-
-    async def models(self) -> list[dict[str, Any]]:
-        """The gateway's model list (OpenAI's /models shape)."""
-        try:
-            reply = await self._client.models.with_raw_response.list()
-        except openai.APIStatusError as exc:
-            raise self._error(exc) from None
-        return list(reply.http_response.json().get("data") or [])
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
     def _error(self, exc: openai.APIStatusError) -> Exception:
         """The gateway's HTTP error as our type: a refused key is `ConfigurationError`, another
