@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import extra_provider
 import pandas as pd
 import pytest
 from aiohttp import web
@@ -33,7 +34,6 @@ from mor_workbench import sandbox
 from mor_workbench._portal import Portal
 from mor_workbench.batch import Checkpoint, row_key, session_duration
 from mor_workbench.chain.client import Call, Chain
-from mor_workbench.chain.deploy import MOR
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
@@ -73,18 +73,16 @@ class OwnProvider:
 async def _register(info: sandbox.SandboxInfo, key: str, endpoint: str, bid: bool) -> None:
     """Fund, register and bid for a provider (`bid`), or move its endpoint."""
     chain = Chain(RpcClient(info.rpc_url), info.deployment)
-    provider, owner = Signer(key), info.signer("owner")
     try:
-        if bid:
-            token = chain.deployment.token
-            await chain.rpc.request("anvil_setBalance", [provider.address, hex(10**21)])
-            await chain.transact(owner, "transfer", provider.address, 300 * MOR, to=token)
-            await chain.transact(provider, "approve", chain.deployment.diamond, 2**255, to=token)
-        stake = 200 * MOR if bid else 0
-        await chain.transact(provider, "providerRegister", provider.address, stake, endpoint)
-        if bid:
-            model_id, _ = await resolve_model(chain, MODEL)
-            await chain.transact(provider, "postModelBid", provider.address, model_id, PRICE_WEI)
+        await extra_provider.register(
+            chain,
+            info.signer("owner"),
+            Signer(key),
+            endpoint,
+            model=MODEL if bid else None,
+            price=PRICE_WEI,
+            fund=bid,
+        )
     finally:
         await chain.rpc.aclose()
 

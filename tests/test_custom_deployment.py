@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import extra_provider
 import pytest
 
 import mor_workbench as mor
@@ -29,14 +30,7 @@ def _keys(info) -> dict:
 
 
 def _nonce(info, address: str) -> int:
-    async def ask() -> int:
-        rpc = RpcClient(info.rpc_url)
-        try:
-            return int(await rpc.request("eth_getTransactionCount", [address, "latest"]), 16)
-        finally:
-            await rpc.aclose()
-
-    return asyncio.run(ask())
+    return extra_provider.transaction_count(info.rpc_url, address)
 
 
 @pytest.fixture(autouse=True)

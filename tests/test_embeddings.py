@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import extra_provider
 import httpx
 import numpy as np
 import openai
@@ -25,7 +26,6 @@ import mor_workbench as mor
 from mor_workbench import sandbox
 from mor_workbench._portal import portal
 from mor_workbench.chain.client import Chain
-from mor_workbench.chain.deploy import MOR
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
@@ -114,14 +114,7 @@ async def test_model_server_refuses_the_wrong_endpoint_and_bad_input() -> None:
 
 
 def _nonce(wb: mor.Workbench) -> int:
-    async def ask() -> int:
-        rpc = RpcClient(wb.aio.chain.rpc.urls)
-        try:
-            return int(await rpc.request("eth_getTransactionCount", [wb.address, "latest"]), 16)
-        finally:
-            await rpc.aclose()
-
-    return asyncio.run(ask())
+    return extra_provider.transaction_count(wb.aio.chain.rpc.urls, wb.address)
 
 
 def test_embed_returns_float32_rows_that_rank_similar_texts_first(wb) -> None:
@@ -301,15 +294,10 @@ def test_gateway_mode_calls_the_gateway_embeddings_route(monkeypatch) -> None:
 async def _register(info: sandbox.SandboxInfo, key: str, endpoint: str, price: int) -> str:
     """Fund and register an extra provider at `endpoint`, bidding `price` on EMBEDDING."""
     chain = Chain(RpcClient(info.rpc_url), info.deployment)
-    provider, owner = Signer(key), info.signer("owner")
     try:
-        await chain.rpc.request("anvil_setBalance", [provider.address, hex(10**21)])
-        token = chain.deployment.token
-        await chain.transact(owner, "transfer", provider.address, 300 * MOR, to=token)
-        await chain.transact(provider, "approve", chain.deployment.diamond, 2**255, to=token)
-        await chain.transact(provider, "providerRegister", provider.address, 200 * MOR, endpoint)
-        model_id, _ = await resolve_model(chain, EMBEDDING)
-        await chain.transact(provider, "postModelBid", provider.address, model_id, price)
+        model_id = await extra_provider.register(
+            chain, info.signer("owner"), Signer(key), endpoint, model=EMBEDDING, price=price
+        )
         return "0x" + model_id.hex()
     finally:
         await chain.rpc.aclose()

@@ -14,15 +14,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import extra_provider
 import pytest
 from eth_account import Account
 
 import mor_workbench as mor
 from mor_workbench import sandbox
 from mor_workbench.chain.client import Chain
-from mor_workbench.chain.deploy import MOR
 from mor_workbench.chain.keys import Signer
-from mor_workbench.chain.listings import resolve_model
 from mor_workbench.chain.rpc import RpcClient
 
 MODEL = "llama-3.3-70b"
@@ -32,18 +31,16 @@ PROMPT = "Tell me about routers and rivers."
 async def _register(info: sandbox.SandboxInfo, key: str, endpoint: str, price: int | None) -> str:
     """Fund and register the extra provider (or move its endpoint); bid `price` on MODEL."""
     chain = Chain(RpcClient(info.rpc_url), info.deployment)
-    provider, owner = Signer(key), info.signer("owner")
     try:
-        if price is not None:
-            await chain.rpc.request("anvil_setBalance", [provider.address, hex(10**21)])
-            token = chain.deployment.token
-            await chain.transact(owner, "transfer", provider.address, 300 * MOR, to=token)
-            await chain.transact(provider, "approve", chain.deployment.diamond, 2**255, to=token)
-        stake = 200 * MOR if price is not None else 0
-        await chain.transact(provider, "providerRegister", provider.address, stake, endpoint)
-        model_id, _ = await resolve_model(chain, MODEL)
-        if price is not None:
-            await chain.transact(provider, "postModelBid", provider.address, model_id, price)
+        model_id = await extra_provider.register(
+            chain,
+            info.signer("owner"),
+            Signer(key),
+            endpoint,
+            model=MODEL,
+            price=price,
+            fund=price is not None,
+        )
         return "0x" + model_id.hex()
     finally:
         await chain.rpc.aclose()

@@ -10,11 +10,11 @@ import os
 import socket
 from dataclasses import dataclass
 
+import extra_provider
 import pytest
 
 import mor_workbench as mor
 from mor_workbench.chain.client import Chain
-from mor_workbench.chain.deploy import MOR
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.listings import listing, resolve_model
 from mor_workbench.chain.rpc import RpcClient
@@ -112,14 +112,6 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-async def _register(chain: Chain, owner: Signer, provider: Signer, endpoint: str) -> None:
-    await chain.rpc.request("anvil_setBalance", [provider.address, hex(10**21)])
-    token = chain.deployment.token
-    await chain.transact(owner, "transfer", provider.address, 300 * MOR, to=token)
-    await chain.transact(provider, "approve", chain.deployment.diamond, 2**255, to=token)
-    await chain.transact(provider, "providerRegister", provider.address, 200 * MOR, endpoint)
-
-
 async def _retire(chain: Chain, provider: Signer) -> None:
     """Delete the extra provider's bids and deregister it: the shared sandbox's market is
     left as other tests expect it (three providers)."""
@@ -145,7 +137,9 @@ async def broken_provider(sandbox_info):
     )
     await server.start()
     try:
-        await _register(chain, sandbox_info.signer("owner"), provider, server.endpoint)
+        await extra_provider.register(
+            chain, sandbox_info.signer("owner"), provider, server.endpoint
+        )
         await chain.transact(provider, "postModelBid", provider.address, model_id, 10**12)
         yield {"chain": chain, "server": server, "provider": provider, "model_id": model_id}
     finally:
@@ -175,7 +169,9 @@ async def test_the_report_covers_configured_models_and_bids_from_the_probe_loop(
                 ModelConfig(ids[working], working, good.base_url + "/chat/completions"),
                 ModelConfig(ids[idle], idle, good.base_url + "/chat/completions"),
             ]
-            await _register(chain, sandbox_info.signer("owner"), provider, "127.0.0.1:1")
+            await extra_provider.register(
+                chain, sandbox_info.signer("owner"), provider, "127.0.0.1:1"
+            )
             for name in (failing, working, unserved):
                 await chain.transact(provider, "postModelBid", provider.address, ids[name], 10**12)
             async with ProviderServer(
@@ -276,7 +272,9 @@ async def test_live_traffic_flips_a_model_unhealthy_after_three_backend_failures
             async with ProviderServer(
                 signer=provider, chain=chain, models=[config], claim_interval=None
             ) as server:
-                await _register(chain, sandbox_info.signer("owner"), provider, server.endpoint)
+                await extra_provider.register(
+                    chain, sandbox_info.signer("owner"), provider, server.endpoint
+                )
                 await chain.transact(provider, "postModelBid", provider.address, model_id, 10**12)
                 wb = await mor.aconnect(
                     "sandbox",

@@ -4,12 +4,10 @@ transaction."""
 
 from __future__ import annotations
 
-import asyncio
-
+import extra_provider
 import pytest
 
 import mor_workbench as mor
-from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.market.catalog import model_type
 from mor_workbench.sandbox.market import MODELS
 
@@ -17,14 +15,7 @@ EMBEDDING = "text-embedding-bge-m3"
 
 
 def _nonce(wb: mor.Workbench) -> int:
-    async def ask() -> int:
-        rpc = RpcClient(wb.aio.chain.rpc.urls)
-        try:
-            return int(await rpc.request("eth_getTransactionCount", [wb.address, "latest"]), 16)
-        finally:
-            await rpc.aclose()
-
-    return asyncio.run(ask())
+    return extra_provider.transaction_count(wb.aio.chain.rpc.urls, wb.address)
 
 
 @pytest.mark.parametrize(
