@@ -83,7 +83,7 @@ class Signer:
         return self.__signing_key
 
     def private_key_bytes(self) -> bytes:
-        """The raw key, for the few primitives that need it (ECIES decrypt). Never log it."""
+        """The raw key bytes (the package signs and decrypts with `signing_key`). Never log it."""
         return bytes(self.__account.key)
 
     def __repr__(self) -> str:

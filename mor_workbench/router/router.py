@@ -421,7 +421,7 @@ class Router:
             receipt = encode_receipt(
                 Receipt(session.session_id, self.chain.deployment.chain_id, stamp, 0, 0)
             )
-            signed = receipt, eth_sign(receipt, self.signer.private_key_bytes())
+            signed = receipt, eth_sign(receipt, self.signer.signing_key)
         await self.chain.transact(self.signer, "closeSession", *signed)
         self.journal.transition(session.approval_hash, CLOSED)
         self.opened.pop(session.session_id, None)

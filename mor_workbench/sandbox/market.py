@@ -261,7 +261,7 @@ async def seed_service_records(
         for index in range(record.receipts + record.disputes):
             # in ms (the contract reads both), a distinct approval for each of the bid's sessions
             approval = encode_approval(Approval(bid_id, chain_id, user.address, now * 1000 + index))
-            signature = eth_sign(approval, provider.private_key_bytes())
+            signature = eth_sign(approval, provider.signing_key)
             opens.append(
                 (
                     user,
@@ -288,6 +288,6 @@ async def seed_service_records(
                 int(profile.ttft_s * 1000),
             )
         )
-        signature = eth_sign(payload, signed_by.private_key_bytes())
+        signature = eth_sign(payload, signed_by.signing_key)
         closes.append((user, Call("closeSession", (payload, signature))))
     await transact_many(chain, closes, timestamp=now)
