@@ -41,15 +41,16 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from eth_hash.auto import keccak
 
 from mor_workbench.protocol import (
-    Decoder,
     Response,
     SessionPromptReq,
     SessionPromptRes,
+    ecies_encrypt,
     sign,
 )
 from mor_workbench.protocol.fastchannel import Data, Offer, Replies, accept_offer
-from mor_workbench.protocol.live_chunks import ChunkSealer
+from mor_workbench.protocol.live_chunks import ChunkLines, ChunkSealer, SealedChunk
 from mor_workbench.router.peer import OUTPUT_BYTES_UNBOUNDED, ChunkReader
+from mor_workbench.router.transport import CONSUMER_MESSAGE_LIMIT
 
 Encode = Callable[[Any], bytes]
 """Provider side: a backend's payload (a JSON value) to the bytes sent for it."""
@@ -75,23 +76,37 @@ DELTA: dict[str, Any] = {
 """A streamed OpenAI delta, 258 bytes as compact JSON."""
 
 
-def live_wire() -> tuple[Encode, Decode]:
-    """One stream of the live-compatible MOR-RPC wire: fresh provider and consumer keys."""
+def live_wire(per_chunk_ephemeral: bool = False) -> tuple[Encode, Decode]:
+    """One stream of the live-compatible MOR-RPC wire: fresh provider and consumer keys. Our
+    provider seals an answer's chunks under one ephemeral ECIES key; with
+    `per_chunk_ephemeral`, each chunk draws its own, as the Go reference router does (what our
+    consumer reads from a live provider)."""
     provider, consumer = PrivateKey(), PrivateKey()
-    sealer = ChunkSealer("a1b2c3d4", provider, consumer.public_key.format(compressed=False))
-    decoder = Decoder()
+    consumer_key = consumer.public_key.format(compressed=False)
+    sealer = ChunkSealer("a1b2c3d4", provider, consumer_key)
+    lines = ChunkLines("a1b2c3d4", CONSUMER_MESSAGE_LIMIT)
     reader = ChunkReader(
         consumer, provider.public_key.format(compressed=False), OUTPUT_BYTES_UNBOUNDED
     )
 
     def encode(payload: Any) -> bytes:
-        return sealer.seal(payload, time.time_ns() // 1_000_000).encode()
+        now = time.time_ns() // 1_000_000
+        if per_chunk_ephemeral:
+            box = ecies_encrypt(consumer_key, json.dumps(payload, separators=(",", ":")).encode())
+            return sealer.envelope(box, now).encode()
+        return sealer.seal(payload, now).encode()
 
     def decode(data: bytes) -> Any:
-        (response,) = [Response.from_json(o, SessionPromptRes) for o in decoder.feed(data)]
-        return reader.read(response.result)
+        (item,) = lines.feed(data)
+        assert type(item) is SealedChunk, "the chunk left the one-line path"
+        return reader.read_sealed(item)
 
     return encode, decode
+
+
+def go_provider_wire() -> tuple[Encode, Decode]:
+    """The live wire from a provider that draws an ephemeral key per chunk (the Go router)."""
+    return live_wire(per_chunk_ephemeral=True)
 
 
 def fast_channel_wire() -> tuple[Encode, Decode]:
@@ -155,21 +170,33 @@ def _aes_ctr(key: bytes, iv: bytes, data: bytes) -> bytes:
     return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(data)
 
 
-def floor_wire() -> tuple[Encode, Decode]:
+def floor_wire(per_chunk_ephemeral: bool = True) -> tuple[Encode, Decode]:
     """The live wire's primitives alone, in its order, on a chunk of the same size: no
     framing, JSON or Python around them beyond the calls (decode gives DELTA back when the box
-    opened to its bytes and the signature verified)."""
+    opened to its bytes and the signature verified). With `per_chunk_ephemeral` each chunk
+    costs an ephemeral key and an ECDH on each side (the Go router's way); without, the
+    answer's one ephemeral key is drawn and agreed on once, outside the timing (ours)."""
     provider, consumer = PrivateKey(), PrivateKey()
     consumer_key = PublicKey(consumer.public_key.format(compressed=False))
     provider_key = PublicKey(provider.public_key.format(compressed=False))
     plaintext = json.dumps(DELTA, separators=(",", ":")).encode()
     unsigned = b'{"message":"0x' + b"ab" * (len(plaintext) + 113) + b'","timestamp":1}'
+    answer_secret = get_valid_secret()
+    answer_ephemeral = PublicKey.from_valid_secret(answer_secret).format(compressed=False)
+
+    def agree(ephemeral_secret: bytes) -> bytes:
+        z = consumer_key.multiply(ephemeral_secret).format(compressed=False)[1:33]
+        return hashlib.sha256(b"\0\0\0\1" + z).digest()
+
+    answer_k = agree(answer_secret)
 
     def encode(_: Any) -> bytes:
-        secret = get_valid_secret()
-        ephemeral = PublicKey.from_valid_secret(secret).format(compressed=False)
-        z = consumer_key.multiply(secret).format(compressed=False)[1:33]
-        k = hashlib.sha256(b"\0\0\0\1" + z).digest()
+        if per_chunk_ephemeral:
+            secret = get_valid_secret()
+            ephemeral = PublicKey.from_valid_secret(secret).format(compressed=False)
+            k = agree(secret)
+        else:
+            ephemeral, k = answer_ephemeral, answer_k
         iv = os.urandom(16)
         em = iv + _aes_ctr(k[:16], iv, plaintext)
         box = ephemeral + em + hmac.digest(hashlib.sha256(k[16:]).digest(), em, "sha256")
@@ -177,8 +204,11 @@ def floor_wire() -> tuple[Encode, Decode]:
 
     def decode(data: bytes) -> Any:
         box, signature = data[:-65], data[-65:]
-        z = PublicKey(box[:65]).multiply(consumer.secret).format(compressed=False)[1:33]
-        k = hashlib.sha256(b"\0\0\0\1" + z).digest()
+        if per_chunk_ephemeral:
+            z = PublicKey(box[:65]).multiply(consumer.secret).format(compressed=False)[1:33]
+            k = hashlib.sha256(b"\0\0\0\1" + z).digest()
+        else:
+            k = answer_k
         em, tag = box[65:-32], box[-32:]
         mac = hmac.digest(hashlib.sha256(k[16:]).digest(), em, "sha256")
         der = cdata_to_der(deserialize_compact(signature[:64]))
@@ -187,6 +217,11 @@ def floor_wire() -> tuple[Encode, Decode]:
         return DELTA if hmac.compare_digest(mac, tag) and verified and opened == plaintext else None
 
     return encode, decode
+
+
+def answer_key_floor_wire() -> tuple[Encode, Decode]:
+    """The floor with one ephemeral key per answer (see `floor_wire`)."""
+    return floor_wire(per_chunk_ephemeral=False)
 
 
 def provider_side(encode: Encode, chunks: int) -> tuple[list[int], list[bytes]]:
@@ -239,8 +274,10 @@ def measure(streams: dict[str, OpenStream], iterations: int, batch: int = 50) ->
 
 
 WIRES: dict[str, OpenStream] = {
-    "live wire (MOR-RPC)": live_wire,
-    "floor (live wire's primitives)": floor_wire,
+    "live wire, ours": live_wire,
+    "floor, a key per answer": answer_key_floor_wire,
+    "live wire, Go provider": go_provider_wire,
+    "floor, a key per chunk": floor_wire,
     "fast channel (our peers)": fast_channel_wire,
 }
 """The streams measured, by name (another wire is one more entry)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from mor_workbench.protocol.errors import RemoteProtocolError
@@ -24,10 +25,19 @@ class Decoder:
 
     Any malformed input, a top-level value that is not an object, or a value longer than
     `max_message` bytes raises `RemoteProtocolError`; the decoder is unusable afterwards.
+
+    `read_line`, when given, reads a message that fills a line (as every peer writes them)
+    straight from its bytes (without the newline): what it returns, when not None, is given
+    back in place of the parsed object; None leaves the line to the JSON parser.
     """
 
-    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(
+        self,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        read_line: Callable[[bytes], Any] | None = None,
+    ) -> None:
         self.max_message = max_message
+        self._read_line = read_line
         self._buffer = bytearray()
         self._pos = 0  # how far the current value has been scanned
         self._depth = 0
@@ -38,12 +48,23 @@ class Decoder:
         self._failed = RemoteProtocolError(message)
         return self._failed
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes) -> list[Any]:
+        """The messages `data` completes: parsed objects (dicts), or what `read_line` made."""
         if self._failed is not None:
             raise self._failed
         self._buffer += data
-        out: list[dict[str, Any]] = []
+        out: list[Any] = []
+        newline = b"\n" in data
         while True:
+            if self._pos and newline and self._read_line is not None:
+                # a message scanned in part may end on a line now: read it as a line (the
+                # scan would find the same end: the line's object is complete)
+                line = self._line()
+                if line is not None:
+                    self._pos = self._depth = 0
+                    self._in_string = False
+                    out.append(line)
+                    continue
             if self._pos == 0:
                 start = 0
                 while start < len(self._buffer) and self._buffer[start] in _WHITESPACE:
@@ -75,7 +96,7 @@ class Decoder:
                 raise self._fail("expected a JSON object")
             out.append(value)
 
-    def _line(self) -> dict[str, Any] | None:
+    def _line(self) -> Any:
         """The object at the buffer's start when it fills the first line (as Go's json.Encoder
         and our provider write every message: one line each), parsed without scanning it
         here; None when it does not (pretty-printed, several on one line, incomplete), and
@@ -83,11 +104,14 @@ class Decoder:
         64 brackets (so it cannot nest deeper than `_scan` allows)."""
         buf = self._buffer
         end = buf.find(b"\n")
-        if (
-            end < 0
-            or end > self.max_message
-            or buf.count(b"{", 0, end) + buf.count(b"[", 0, end) > 64
-        ):
+        if end < 0 or end > self.max_message:
+            return None
+        if self._read_line is not None:
+            value = self._read_line(bytes(buf[:end]))
+            if value is not None:
+                del buf[: end + 1]
+                return value
+        if buf.count(b"{", 0, end) + buf.count(b"[", 0, end) > 64:
             return None
         try:
             value = json.loads(buf[:end])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coincurve import PrivateKey
+from eth_hash.auto import keccak
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
@@ -38,6 +39,7 @@ from mor_workbench.protocol import (
     RemoteProtocolError,
     Request,
     Response,
+    RpcError,
     SessionPromptReq,
     SessionPromptRes,
     SessionReportReq,
@@ -53,8 +55,10 @@ from mor_workbench.protocol import (
     sign,
     verify,
 )
+from mor_workbench.protocol.ecies import BoxOpener
 from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Data, End, Failure, Offer, Replies
-from mor_workbench.protocol.signing import parse_public_key
+from mor_workbench.protocol.live_chunks import ChunkLines, SealedChunk
+from mor_workbench.protocol.signing import parse_public_key, verify_digest
 from mor_workbench.router.transport import (
     CONSUMER_MESSAGE_LIMIT,
     TCP,
@@ -70,7 +74,6 @@ __all__ = [
     "SessionExpired",
     "check_prompt_fits",
     "deposit_for",
-    "open_chunk",
     "open_session",
     "output_cap",
     "parse_chunk",
@@ -311,27 +314,32 @@ def output_cap(body: dict[str, Any]) -> int:
     return min(budget, OUTPUT_BYTES_UNBOUNDED)
 
 
-def _decrypt_hex(key: bytes | PrivateKey, message: str, what: str) -> bytes:
-    """The plaintext of a 0x-hex ECIES box addressed to `key`; `RemoteProtocolError` when the
-    provider sent anything else (plaintext where encryption is required, bad hex, bad box)."""
+def _box_of(message: str, what: str) -> bytes:
+    """The ECIES box a 0x-hex `message` carries; `RemoteProtocolError` when the provider sent
+    anything else (plaintext where encryption is required, bad hex)."""
     if not message.startswith("0x"):
         raise RemoteProtocolError(f"the provider sent {what} that is not encrypted to our key")
     try:
-        box = bytes.fromhex(message[2:])
+        return bytes.fromhex(message[2:])
     except ValueError:
         raise RemoteProtocolError(f"the provider sent {what} that is not hex") from None
-    return ecies_decrypt(key, box)
+
+
+def _decrypt_hex(key: bytes | PrivateKey, message: str, what: str) -> bytes:
+    """The plaintext of a 0x-hex ECIES box addressed to `key` (see `_box_of`)."""
+    return ecies_decrypt(key, _box_of(message, what))
 
 
 class ChunkReader:
     """The consumer's checks on the chunks of one answer (see `prompt`): each signed by
     `provider_pubkey`, the key bound at approval (verified against it, parsed once, not
     recovered from each signature), seen once (by r ‖ s: a replay with v rewritten, 0 as 27,
-    is the same signature), encrypted to our `key`, a JSON object or "[DONE]", and in all at
-    most `cap` bytes of ECIES boxes."""
+    is the same signature), encrypted to our `key` (its ECIES keys derived once for each
+    ephemeral key the provider uses), a JSON object or "[DONE]", and in all at most `cap`
+    bytes of ECIES boxes."""
 
     def __init__(self, key: PrivateKey, provider_pubkey: bytes, cap: int) -> None:
-        self._key = key
+        self._boxes = BoxOpener(key)
         self._provider = parse_public_key(provider_pubkey)
         self._seen: set[bytes] = set()
         self._received = 0
@@ -340,12 +348,24 @@ class ChunkReader:
     def read(self, chunk: SessionPromptRes) -> dict[str, Any] | str:
         """`chunk`'s payload; `RemoteProtocolError` when it breaks a rule above."""
         verify(chunk, public_key=self._provider)
-        signed = chunk.signature[:64]
+        self._once(chunk.signature)
+        self.count(len(chunk.message) // 2)  # hex: two characters a byte
+        return parse_chunk(self._boxes.open(_box_of(chunk.message, "a chunk")))
+
+    def read_sealed(self, chunk: SealedChunk) -> dict[str, Any] | str:
+        """The payload of a chunk read from its line (`ChunkLines`), checked as `read` checks
+        a parsed one; `RemoteProtocolError` when it breaks a rule above."""
+        if not verify_digest(keccak(chunk.signed), chunk.signature, self._provider):
+            raise RemoteProtocolError("SessionPromptRes is not signed by the expected key")
+        self._once(chunk.signature)
+        self.count(len(chunk.box))
+        return parse_chunk(self._boxes.open(chunk.box))
+
+    def _once(self, signature: bytes) -> None:
+        signed = signature[:64]
         if signed in self._seen:
             raise RemoteProtocolError("the provider replayed a chunk it had already sent")
         self._seen.add(signed)
-        self.count(len(chunk.message) // 2)  # hex: two characters a byte
-        return open_chunk(self._key, chunk.message)
 
     def count(self, size: int) -> None:
         """Add `size` bytes of answer (a box here, a fast-channel chunk); `RemoteProtocolError`
@@ -353,12 +373,6 @@ class ChunkReader:
         self._received += size
         if self._received > self._cap:
             raise _endless(self._cap)
-
-
-def open_chunk(key: bytes | PrivateKey, message: str) -> dict[str, Any] | str:
-    """A signed chunk's payload: decrypted with `key`, a JSON object or the string "[DONE]";
-    `RemoteProtocolError` for anything else."""
-    return parse_chunk(_decrypt_hex(key, message, "a chunk"))
 
 
 def parse_chunk(plaintext: bytes) -> dict[str, Any] | str:
@@ -410,7 +424,7 @@ async def prompt(
     offered = offer.public_key if offer is not None else b""
     signed = sign(SessionPromptReq(session_id, text, _now_ms(), fast_channel=offered), key)
     req = Request(_request_id(), signed)
-    replies = None
+    replies: Replies | ChunkLines = ChunkLines(req.id, CONSUMER_MESSAGE_LIMIT)
     if offer is not None:
         replies = Replies(
             offer,
@@ -432,39 +446,42 @@ async def prompt(
         idle_timeout=idle_timeout,
         replies=replies,
     ):
-        if not isinstance(reply, Response):  # a fast-channel event
-            if isinstance(reply, End):
-                break
-            if isinstance(reply, Data):
-                reader.count(len(reply.chunk))
-                payload = parse_chunk(reply.chunk)
-                if payload == "[DONE]":  # the signed END follows
-                    finished = True
-                    continue
-                if not body.get("stream"):
-                    finished = True
-                yield payload
+        if type(reply) is SealedChunk:  # a live-wire chunk, read from its line
+            payload = reader.read_sealed(reply)
+        elif isinstance(reply, Response | Failure):  # a failure: a live-wire error, sealed
+            response = reply if isinstance(reply, Response) else reply.response
+            if response.error is not None:
+                raise _refusal(response.error, key, provider_pubkey)
+            assert response.result is not None
+            payload = reader.read(response.result)
+        elif isinstance(reply, End):
+            break
+        elif isinstance(reply, Data):
+            reader.count(len(reply.chunk))
+            payload = parse_chunk(reply.chunk)
+            if payload == "[DONE]":  # the signed END follows
+                finished = True
                 continue
-            if not isinstance(reply, Failure):
-                continue  # the accept, a checkpoint: checked by the reader
-            reply = reply.response
-        if reply.error is not None:
-            message = reply.error.message
-            if reply.error.signature is not None and message.startswith("0x"):
-                verify(reply.error, public_key=provider_pubkey)
-                message = _decrypt_hex(key, message, "an error").decode(errors="replace")
-            raise prompt_error(message, reply.error.code)
-        assert reply.result is not None
-        payload = reader.read(reply.result)
+        else:
+            continue  # the fast channel's accept, a checkpoint: checked by its reader
         if payload == "[DONE]":
             return
         if not body.get("stream"):
             finished = True
         yield payload
-    if replies is not None:
+    if isinstance(replies, Replies):
         replies.finish()
     if not finished:
         raise ProviderError("the provider closed the connection before the answer was complete")
+
+
+def _refusal(error: RpcError, key: PrivateKey, provider_pubkey: bytes) -> ProviderError:
+    """The typed error for a provider's error reply (its message decrypted when sealed)."""
+    message = error.message
+    if error.signature is not None and message.startswith("0x"):
+        verify(error, public_key=provider_pubkey)
+        message = _decrypt_hex(key, message, "an error").decode(errors="replace")
+    return prompt_error(message, error.code)
 
 
 def _endless(cap: int) -> RemoteProtocolError:

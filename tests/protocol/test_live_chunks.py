@@ -242,14 +242,16 @@ def test_the_per_chunk_bench_runs_and_every_wire_round_trips() -> None:
     )
     report = json.loads(run.stdout)
     assert report["payload_bytes"] == 258
-    live = report["rows"]["live wire (MOR-RPC)"]
+    live = report["rows"]["live wire, ours"]
     # a 258-byte payload: 113 bytes of ECIES around it, hex, and the signed envelope
     assert live["wire_bytes"] == len(
         ChunkSealer("a1b2c3d4", PROVIDER, CONSUMER_PUB).envelope(bytes(258 + 113), 10**12).encode()
     )
     assert set(report["rows"]) >= {
-        "live wire (MOR-RPC)",
-        "floor (live wire's primitives)",
+        "live wire, ours",
+        "floor, a key per answer",
+        "live wire, Go provider",
+        "floor, a key per chunk",
         "fast channel (our peers)",
     }
     assert report["fast_channel_handshake_us"] > 0
