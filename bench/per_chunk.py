@@ -3,10 +3,12 @@
 Provider side: a backend's chunk (a 258-byte OpenAI delta, as the backend yields it) to the
 bytes written on the socket; consumer side: those bytes, as one read, to the verified,
 decrypted payload. Each runs the code the live path runs: the provider handler's
-`ChunkSealer`, the consumer's framing (`Decoder`, `Response.from_json`, what the transport
-does) and `ChunkReader` (what `prompt()` does per chunk), without sockets or an event loop.
-The floor is the primitives alone, in the same order: provider = ephemeral key, ECDH, KDF,
-AES-CTR, HMAC, keccak, signature; consumer = ECDH, KDF, HMAC, AES-CTR, keccak, verification.
+`ChunkSealer`, the consumer's `ChunkLines` (what `prompt()` gives the transport to read the
+replies) and `ChunkReader` (what `prompt()` does per chunk), without sockets or an event loop.
+Our provider seals an answer under one ephemeral ECIES key; the Go router draws one per chunk,
+so that wire is measured too (what our consumer reads from a live provider). The floors are the
+primitives alone, in the same order: provider = [ephemeral key, ECDH, KDF,] AES-CTR, HMAC,
+keccak, signature; consumer = [ECDH, KDF,] HMAC, AES-CTR, keccak, verification.
 
 Times are this thread's CPU time (time.thread_time_ns), the median over --iterations chunks
 of one stream, the rows measured in interleaved batches, so other processes on a shared
