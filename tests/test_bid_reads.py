@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import mor_workbench as mor
-from mor_workbench.chain import listings
+from mor_workbench.chain import client, listings
 from mor_workbench.market import tables
 from mor_workbench.router.router import rank_bids
 from mor_workbench.sandbox.market import MODELS, PROVIDERS
@@ -73,4 +73,20 @@ async def test_stats_cover_each_provider_model_pair_of_the_bids(sandbox_dir) -> 
         zip(bids["model_id"], bids["provider"], strict=True)
     )
     assert (stats["total_count"] > 0).all()  # the sandbox's service records
+    assert spent == LEVELS
+
+
+async def test_a_market_larger_than_one_multicall_still_reads_in_one_round_trip_a_level(
+    sandbox_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reads of one level that fill many Multicall3 calls go in one JSON-RPC batch (a
+    10,000-bid market made 60 HTTP requests, one per 400 reads): here 3 reads a multicall."""
+    wb = await mor.aconnect("sandbox", sandbox_dir=sandbox_dir)
+    try:
+        _, whole = await round_trips(wb, wb.bids)
+        monkeypatch.setattr(client, "_MULTICALL_CHUNK", 3)
+        spent, small = await round_trips(wb, wb.bids)
+    finally:
+        await wb.close()
+    assert small.drop(columns="score").equals(whole.drop(columns="score"))
     assert spent == LEVELS

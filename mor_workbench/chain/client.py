@@ -33,6 +33,7 @@ DIAMOND_FACETS = (
     "SessionRouterErrors",
 )
 _MULTICALL_CHUNK = 400  # calls per eth_call: keeps each batch far below common gas caps
+_CHUNKS_PER_BATCH = 10  # eth_calls per JSON-RPC batch: far below the batch limits of RPC services
 _RECEIPT_POLL_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Gas is estimated on the latest block, but what a transaction costs can depend on when it is
 # mined: a session close estimated in the second the session opened owes nothing yet, yet
@@ -131,26 +132,53 @@ class Chain:
         return codec.decode(fn, bytes.fromhex(raw[2:]))
 
     async def read_many(self, calls: Sequence[Call]) -> list[Any]:
-        """Many reads in few round trips (Multicall3 aggregate3); a failed read yields its error."""
+        """Many reads in few round trips: Multicall3 aggregate3 calls of `_MULTICALL_CHUNK`
+        reads, sent `_CHUNKS_PER_BATCH` to a JSON-RPC batch (one HTTP request), the batches
+        at once. A failed read yields its `ContractReverted`; a failed aggregate raises it."""
         chunks = [calls[i : i + _MULTICALL_CHUNK] for i in range(0, len(calls), _MULTICALL_CHUNK)]
-        results = await asyncio.gather(*(self._aggregate(chunk) for chunk in chunks))
-        return [item for chunk in results for item in chunk]
+        if len(chunks) <= 1:
+            return await self._aggregate(chunks[0]) if chunks else []
+        batches = [
+            chunks[i : i + _CHUNKS_PER_BATCH] for i in range(0, len(chunks), _CHUNKS_PER_BATCH)
+        ]
+        results = await asyncio.gather(*(self._aggregate_batch(batch) for batch in batches))
+        return [item for batch in results for chunk in batch for item in chunk]
 
-    async def _aggregate(self, calls: Sequence[Call]) -> list[Any]:
-        targets = [self._resolve(c) for c in calls]
+    def _aggregate_call(self, calls: Sequence[Call]) -> Call:
         encoded = [
             (address, True, codec.encode(c.fn, *c.args))
-            for c, (address, codec) in zip(calls, targets, strict=True)
+            for c, (address, codec) in ((c, self._resolve(c)) for c in calls)
         ]
-        replies = await self.call(
-            "aggregate3", encoded, to=self.deployment.multicall, abi=self.multicall_abi
-        )
+        return Call("aggregate3", (encoded,), self.deployment.multicall, self.multicall_abi)
+
+    def _unpack(self, calls: Sequence[Call], replies: list[dict[str, Any]]) -> list[Any]:
         out: list[Any] = []
-        for c, (_, codec), reply in zip(calls, targets, replies, strict=True):
+        for c, reply in zip(calls, replies, strict=True):
             if reply["success"]:
-                out.append(codec.decode(c.fn, reply["returnData"]))
+                out.append(self._resolve(c)[1].decode(c.fn, reply["returnData"]))
             else:
                 out.append(self._revert(c.fn, reply["returnData"]))
+        return out
+
+    async def _aggregate(self, calls: Sequence[Call]) -> list[Any]:
+        aggregate = self._aggregate_call(calls)
+        replies = await self.call(aggregate.fn, *aggregate.args, to=aggregate.to, abi=aggregate.abi)
+        return self._unpack(calls, replies)
+
+    async def _aggregate_batch(self, chunks: Sequence[Sequence[Call]]) -> list[list[Any]]:
+        aggregates = [self._aggregate_call(chunk) for chunk in chunks]
+        requests = []
+        for aggregate in aggregates:
+            address, data = self.encode_call(aggregate)
+            requests.append(("eth_call", [{"to": address, "data": "0x" + data.hex()}, "latest"]))
+        out = []
+        for chunk, aggregate, raw in zip(
+            chunks, aggregates, await self.rpc.batch(requests), strict=True
+        ):
+            _, codec = self._resolve(aggregate)
+            if isinstance(raw, RpcError):
+                raise self._revert(aggregate.fn, raw.revert_data(), raw.rpc_message)
+            out.append(self._unpack(chunk, codec.decode(aggregate.fn, bytes.fromhex(raw[2:]))))
         return out
 
     async def chain_id(self) -> int:
