@@ -146,7 +146,9 @@ class Router:
         self.chain = chain
         # checks the providers of tee-tagged models at open and before each prompt
         self.tee_verifier = tee_verifier or TeeVerifier()
-        self.attestations: dict[bytes, Attestation] = {}  # by session id
+        # by session id, for the sessions this router holds open (dropped when one closes: a
+        # `serve` process opens sessions for weeks); see `attestation`
+        self.attestations: dict[bytes, Attestation] = {}
         self._model_tags: dict[bytes, list[str]] = {}
         # around each open once its deposit (wei) is known, before the provider is asked: may
         # refuse it (a spend cap); told the session id once paid (`SpendGuard`)
@@ -411,6 +413,27 @@ class Router:
         ):
             yield payload
 
+    def attestation(self, session_id: bytes) -> Attestation:
+        """What the provider of `session_id`, a session this router holds open, attested:
+        checked at open and before each prompt (`router.attestation`). Kept for open sessions
+        only (a long-running process opens sessions without end), so `ConfigurationError` for
+        a closed session as for one this router did not open."""
+        known = self.attestations.get(session_id)
+        if known is not None:
+            return known
+        entry = self.journal.by_session("0x" + session_id.hex())
+        if entry is not None and entry.state in (SessionState.CLOSED, SessionState.ABANDONED):
+            raise ConfigurationError(
+                f"session 0x{session_id.hex()[:8]}… is closed: a workbench reports the "
+                "attestation of its sessions while it holds them open (checked at open and "
+                "before each prompt), not of closed sessions nor of sessions not opened by "
+                "this workbench"
+            )
+        raise ConfigurationError(
+            f"session 0x{session_id.hex()[:8]}… was not opened by this workbench: "
+            "pass a session from open_session() or wb.sessions()"
+        )
+
     # ----- closing -----
     async def close(self, session: OpenSession) -> bool:
         """Close with the provider's receipt, or dispute-close with our own when it is gone.
@@ -476,10 +499,14 @@ class Router:
         )
         if session.session_id in self.opened:
             self._forget(session)
+        else:
+            self.attestations.pop(session.session_id, None)
 
     def _forget(self, session: OpenSession) -> None:
-        """A closed session leaves this router's open sessions; its listeners are told."""
+        """A closed session leaves this router's books (its open sessions and attestations);
+        its listeners are told."""
         self.opened.pop(session.session_id, None)
+        self.attestations.pop(session.session_id, None)
         self._changed("closed", session)
 
     def _changed(self, event: str, session: OpenSession) -> None:
@@ -531,7 +558,8 @@ class Router:
         Once: calls failing together on one session start one close (a session already
         closing or closed is left to that close, or to the next `recover()`)."""
         self.opened.pop(session.session_id, None)
-        if self.is_closed(session):
+        if self.is_closed(session):  # its close (this router's or another's) drops the rest
+            self.attestations.pop(session.session_id, None)
             return
         self.journal.transition(session.approval_hash, CLOSE)
         task = asyncio.create_task(self._close_quietly(session))
