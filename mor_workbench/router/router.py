@@ -502,6 +502,13 @@ class Router:
         else:
             self.attestations.pop(session.session_id, None)
 
+    def _drop_closed_elsewhere(self, unfinished: list[JournalEntry]) -> None:
+        """Drop the sessions of `opened` the journal no longer holds `unfinished` (the rows
+        that may still hold MOR): another close of the account has closed them."""
+        held = {e.approval_hash for e in unfinished}
+        for session in [s for s in self.opened.values() if s.approval_hash not in held]:
+            self._closed_elsewhere(session)
+
     def _forget(self, session: OpenSession) -> None:
         """A closed session leaves this router's books (its open sessions and attestations);
         its listeners are told."""
@@ -598,7 +605,9 @@ class Router:
 
     async def housekeep(self) -> dict[str, int]:
         """Close the sessions this router opened whose time is up (the unused stake comes back
-        only on close), and withdraw on-hold stakes whose timelock has passed."""
+        only on close), and withdraw on-hold stakes whose timelock has passed. Sessions of this
+        router that another close of the account has closed are dropped first (`closable`)."""
+        self._drop_closed_elsewhere(self.journal.unfinished())
         now = await self.chain.block_timestamp()
         ended = [s for s in list(self.opened.values()) if s.ends_at <= now]
         for session in ended:
@@ -708,9 +717,7 @@ class Router:
         those its journal holds open (from this or an earlier process). A session this router
         opened that another close of the account has closed since is dropped here."""
         unfinished = self.journal.unfinished()
-        held = {e.approval_hash for e in unfinished}
-        for session in [s for s in self.opened.values() if s.approval_hash not in held]:
-            self._closed_elsewhere(session)
+        self._drop_closed_elsewhere(unfinished)
         journaled = {
             bytes.fromhex(e.session_id[2:]): _from_entry(e)
             for e in unfinished
