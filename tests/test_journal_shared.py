@@ -6,12 +6,15 @@ for the next start: a session that is closed cannot be close" — the journal ro
 while the session was still in the closing router's list of open sessions. Two paths did it:
 another workbench of the account closed the session (`close_all`, `close_session`, the
 Sessions widget: "from any process", by design), and a close that ran while the workbench was
-closing (the Compare widget closes its sessions as their answers end).
+closing. The README's was the second: its last cell starts a Compare widget, which closes
+each session as its answer ends, and `wb.close()` followed at once (the last test here gave
+that very warning in each of four runs before the fix).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pytest
 
 import mor_workbench as mor
 from mor_workbench.router.states import SessionState
+from mor_workbench.widgets import Compare
 
 MODEL = "llama-3.3-70b"
 
@@ -105,3 +109,22 @@ async def test_a_workbench_closing_while_its_sessions_close_closes_each_once(
     finally:
         await wb.close()
         await reader.close()
+
+
+def test_closing_a_workbench_while_a_comparison_closes_its_sessions(sandbox_info, home) -> None:
+    """The README's last cell: a Compare widget, closing each session as its answer ends, then
+    `wb.close()` closing the workbench's open sessions while those closes still run."""
+    wb = mor.connect("sandbox", sandbox_dir=sandbox_info.directory)
+    router = wb.aio.router
+    compare = Compare(wb, "Explain RAID 5", model=MODEL, n=3)
+    deadline = time.monotonic() + 60
+    while not any(row["state"] == "done" for row in compare.rows):  # its close starts
+        assert time.monotonic() < deadline, compare.rows
+        time.sleep(0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wb.close()
+    compare.wait()
+    assert left_for_next_start(caught) == []
+    assert router.opened == {}
+    assert [e.state for e in router.journal.all()] == [SessionState.CLOSED] * 3
