@@ -128,3 +128,22 @@ def test_closing_a_workbench_while_a_comparison_closes_its_sessions(sandbox_info
     assert left_for_next_start(caught) == []
     assert router.opened == {}
     assert [e.state for e in router.journal.all()] == [SessionState.CLOSED] * 3
+
+
+async def test_two_workbenches_closing_one_session_at_once_both_see_it_closed(
+    sandbox_info, home
+) -> None:
+    """Both send closeSession; the chain refuses the second (`SessionAlreadyClosed`), which is
+    the other's close, not a failure: neither raises nor leaves the session for recovery."""
+    opener = await mor.aconnect("sandbox", sandbox_dir=sandbox_info.directory)
+    other = await mor.aconnect("sandbox", sandbox_dir=sandbox_info.directory)
+    try:
+        session = await opener.open_session(MODEL, duration="5m")
+        await asyncio.gather(opener.close_session(session.id), other.close_session(session.id))
+        assert opener.router.opened == {}
+        entry = opener.router.journal.by_session(session.id)
+        assert entry is not None and entry.state == SessionState.CLOSED
+        assert (await other.chain.call("getSession", session.opened.session_id))["closedAt"]
+    finally:
+        await opener.close()
+        await other.close()
