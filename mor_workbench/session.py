@@ -297,8 +297,10 @@ class AsyncSession:
     def info(self) -> SessionInfo:
         """What this session is: id, model, provider, bid, price (MOR/s), endpoint, end time
         (UTC), state, and what its provider attested (a tee model's; see
-        `router.attestation`); a dict of exact values that displays rounded with units."""
+        `router.attestation`), reported while the session is open; a dict of exact values
+        that displays rounded with units."""
         attested = self._router.attestations.get(self.opened.session_id)
+        closed = self.closed
         return SessionInfo(
             {
                 "id": self.id,
@@ -309,8 +311,10 @@ class AsyncSession:
                 "endpoint": self.opened.endpoint,
                 "ends_at": self.ends_at,
                 "encrypted_prompts": self.opened.encrypt,
-                "closed": self.closed,
-                "attestation": attested.status if attested else "not checked",
+                "closed": closed,
+                "attestation": attested.status
+                if attested
+                else ("session closed: reported while it is open" if closed else "not checked"),
             }
         )
 

@@ -295,16 +295,18 @@ class AsyncWorkbench:
         its id): `tee` (its model is tagged tee), `attested` (its provider's TDX quote verified,
         is bound to its attestation endpoint's certificate and its RTMR3 matches a golden value;
         checked at open and before each prompt, see `router.attestation`), `status` (why, in
-        one line) and the evidence read. Raises `ConfigurationError` for a session this
-        workbench did not open."""
+        one line) and the evidence read. Reported while the session is open (`Router.attestation`):
+        raises `ConfigurationError` for a closed session and for one this workbench did not
+        open."""
         session_id = session if isinstance(session, str) else session.id
         try:
-            return self.router.attestations[bytes.fromhex(session_id.removeprefix("0x"))]
-        except (KeyError, ValueError):
+            found = bytes.fromhex(session_id.removeprefix("0x"))
+        except ValueError:
             raise ConfigurationError(
                 f"session {session_id} was not opened by this workbench: "
                 "pass a session from open_session() or wb.sessions()"
             ) from None
+        return self.router.attestation(found)
 
     async def _session_for(self, model: str, purpose: Purpose = "chat") -> AsyncSession:
         """This workbench's session for `model`, opened on first use (once, however many

@@ -27,6 +27,7 @@ from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.errors import (
     ConfigurationError,
+    ContractReverted,
     InsufficientFunds,
     MorError,
     NoProviderAvailable,
@@ -145,7 +146,9 @@ class Router:
         self.chain = chain
         # checks the providers of tee-tagged models at open and before each prompt
         self.tee_verifier = tee_verifier or TeeVerifier()
-        self.attestations: dict[bytes, Attestation] = {}  # by session id
+        # by session id, for the sessions this router holds open (dropped when one closes: a
+        # `serve` process opens sessions for weeks); see `attestation`
+        self.attestations: dict[bytes, Attestation] = {}
         self._model_tags: dict[bytes, list[str]] = {}
         # around each open once its deposit (wei) is known, before the provider is asked: may
         # refuse it (a spend cap); told the session id once paid (`SpendGuard`)
@@ -164,6 +167,8 @@ class Router:
         self.opened: dict[bytes, OpenSession] = {}  # sessions this router opened, still open
         self.expired: set[bytes] = set()  # closed by housekeeping because their time was up
         self._tasks: set[asyncio.Task[Any]] = set()
+        # a lock per session being closed, with how many closes share it: one close at a time
+        self._closes: dict[bytes, tuple[asyncio.Lock, int]] = {}
         self._housekeeper: asyncio.Task[None] | None = None
         # allowance check, approve and openSession as one step: two opens at once would each
         # approve only their own amount, and the second approve replaces the first
@@ -408,10 +413,56 @@ class Router:
         ):
             yield payload
 
+    def attestation(self, session_id: bytes) -> Attestation:
+        """What the provider of `session_id`, a session this router holds open, attested:
+        checked at open and before each prompt (`router.attestation`). Kept for open sessions
+        only (a long-running process opens sessions without end), so `ConfigurationError` for
+        a closed session as for one this router did not open."""
+        known = self.attestations.get(session_id)
+        if known is not None:
+            return known
+        entry = self.journal.by_session("0x" + session_id.hex())
+        if entry is not None and entry.state in (SessionState.CLOSED, SessionState.ABANDONED):
+            raise ConfigurationError(
+                f"session 0x{session_id.hex()[:8]}… is closed: a workbench reports the "
+                "attestation of its sessions while it holds them open (checked at open and "
+                "before each prompt), not of closed sessions nor of sessions not opened by "
+                "this workbench"
+            )
+        raise ConfigurationError(
+            f"session 0x{session_id.hex()[:8]}… was not opened by this workbench: "
+            "pass a session from open_session() or wb.sessions()"
+        )
+
     # ----- closing -----
     async def close(self, session: OpenSession) -> bool:
         """Close with the provider's receipt, or dispute-close with our own when it is gone.
-        True when the provider signed the receipt."""
+        True when the provider signed the receipt.
+
+        One close of a session at a time: a close asked while another runs (a widget closing
+        its session while the workbench closes) waits for it, then finds it closed. A
+        session closed already — by another workbench of this account, in this process or
+        another (`close_all`, `close_session`, the Sessions widget), or by recovery — is
+        recognised from its journal row or, when a close elsewhere is still under way, from
+        the chain's `SessionAlreadyClosed`: nothing more is sent, the router drops it (its
+        listeners told "closed" if it held it open) and the answer is True (this call made
+        no dispute). Raises what the close transaction raises (`MorError`); the row then
+        stays closing, for the next `recover()`."""
+        lock, sharing = self._closes.get(session.session_id, (asyncio.Lock(), 0))
+        self._closes[session.session_id] = (lock, sharing + 1)
+        try:
+            async with lock:
+                return await self._close_once(session)
+        finally:
+            lock, sharing = self._closes.pop(session.session_id)
+            if sharing > 1:
+                self._closes[session.session_id] = (lock, sharing - 1)
+
+    async def _close_once(self, session: OpenSession) -> bool:
+        entry = self.journal.get(session.approval_hash)
+        if entry is not None and entry.state in (SessionState.CLOSED, SessionState.ABANDONED):
+            self._closed_elsewhere(session)
+            return True
         self.journal.transition(session.approval_hash, CLOSE)
         signed = await self._provider_receipt(session)
         undisputed = signed is not None
@@ -422,11 +473,48 @@ class Router:
                 Receipt(session.session_id, self.chain.deployment.chain_id, stamp, 0, 0)
             )
             signed = receipt, eth_sign(receipt, self.signer.signing_key)
-        await self.chain.transact(self.signer, "closeSession", *signed)
+        try:
+            await self.chain.transact(self.signer, "closeSession", *signed)
+        except ContractReverted as exc:
+            if exc.error != "SessionAlreadyClosed":
+                raise
+            # closed meanwhile by another close of this account (another workbench, or a
+            # process that closed it on chain and has not yet journaled it)
+            entry = self.journal.get(session.approval_hash)
+            if entry is not None and entry.state == SessionState.CLOSING:  # not journaled yet
+                self.journal.transition(session.approval_hash, CLOSED)
+            self._closed_elsewhere(session)
+            return True
         self.journal.transition(session.approval_hash, CLOSED)
-        self.opened.pop(session.session_id, None)
-        self._changed("closed", session)
+        self._forget(session)
         return undisputed
+
+    def _closed_elsewhere(self, session: OpenSession) -> None:
+        """Drop a session closed (or abandoned) by another close of this account, saying so;
+        its listeners are told "closed" when this router held it open."""
+        log.info(
+            "session 0x%s was closed already by another close of this account (another "
+            "workbench, or recovery): nothing more to send",
+            session.session_id.hex(),
+        )
+        if session.session_id in self.opened:
+            self._forget(session)
+        else:
+            self.attestations.pop(session.session_id, None)
+
+    def _drop_closed_elsewhere(self, unfinished: list[JournalEntry]) -> None:
+        """Drop the sessions of `opened` the journal no longer holds `unfinished` (the rows
+        that may still hold MOR): another close of the account has closed them."""
+        held = {e.approval_hash for e in unfinished}
+        for session in [s for s in self.opened.values() if s.approval_hash not in held]:
+            self._closed_elsewhere(session)
+
+    def _forget(self, session: OpenSession) -> None:
+        """A closed session leaves this router's books (its open sessions and attestations);
+        its listeners are told."""
+        self.opened.pop(session.session_id, None)
+        self.attestations.pop(session.session_id, None)
+        self._changed("closed", session)
 
     def _changed(self, event: str, session: OpenSession) -> None:
         """Tell `on_change`; its failure is logged, never the caller's."""
@@ -477,7 +565,8 @@ class Router:
         Once: calls failing together on one session start one close (a session already
         closing or closed is left to that close, or to the next `recover()`)."""
         self.opened.pop(session.session_id, None)
-        if self.is_closed(session):
+        if self.is_closed(session):  # its close (this router's or another's) drops the rest
+            self.attestations.pop(session.session_id, None)
             return
         self.journal.transition(session.approval_hash, CLOSE)
         task = asyncio.create_task(self._close_quietly(session))
@@ -516,7 +605,9 @@ class Router:
 
     async def housekeep(self) -> dict[str, int]:
         """Close the sessions this router opened whose time is up (the unused stake comes back
-        only on close), and withdraw on-hold stakes whose timelock has passed."""
+        only on close), and withdraw on-hold stakes whose timelock has passed. Sessions of this
+        router that another close of the account has closed are dropped first (`closable`)."""
+        self._drop_closed_elsewhere(self.journal.unfinished())
         now = await self.chain.block_timestamp()
         ended = [s for s in list(self.opened.values()) if s.ends_at <= now]
         for session in ended:
@@ -623,10 +714,13 @@ class Router:
 
     def closable(self) -> dict[bytes, OpenSession]:
         """Sessions this account can close from here, by id: those this router opened and
-        those its journal holds open (from this or an earlier process)."""
+        those its journal holds open (from this or an earlier process). A session this router
+        opened that another close of the account has closed since is dropped here."""
+        unfinished = self.journal.unfinished()
+        self._drop_closed_elsewhere(unfinished)
         journaled = {
             bytes.fromhex(e.session_id[2:]): _from_entry(e)
-            for e in self.journal.unfinished()
+            for e in unfinished
             if e.state in ("open", "closing") and e.session_id
         }
         return {**journaled, **self.opened}
