@@ -33,6 +33,8 @@ DIAMOND_FACETS = (
     "SessionRouterErrors",
 )
 _MULTICALL_CHUNK = 400  # calls per eth_call: keeps each batch far below common gas caps
+_ALREADY_KNOWN = ("already known", "already imported", "known transaction")
+"""How nodes refuse a transaction they hold already (geth and most nodes, anvil, older ones)."""
 _CHUNKS_PER_BATCH = 10  # eth_calls per JSON-RPC batch: far below the batch limits of RPC services
 _RECEIPT_POLL_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Gas is estimated on the latest block, but what a transaction costs can depend on when it is
@@ -277,11 +279,19 @@ class Chain:
     async def _broadcast(
         self, signer: Signer, fields: dict[str, Any], on_hash: Callable[[str], None] | None
     ) -> str:
-        """Sign `fields`, announce the hash to `on_hash`, then send; the hash."""
+        """Sign `fields`, announce the hash to `on_hash`, then send; the hash. A node that
+        holds this very transaction already (signed alike by another client of the same key:
+        same nonce, same call, same fees) is answered as sent: it is."""
         raw = signer.sign_transaction(fields)
+        tx_hash = "0x" + keccak(raw).hex()
         if on_hash is not None:
-            on_hash("0x" + keccak(raw).hex())
-        return await self.rpc.request("eth_sendRawTransaction", ["0x" + raw.hex()])
+            on_hash(tx_hash)
+        try:
+            return await self.rpc.request("eth_sendRawTransaction", ["0x" + raw.hex()])
+        except RpcError as exc:
+            if any(known in (exc.rpc_message or "").lower() for known in _ALREADY_KNOWN):
+                return tx_hash
+            raise
 
     async def _unsigned(self, sender: str, tx: dict[str, Any], label: str) -> dict[str, Any]:
         """`tx` ready to sign: gas, fees and the next nonce, in one batched round trip (a

@@ -480,14 +480,20 @@ class Router:
                 raise
             # closed meanwhile by another close of this account (another workbench, or a
             # process that closed it on chain and has not yet journaled it)
-            entry = self.journal.get(session.approval_hash)
-            if entry is not None and entry.state == SessionState.CLOSING:  # not journaled yet
-                self.journal.transition(session.approval_hash, CLOSED)
+            self._journal_closed(session)
             self._closed_elsewhere(session)
             return True
-        self.journal.transition(session.approval_hash, CLOSED)
+        # another close of the account may have sent this very transaction (signed alike) and
+        # journaled it first
+        self._journal_closed(session)
         self._forget(session)
         return undisputed
+
+    def _journal_closed(self, session: OpenSession) -> None:
+        """Move the session's row to closed unless another close has already."""
+        entry = self.journal.get(session.approval_hash)
+        if entry is None or entry.state == SessionState.CLOSING:
+            self.journal.transition(session.approval_hash, CLOSED)
 
     def _closed_elsewhere(self, session: OpenSession) -> None:
         """Drop a session closed (or abandoned) by another close of this account, saying so;
