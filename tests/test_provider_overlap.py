@@ -32,14 +32,17 @@ from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.errors import ProviderError, SessionExpired
 from mor_workbench.market import tables
+from mor_workbench.protocol import EMBEDDINGS_PROMPT_TYPE
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router import peer
 from mor_workbench.sandbox.model_server import LatencyProfile, ModelServer
 
 MODEL = "llama-3.3-70b"
+EMBEDDING = "text-embedding-bge-m3"
 SHORT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 LONG = {"model": MODEL, "messages": [{"role": "user", "content": "tell me"}], "stream": True}
+EMBED = {"model": EMBEDDING, "input": ["a text to embed"], "type": EMBEDDINGS_PROMPT_TYPE}
 # The first token at once, then one every 2 s: a whole answer (a paragraph or more) takes
 # minutes, so a streamed answer that ends within the test was cut off by its client.
 SLOW = LatencyProfile(ttft_s=0.0, tokens_per_second=0.5, jitter=0.0)
@@ -52,9 +55,9 @@ FIRST_CHUNK = "first chunk to the consumer"
 
 
 class WatchedModelServer(ModelServer):
-    """The simulated model server, recording each chat request in `events` as it arrives
-    (and setting `requested`), and how each streamed answer ended in `stream_endings` (True:
-    its client closed the connection before it was whole)."""
+    """The simulated model server, recording each chat and embeddings request in `events` as
+    it arrives (and setting `requested`), and how each streamed answer ended in
+    `stream_endings` (True: its client closed the connection before it was whole)."""
 
     def __init__(self, *args: Any, events: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -66,6 +69,11 @@ class WatchedModelServer(ModelServer):
         self.events.append(BACKEND_REQUEST)
         self.requested.set()
         return await super()._chat(request)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        self.events.append(BACKEND_REQUEST)
+        self.requested.set()
+        return await super()._embeddings(request)
 
     async def _stream(self, request: web.Request, *args: Any) -> web.StreamResponse:
         try:
@@ -95,22 +103,25 @@ class WatchedChain(Chain):
 
 
 @contextlib.asynccontextmanager
-async def watched_market(info: Any, profile: LatencyProfile | str) -> AsyncIterator[dict]:
-    """A provider of the sandbox's on a socket of its own, its chain client and model server
-    watched; the dict `test_provider_sessions`' helpers take, plus "backend", "events" and
-    "provider_chain"."""
+async def watched_market(
+    info: Any, profile: LatencyProfile | str, model: str = MODEL
+) -> AsyncIterator[dict]:
+    """A provider of the sandbox's serving `model` on a socket of its own, its chain client and
+    model server watched; the dict `test_provider_sessions`' helpers take, plus "backend",
+    "events" and "provider_chain"."""
     events: list[str] = []
     chain = Chain(RpcClient(info.rpc_url), info.deployment)
     provider_chain = WatchedChain(RpcClient(info.rpc_url), info.deployment, events)
     provider = info.signer("provider:balanced")
-    model_id, _ = await listings.resolve_model(chain, MODEL)
+    model_id, _ = await listings.resolve_model(chain, model)
+    endpoint = "/embeddings" if model == EMBEDDING else "/chat/completions"
     try:
-        async with WatchedModelServer([MODEL], profile=profile, events=events) as backend:
-            config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
+        async with WatchedModelServer([model], profile=profile, events=events) as backend:
+            config = ModelConfig(model_id, model, backend.base_url + endpoint)
             async with ProviderServer(
                 signer=provider, chain=provider_chain, models=[config], claim_interval=None
             ) as server:
-                bids = await tables.bids(chain, MODEL)
+                bids = await tables.bids(chain, model)
                 yield {
                     "chain": chain,
                     "provider_chain": provider_chain,
@@ -242,5 +253,23 @@ async def test_another_users_prompt_on_a_known_session_makes_no_backend_request(
                 await ask(m, session_id, provider_key, SHORT, received, signer=stranger)
             assert received == []
             assert m["backend"].request_count == 1  # the user's own prompt only
+        finally:
+            await close(m, session_id)
+
+
+async def test_a_known_sessions_embeddings_request_goes_out_before_its_read_returns(
+    sandbox_info,
+) -> None:
+    """Embeddings take the same path: the second request of a known session reaches the model
+    server before the provider's read of the session returns, its answer after."""
+    async with watched_market(sandbox_info, "fast", EMBEDDING) as m:
+        session_id, provider_key = await open_session(m)
+        try:
+            await ask(m, session_id, provider_key, EMBED, [])
+            hold_reads_for_the_backend(m)
+            received: list = []
+            await ask(m, session_id, provider_key, EMBED, received)
+            assert m["events"] == [BACKEND_REQUEST, SESSION_READ, FIRST_CHUNK]
+            assert [len(row["embedding"]) > 0 for row in received[0]["data"]] == [True]
         finally:
             await close(m, session_id)
