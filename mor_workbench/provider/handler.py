@@ -111,10 +111,12 @@ class BackendAnswer:
         return self
 
     async def __anext__(self) -> Any:
-        first, self._first = self._first, None
-        if first is not None:
-            return await first
-        return await anext(self._chunks)
+        first = self._first
+        if first is None:
+            return await anext(self._chunks)
+        await asyncio.wait([first])  # not cancelled with us: then `aclose` stops it
+        self._first = None
+        return first.result()
 
     async def aclose(self) -> None:
         """Stop the answer (nothing happens to one that ended)."""
@@ -278,6 +280,8 @@ class RequestHandler:
             model = await self._session_model(req.session_id, user_key)
             await self._answer(request_id, req, user_key, send, model, session_read=None)
             return
+        # the read's model is this one when it passes: a session's bid, and a bid's model,
+        # never change
         session_read = asyncio.ensure_future(self._session_model(req.session_id, user_key))
         try:
             await self._answer(request_id, req, user_key, send, model, session_read)
