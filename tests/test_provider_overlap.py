@@ -48,6 +48,7 @@ EMBED = {"model": EMBEDDING, "input": ["a text to embed"], "type": EMBEDDINGS_PR
 SLOW = LatencyProfile(ttft_s=0.0, tokens_per_second=0.5, jitter=0.0)
 HOLD_S = 5.0  # the longest a held read waits for the backend request (it never comes unchanged)
 ENDED_S = 60.0  # the longest to wait for a cut-off stream to end (a whole one takes minutes)
+SLOT_WAIT_S = 30.0  # the longest to wait for a refusal (a slot taken frees after minutes)
 
 BACKEND_REQUEST = "backend request"
 SESSION_READ = "session read"
@@ -273,3 +274,41 @@ async def test_a_known_sessions_embeddings_request_goes_out_before_its_read_retu
             assert [len(row["embedding"]) > 0 for row in received[0]["data"]] == [True]
         finally:
             await close(m, session_id)
+
+
+async def test_a_closed_sessions_prompt_is_refused_while_every_prompt_slot_is_taken(
+    sandbox_info,
+) -> None:
+    """A prompt of a session closed on chain is refused at once, not after the prompt slot it
+    would have used frees up: here the model's only slot is taken by the session's own
+    earlier answer, streaming for minutes (the session is approved on a provider without
+    slots; a second one with the same key and one slot a model answers its prompts)."""
+    async with watched_market(sandbox_info, SLOW) as m:
+        session_id, provider_key = await open_session(m)
+        model_id, _ = await listings.resolve_model(m["chain"], MODEL)
+        config = ModelConfig(
+            model_id, MODEL, m["backend"].base_url + "/chat/completions", concurrent_slots=1
+        )
+        async with ProviderServer(
+            signer=m["provider"], chain=m["provider_chain"], models=[config], claim_interval=None
+        ) as one_slot:
+            served = {**m, "server": one_slot}
+            await ask(served, session_id, provider_key, SHORT, [])
+            streaming: list = []
+            long_answer = asyncio.create_task(
+                ask(served, session_id, provider_key, LONG, streaming)
+            )
+            try:
+                while not streaming:  # the answer has begun: it holds the slot
+                    await asyncio.sleep(0.05)
+                await close(m, session_id)
+                received: list = []
+                with pytest.raises(SessionExpired, match="Session is closed"):
+                    await asyncio.wait_for(
+                        ask(served, session_id, provider_key, SHORT, received), SLOT_WAIT_S
+                    )
+                assert received == []
+            finally:
+                long_answer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ProviderError):
+                    await long_answer

@@ -85,6 +85,11 @@ class Capacity:
         semaphore = self._prompt_slots.get(model_id)
         return semaphore if semaphore is not None else contextlib.nullcontext()
 
+    def prompt_slots_taken(self, model_id: bytes) -> bool:
+        """Whether a prompt of `model_id` would wait for its `prompt_slot` now."""
+        semaphore = self._prompt_slots.get(model_id)
+        return semaphore is not None and semaphore.locked()
+
     async def reserve(self, model: ModelConfig, user: str, bid_id: bytes) -> None:
         """Hold a slot for an approved session until it opens or its approval expires.
 

@@ -317,6 +317,8 @@ class RequestHandler:
             if session_read is not None:
                 await session_read  # the session's refusal first, as when it is read first
             raise
+        if session_read is not None and self.capacity.prompt_slots_taken(model.model_id):
+            await session_read  # a refusal must not wait for a slot: read first, as for others
         answer = self._backend_answer(model, body)
         try:
             async with self.capacity.prompt_slot(model.model_id):
