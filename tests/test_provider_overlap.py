@@ -34,6 +34,7 @@ from mor_workbench.errors import ProviderError, SessionExpired
 from mor_workbench.market import tables
 from mor_workbench.protocol import EMBEDDINGS_PROMPT_TYPE
 from mor_workbench.provider.config import ModelConfig
+from mor_workbench.provider.health import MAX_CONSECUTIVE_ERRORS
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router import peer
 from mor_workbench.sandbox.model_server import LatencyProfile, ModelServer
@@ -312,3 +313,24 @@ async def test_a_closed_sessions_prompt_is_refused_while_every_prompt_slot_is_ta
                 long_answer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ProviderError):
                     await long_answer
+
+
+async def test_backend_requests_cut_by_refusals_do_not_mark_the_model_unhealthy(
+    sandbox_info,
+) -> None:
+    """A backend request cancelled because its session was refused is no backend failure:
+    after as many of them in a row as flip a model to unhealthy (`MAX_CONSECUTIVE_ERRORS`),
+    the provider's health report still marks nothing unhealthy."""
+    async with watched_market(sandbox_info, SLOW) as m:
+        sessions = [await open_session(m) for _ in range(MAX_CONSECUTIVE_ERRORS)]
+        for session_id, provider_key in sessions:
+            await ask(m, session_id, provider_key, SHORT, [])
+            await close(m, session_id)
+        requests = m["backend"].request_count
+        for session_id, provider_key in sessions:  # no answer in between
+            with pytest.raises(SessionExpired, match="Session is closed"):
+                await ask(m, session_id, provider_key, LONG, [])
+            assert await asyncio.wait_for(m["backend"].stream_endings.get(), ENDED_S) is True
+        assert m["backend"].request_count == requests + len(sessions)  # the overlap was taken
+        report = m["server"].health.published() or ()
+        assert [e for e in report if e.status == "unhealthy"] == []
