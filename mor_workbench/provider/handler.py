@@ -4,7 +4,9 @@ through a `send` callback — no socket, so any transport (TCP, or the router's 
 
 Stricter than the live provider: a requester's key must belong to the address it claims,
 requests must be fresh and unreplayed on our clock, and a prompt must come from the user of an
-open, unexpired session on one of our own bids (checked on chain). Prompts may arrive
+open, unexpired session on one of our own bids (checked on chain for every prompt; for a
+session already read open for its sender the backend request overlaps that read, nothing of
+its answer sent before the read passes: `RequestHandler._prompt`). Prompts may arrive
 ECIES-encrypted (advertised in the pong's version); answers go out as signed, ECIES-encrypted
 chunks, or sealed on the fast channel when the prompt offers it (also advertised in the pong:
 `mor_workbench.protocol.fastchannel`). An embeddings request comes as the live wire marks it
