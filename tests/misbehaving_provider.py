@@ -27,7 +27,7 @@ from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.protocol import Response, SessionPromptRes, ecies_encrypt, sign
 from mor_workbench.provider.config import ModelConfig
-from mor_workbench.provider.handler import RequestHandler, Send
+from mor_workbench.provider.handler import BackendAnswer, RequestHandler, Send
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.sandbox.model_server import ModelServer
 
@@ -77,8 +77,7 @@ class MisbehavingHandler(RequestHandler):
     async def _forward(
         self,
         session_id: bytes,
-        model: ModelConfig,
-        body: dict[str, Any],
+        answer: BackendAnswer,
         send_chunk: Callable[[Any], Awaitable[None]],
         user_key: bytes,
         request_id: str,
@@ -87,11 +86,11 @@ class MisbehavingHandler(RequestHandler):
         fault = self.fault
         if fault is None:
             await super()._forward(
-                session_id, model, body, send_chunk, user_key, request_id, send_response
+                session_id, answer, send_chunk, user_key, request_id, send_response
             )
             return
         self.prompts += 1
-        stream = bool(body.get("stream"))
+        stream = answer.streaming
 
         async def send(message: str, key: bytes | None = None) -> SessionPromptRes:
             signed = sign(SessionPromptRes(message, _now_ms()), key or self._key)

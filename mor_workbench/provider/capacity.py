@@ -51,7 +51,8 @@ class _Reservation:
 class Capacity:
     """The sessions of the provider at `address` on `chain`, and the slots of its `models`.
 
-    `open`: our sessions open when last read -> model id; `owed`: our sessions not yet paid and
+    `open`: our sessions open when last read -> model id (and `_users`: -> their user's address);
+    `owed`: our sessions not yet paid and
     settled -> chain time (s) from which the claimer looks again; `stats`: measurements of each
     session until it is closed (or long over); `reservations`: per model id, approvals whose
     session has not been seen on chain yet.
@@ -62,6 +63,7 @@ class Capacity:
         self.address = address
         self.models = models
         self.open: dict[bytes, bytes] = {}
+        self._users: dict[bytes, str] = {}  # the user of each session in `open`
         self.owed: dict[bytes, int] = {}
         self.stats: dict[bytes, SessionStats] = {}
         self.reservations: dict[bytes, list[_Reservation]] = {}
@@ -82,6 +84,11 @@ class Capacity:
         (unlimited when it sets none)."""
         semaphore = self._prompt_slots.get(model_id)
         return semaphore if semaphore is not None else contextlib.nullcontext()
+
+    def prompt_slots_taken(self, model_id: bytes) -> bool:
+        """Whether a prompt of `model_id` would wait for its `prompt_slot` now."""
+        semaphore = self._prompt_slots.get(model_id)
+        return semaphore is not None and semaphore.locked()
 
     async def reserve(self, model: ModelConfig, user: str, bid_id: bytes) -> None:
         """Hold a slot for an approved session until it opens or its approval expires.
@@ -129,14 +136,33 @@ class Capacity:
         if raw["closedAt"] or not raw["isActive"]:
             self.forget(session_id)
         elif raw["endsAt"] <= now:
-            self.open.pop(session_id, None)
+            self._free_slot(session_id)
         else:
             self.open[session_id] = model_id
+            self._users[session_id] = raw["user"]
 
     def forget(self, session_id: bytes) -> None:
         """Let go of the session's slot and measurements."""
-        self.open.pop(session_id, None)
+        self._free_slot(session_id)
         self.stats.pop(session_id, None)
+
+    def _free_slot(self, session_id: bytes) -> None:
+        self.open.pop(session_id, None)
+        self._users.pop(session_id, None)
+
+    def known_model(self, session_id: bytes, sender_pubkey: bytes) -> bytes | None:
+        """The model id of `session_id` if the last read of it found it open with
+        `sender_pubkey`'s address as its user, else None (a session never seen open, one seen
+        closed or ended, another user's).
+
+        No answer to whether the session is open now (only `session_model` says that): what
+        a prompt may start backend work on while that read is under way, so a stranger's
+        prompt never costs backend compute.
+        """
+        model_id = self.open.get(session_id)
+        if model_id is None or self._users.get(session_id) != address_of(sender_pubkey):
+            return None
+        return model_id
 
     def record(self, session_id: bytes, answer: BackendStream) -> None:
         """Add one answer's measurements to the session's, unless the session was settled

@@ -4,7 +4,9 @@ through a `send` callback — no socket, so any transport (TCP, or the router's 
 
 Stricter than the live provider: a requester's key must belong to the address it claims,
 requests must be fresh and unreplayed on our clock, and a prompt must come from the user of an
-open, unexpired session on one of our own bids (checked on chain). Prompts may arrive
+open, unexpired session on one of our own bids (checked on chain for every prompt; for a
+session already read open for its sender the backend request overlaps that read, nothing of
+its answer sent before the read passes: `RequestHandler._prompt`). Prompts may arrive
 ECIES-encrypted (advertised in the pong's version); answers go out as signed, ECIES-encrypted
 chunks, or sealed on the fast channel when the prompt offers it (also advertised in the pong:
 `mor_workbench.protocol.fastchannel`). An embeddings request comes as the live wire marks it
@@ -16,10 +18,11 @@ clock the live protocol's freshness checks expect.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 from mor_workbench._version import __version__
@@ -80,6 +83,52 @@ bytes (raises `ConnectionError` when it is gone)."""
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class BackendAnswer:
+    """A backend's answer to one prompt, iterated chunk by chunk: its request goes out on the
+    first step, which `start` takes ahead (as a task of its own, the chunk or error it brings
+    held for the first `__anext__`); `aclose` stops the answer wherever it is, its HTTP stream
+    closed so the backend stops working on it."""
+
+    def __init__(
+        self,
+        chunks: AsyncGenerator[Any, None],
+        *,
+        model: ModelConfig,
+        streaming: bool,
+        stats: BackendStream,
+    ) -> None:
+        self.model = model
+        self.streaming = streaming  # a streamed answer ends with "[DONE]"
+        self.stats = stats
+        self._chunks = chunks
+        self._first: asyncio.Future[Any] | None = None
+
+    def start(self) -> None:
+        """Send the request now, without waiting for its first chunk."""
+        self._first = asyncio.ensure_future(anext(self._chunks))
+
+    def __aiter__(self) -> BackendAnswer:
+        return self
+
+    async def __anext__(self) -> Any:
+        first = self._first
+        if first is None:
+            return await anext(self._chunks)
+        await asyncio.wait([first])  # not cancelled with us: then `aclose` stops it
+        self._first = None
+        return first.result()
+
+    async def aclose(self) -> None:
+        """Stop the answer (nothing happens to one that ended)."""
+        first, self._first = self._first, None
+        if first is not None:
+            first.cancel()
+            await asyncio.wait([first])
+            if not first.cancelled():
+                first.exception()  # retrieved: nobody is left to want it
+        await self._chunks.aclose()
 
 
 class RequestHandler:
@@ -214,11 +263,85 @@ class RequestHandler:
 
     # ----- session.prompt -----
     async def _prompt(self, request_id: str, req: SessionPromptReq, send: Send) -> None:
+        """Answer a prompt, nothing of it sent before this prompt's own read of its session on
+        chain says it is open, unexpired, ours and the sender's (`Capacity.session_model`,
+        issue 9).
+
+        For a session that a read already found open for this sender (`Capacity.known_model`)
+        the backend request goes out at once, concurrently with that read (issue 16 §3: the
+        read is off the time to first token); what the backend answers is held, neither sealed
+        nor sent, until the read passes, and a refusal cancels the request (its HTTP stream
+        closed, so the backend stops) and answers as the read alone would. Any other session
+        (a first prompt, a stranger's) is read first: no backend work is done for it before.
+        """
         user_key = recover_public_key(req)
         self._replay.check(req.signature, req.timestamp, _now_ms())
-        model = self.models.get(await self.capacity.session_model(req.session_id, user_key))
+        known = self.capacity.known_model(req.session_id, user_key)
+        model = None if known is None else self.models.get(known)
+        if model is None:
+            model = await self._session_model(req.session_id, user_key)
+            await self._answer(request_id, req, user_key, send, model, session_read=None)
+            return
+        # the read's model is this one when it passes: a session's bid, and a bid's model,
+        # never change
+        session_read = asyncio.ensure_future(self._session_model(req.session_id, user_key))
+        try:
+            await self._answer(request_id, req, user_key, send, model, session_read)
+        finally:
+            if not session_read.done():
+                session_read.cancel()  # the answer ended (failed) before its read did
+            elif not session_read.cancelled():
+                session_read.exception()  # retrieved: the answer has already said it
+
+    async def _session_model(self, session_id: bytes, user_key: bytes) -> ModelConfig:
+        """The session's model, read on chain (`Capacity.session_model`, whose errors it
+        raises); RemoteProtocolError when we no longer serve it."""
+        model = self.models.get(await self.capacity.session_model(session_id, user_key))
         if model is None:
             raise RemoteProtocolError("this provider no longer serves the session's model")
+        return model
+
+    async def _answer(
+        self,
+        request_id: str,
+        req: SessionPromptReq,
+        user_key: bytes,
+        send: Send,
+        model: ModelConfig,
+        session_read: asyncio.Future[ModelConfig] | None,
+    ) -> None:
+        """Answer a verified prompt of a session on `model` on the live wire or the fast
+        channel it offered; with `session_read` (the session's read on chain, under way) the
+        backend request starts at once and nothing is sent before that read passes."""
+        try:
+            body = self._prompt_body(req)
+        except ProtocolError:
+            if session_read is not None:
+                await session_read  # the session's refusal first, as when it is read first
+            raise
+        if session_read is not None and self.capacity.prompt_slots_taken(model.model_id):
+            await session_read  # a refusal must not wait for a slot: read first, as for others
+        answer = self._backend_answer(model, body)
+        try:
+            async with self.capacity.prompt_slot(model.model_id):
+                if session_read is not None:
+                    answer.start()
+                    await session_read
+                if req.fast_channel and self.fast_channel:
+                    await self._prompt_fast(request_id, req, user_key, answer, send)
+                    return
+                sealer = ChunkSealer(request_id, self._key, user_key)
+
+                async def send_chunk(payload: Any) -> None:
+                    await send(sealer.seal(payload, _now_ms()))
+
+                await self._forward(req.session_id, answer, send_chunk, user_key, request_id, send)
+        finally:
+            await answer.aclose()
+
+    def _prompt_body(self, req: SessionPromptReq) -> dict[str, Any]:
+        """The prompt's JSON object, decrypted when it came ECIES-encrypted to our key;
+        RemoteProtocolError when it is not valid."""
         text = req.message
         if text.startswith("0x"):
             try:
@@ -231,25 +354,14 @@ class RequestHandler:
             raise RemoteProtocolError("the prompt is not a JSON object") from None
         if not isinstance(body, dict):
             raise RemoteProtocolError("the prompt is not a JSON object")
-
-        if req.fast_channel and self.fast_channel:
-            await self._prompt_fast(request_id, req, user_key, model, body, send)
-            return
-        sealer = ChunkSealer(request_id, self._key, user_key)
-
-        async def send_chunk(payload: Any) -> None:
-            await send(sealer.seal(payload, _now_ms()))
-
-        async with self.capacity.prompt_slot(model.model_id):
-            await self._forward(req.session_id, model, body, send_chunk, user_key, request_id, send)
+        return body
 
     async def _prompt_fast(
         self,
         request_id: str,
         req: SessionPromptReq,
         user_key: bytes,
-        model: ModelConfig,
-        body: dict[str, Any],
+        answer: BackendAnswer,
         send: Send,
     ) -> None:
         """Answer a verified prompt on the fast channel it offered: the signed accept, then
@@ -273,10 +385,9 @@ class RequestHandler:
             await send(sender.failure(response.encode()))
 
         try:
-            async with self.capacity.prompt_slot(model.model_id):
-                await self._forward(
-                    req.session_id, model, body, send_chunk, user_key, request_id, send_failure
-                )
+            await self._forward(
+                req.session_id, answer, send_chunk, user_key, request_id, send_failure
+            )
         except ProtocolError as exc:
             await send_failure(self.error(request_id, str(exc)))
         await send(sender.end())
@@ -307,32 +418,47 @@ class RequestHandler:
         }
         return BackendError(400, body)
 
+    def _backend_answer(self, model: ModelConfig, body: dict[str, Any]) -> BackendAnswer:
+        """`model`'s backend's answer to `body`, not yet asked for; an embeddings request
+        (marked as the live wire marks it) goes to the embeddings endpoint, its answer one
+        chunk."""
+        stats = BackendStream()
+        embeddings = body.get("type") == EMBEDDINGS_PROMPT_TYPE
+        if embeddings:
+            body = {k: v for k, v in body.items() if k != "type"}
+        chunks = self._backend_chunks(model, body, embeddings, stats)
+        return BackendAnswer(chunks, model=model, streaming=bool(body.get("stream")), stats=stats)
+
+    async def _backend_chunks(
+        self, model: ModelConfig, body: dict[str, Any], embeddings: bool, stats: BackendStream
+    ) -> AsyncGenerator[Any, None]:
+        refused = self._wrong_kind(model, embeddings)
+        if refused is not None:
+            raise refused
+        backend = OpenAIBackend(model, self._http)
+        if embeddings:
+            yield await backend.embeddings(body, stats)
+            return
+        # closed with this generator, so closing the answer closes the backend's stream
+        async with contextlib.aclosing(backend.complete(body, stats)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
     async def _forward(
         self,
         session_id: bytes,
-        model: ModelConfig,
-        body: dict[str, Any],
+        answer: BackendAnswer,
         send_chunk: Callable[[Any], Awaitable[None]],
         user_key: bytes,
         request_id: str,
         send: Send,
     ) -> None:
-        """Stream the backend's answer to `body` as sealed chunks, and measure it; an
-        embeddings request (marked as the live wire marks it) gets one chunk, its answer."""
-        stats = BackendStream()
-        embeddings = body.get("type") == EMBEDDINGS_PROMPT_TYPE
-        if embeddings:
-            body = {k: v for k, v in body.items() if k != "type"}
-        backend = OpenAIBackend(model, self._http)
+        """Send the backend's `answer` as sealed chunks (a streamed one closed by "[DONE]"),
+        or its failure, and measure it."""
+        model = answer.model
         try:
-            refused = self._wrong_kind(model, embeddings)
-            if refused is not None:
-                raise refused
-            if embeddings:
-                await send_chunk(await backend.embeddings(body, stats))
-            else:
-                async for chunk in backend.complete(body, stats):
-                    await send_chunk(chunk)
+            async for chunk in answer:
+                await send_chunk(chunk)
         except BackendError as exc:
             if exc.status >= 500:  # the backend failed (a 4xx is the request's, 429 throttling)
                 self.health.observe(model.model_id, ("bad_response", exc.status))
@@ -343,9 +469,9 @@ class RequestHandler:
             self.health.observe(model.model_id, (kind, 0))
             raise RemoteProtocolError(f"the model backend failed: {type(exc).__name__}") from None
         self.health.observe(model.model_id, None)
-        if body.get("stream"):
+        if answer.streaming:
             await send_chunk("[DONE]")
-        self.capacity.record(session_id, stats)
+        self.capacity.record(session_id, answer.stats)
 
     # ----- session.report -----
     async def _report(self, req: SessionReportReq) -> SessionReportRes:
