@@ -168,20 +168,24 @@ class BoxSealer:
 
 
 class BoxOpener:
-    """Opens go-ethereum ECIES messages to `private_key`, deriving the keys once for each run of
-    boxes under one ephemeral key (as `BoxSealer` sends them; from a sender that draws a key per
-    box, each box costs an ECDH, as with `ecies_decrypt`). `open` raises `RemoteProtocolError`
-    for a wrong key or any tampering."""
+    """Opens go-ethereum ECIES messages to `private_key`, keeping the keys derived for the last
+    `keep` ephemeral keys seen (oldest dropped first), so a run of boxes under one ephemeral
+    key (what `BoxSealer` sends) costs one ECDH; from a sender that draws a key per box, each
+    box costs one, as with `ecies_decrypt`. `open` raises `RemoteProtocolError` for a wrong key
+    or any tampering."""
 
-    def __init__(self, private_key: bytes | PrivateKey) -> None:
+    def __init__(self, private_key: bytes | PrivateKey, *, keep: int = 1) -> None:
         self._secret = private_key.secret if isinstance(private_key, PrivateKey) else private_key
-        self._ephemeral = b""
-        self._ke = self._km = b""
+        self._keep = keep
+        self._keys: dict[bytes, tuple[bytes, bytes]] = {}  # by ephemeral key, oldest first
 
     def open(self, data: bytes) -> bytes:
         """The plaintext of the box `data`."""
-        if data[:PUB_LEN] != self._ephemeral or len(data) < OVERHEAD:
-            z = shared_secret(self._secret, _ephemeral_of(data))
-            self._ke, self._km = _keys(z, b"")
-            self._ephemeral = data[:PUB_LEN]
-        return _open(self._ke, self._km, data, b"")
+        ephemeral = data[:PUB_LEN]
+        keys = self._keys.get(ephemeral)
+        if keys is None or len(data) < OVERHEAD:
+            keys = _keys(shared_secret(self._secret, _ephemeral_of(data)), b"")
+            if len(self._keys) >= self._keep:
+                del self._keys[next(iter(self._keys))]
+            self._keys[ephemeral] = keys
+        return _open(*keys, data, b"")

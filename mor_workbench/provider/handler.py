@@ -50,7 +50,6 @@ from mor_workbench.protocol import (
     SessionReq,
     SessionRes,
     address_of,
-    ecies_decrypt,
     ecies_encrypt,
     encode_approval,
     encode_receipt,
@@ -60,6 +59,7 @@ from mor_workbench.protocol import (
     sign_error,
     verify,
 )
+from mor_workbench.protocol.ecies import BoxOpener
 from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Frames, accept_offer
 from mor_workbench.protocol.live_chunks import ChunkSealer
 from mor_workbench.protocol.signing import recover_public_key
@@ -74,7 +74,11 @@ from mor_workbench.provider.capacity import Capacity, SessionStats
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.health import HealthProbe
 
-__all__ = ["RequestHandler", "Send"]
+__all__ = ["PROMPT_KEYS_KEPT", "RequestHandler", "Send"]
+
+PROMPT_KEYS_KEPT = 1024
+"""Prompt ECIES keys kept, by ephemeral key (about 200 bytes each): enough for a busy
+provider's sessions at once; a sender's key beyond them costs one ECDH again."""
 
 Send = Callable[[Response | Frames], Awaitable[None]]
 """Delivers one response (or fast-channel frames) to the requester, as `.encode()` gives its
@@ -164,6 +168,9 @@ class RequestHandler:
             self.version += f" {FAST_CHANNEL}"
         self._http = http
         self._key = signer.signing_key  # built once: every chunk is signed with it
+        # opens encrypted prompts; a consumer that sends a session's prompts under one
+        # ephemeral key (ours) costs one ECDH a session, not one a prompt
+        self._prompt_boxes = BoxOpener(self._key, keep=PROMPT_KEYS_KEPT)
         self.public_key = public_key_of(self._key.secret)
         self._replay = ReplayGuard(freshness_window_ms)  # bounded by its window and size
         self._last_approval_ms = 0
@@ -345,7 +352,7 @@ class RequestHandler:
         text = req.message
         if text.startswith("0x"):
             try:
-                text = ecies_decrypt(self._key, bytes.fromhex(text[2:])).decode()
+                text = self._prompt_boxes.open(bytes.fromhex(text[2:])).decode()
             except (ValueError, UnicodeDecodeError):
                 raise RemoteProtocolError("the encrypted prompt is not valid") from None
         try:

@@ -55,7 +55,7 @@ from mor_workbench.protocol import (
     sign,
     verify,
 )
-from mor_workbench.protocol.ecies import BoxOpener
+from mor_workbench.protocol.ecies import BoxOpener, BoxSealer
 from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Data, End, Failure, Offer, Replies
 from mor_workbench.protocol.live_chunks import ChunkLines, SealedChunk
 from mor_workbench.protocol.signing import parse_public_key, verify_digest
@@ -401,9 +401,12 @@ async def prompt(
     idle_timeout: float = 60.0,
     transport: PeerTransport = TCP,
     fast_channel: bool = False,
+    prompt_boxes: BoxSealer | None = None,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
-    completion), stopping at "[DONE]". Timeouts in seconds.
+    completion), stopping at "[DONE]". Timeouts in seconds. With `encrypt` the body goes
+    ECIES-encrypted to `provider_pubkey`, by `prompt_boxes` when given (the session's sealer:
+    one ephemeral key for its prompts), else under a fresh ephemeral key.
 
     With `fast_channel` (for a provider whose pong advertises it: `supports_fast_channel`) the
     prompt offers the fast channel; a provider that accepts streams sealed frames, checked as
@@ -419,7 +422,13 @@ async def prompt(
     key = signer.signing_key
     text = json.dumps(body, separators=(",", ":"))
     if encrypt:
-        text = "0x" + ecies_encrypt(provider_pubkey, text.encode()).hex()
+        plaintext = text.encode()
+        box = (
+            prompt_boxes.seal(plaintext)
+            if prompt_boxes
+            else ecies_encrypt(provider_pubkey, plaintext)
+        )
+        text = "0x" + box.hex()
     offer = Offer.new() if fast_channel else None
     offered = offer.public_key if offer is not None else b""
     signed = sign(SessionPromptReq(session_id, text, _now_ms(), fast_channel=offered), key)

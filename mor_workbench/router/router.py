@@ -41,6 +41,7 @@ from mor_workbench.protocol import (
     encode_receipt,
     eth_sign,
 )
+from mor_workbench.protocol.ecies import BoxSealer
 from mor_workbench.router import health, peer
 from mor_workbench.router.attestation import Attestation, TeeVerifier, attestation_for
 from mor_workbench.router.journal import JournalEntry, SessionJournal
@@ -149,6 +150,7 @@ class Router:
         # by session id, for the sessions this router holds open (dropped when one closes: a
         # `serve` process opens sessions for weeks); see `attestation`
         self.attestations: dict[bytes, Attestation] = {}
+        self._prompt_boxes: dict[bytes, BoxSealer] = {}  # by session id, open sessions only
         self._model_tags: dict[bytes, list[str]] = {}
         # around each open once its deposit (wei) is known, before the provider is asked: may
         # refuse it (a spend cap); told the session id once paid (`SpendGuard`)
@@ -406,6 +408,7 @@ class Router:
             session.provider_pubkey,
             body,
             encrypt=session.encrypt,
+            prompt_boxes=self._prompt_sealer(session),
             first_reply_timeout=timeout,
             idle_timeout=timeout,
             transport=self.transport,
@@ -506,7 +509,7 @@ class Router:
         if session.session_id in self.opened:
             self._forget(session)
         else:
-            self.attestations.pop(session.session_id, None)
+            self._drop_state(session.session_id)
 
     def _drop_closed_elsewhere(self, unfinished: list[JournalEntry]) -> None:
         """Drop the sessions of `opened` the journal no longer holds `unfinished` (the rows
@@ -519,8 +522,25 @@ class Router:
         """A closed session leaves this router's books (its open sessions and attestations);
         its listeners are told."""
         self.opened.pop(session.session_id, None)
-        self.attestations.pop(session.session_id, None)
+        self._drop_state(session.session_id)
         self._changed("closed", session)
+
+    def _drop_state(self, session_id: bytes) -> None:
+        """Let go of what this router keeps for an open session (its attestation, its prompt
+        key): it has closed."""
+        self.attestations.pop(session_id, None)
+        self._prompt_boxes.pop(session_id, None)
+
+    def _prompt_sealer(self, session: OpenSession) -> BoxSealer | None:
+        """The ECIES sealer of the session's prompts (one ephemeral key a session, so the
+        provider derives its keys once: `ecies.BoxSealer`), None for a provider that takes
+        prompts in the clear."""
+        if not session.encrypt:
+            return None
+        sealer = self._prompt_boxes.get(session.session_id)
+        if sealer is None:
+            sealer = self._prompt_boxes[session.session_id] = BoxSealer(session.provider_pubkey)
+        return sealer
 
     def _changed(self, event: str, session: OpenSession) -> None:
         """Tell `on_change`; its failure is logged, never the caller's."""
@@ -572,7 +592,7 @@ class Router:
         closing or closed is left to that close, or to the next `recover()`)."""
         self.opened.pop(session.session_id, None)
         if self.is_closed(session):  # its close (this router's or another's) drops the rest
-            self.attestations.pop(session.session_id, None)
+            self._drop_state(session.session_id)
             return
         self.journal.transition(session.approval_hash, CLOSE)
         task = asyncio.create_task(self._close_quietly(session))

@@ -177,3 +177,18 @@ def test_a_chunk_signed_by_another_key_through_the_generic_path_is_refused_too()
     other = sign(SessionPromptRes(box, 3), PrivateKey())
     with pytest.raises(RemoteProtocolError, match="not signed by"):
         reader().read(other)
+
+
+def test_an_opener_keeping_several_keys_opens_interleaved_senders_and_forgets_the_oldest() -> None:
+    """The provider's prompt opener keeps the keys of many sessions' senders (`keep`); boxes
+    from senders beyond that still open (their keys derived again), and none opens wrongly."""
+    opener = BoxOpener(CONSUMER.signing_key, keep=2)
+    senders = [BoxSealer(CONSUMER_PUB) for _ in range(3)]
+    for round_ in range(3):
+        for i, sender in enumerate(senders):
+            assert opener.open(sender.seal(b"%d/%d" % (i, round_))) == b"%d/%d" % (i, round_)
+    assert len(opener._keys) == 2
+    tampered = bytearray(senders[2].seal(b"kept key"))
+    tampered[-1] ^= 1
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        opener.open(bytes(tampered))

@@ -1,0 +1,69 @@
+"""A session's prompts go ECIES-encrypted under one ephemeral key of the session (issue 16 §3:
+the provider derives the keys once a session, not once a prompt; each box is still a
+go-ethereum box), a new key for each session, and the router lets go of it when the session
+closes. Through the sandbox's real provider on a socket; the router's transport records the
+bytes it sends."""
+
+from __future__ import annotations
+
+import json
+
+import mor_workbench as mor
+from mor_workbench.protocol.ecies import PUB_LEN
+from mor_workbench.router.transport import TCP, PeerConnection
+
+MODEL = "llama-3.3-70b"
+
+
+class Recording:
+    """The TCP transport, keeping every request's bytes."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def connect(self, endpoint: str) -> PeerConnection:
+        connection = await TCP.connect(endpoint)
+        sent = self.sent
+
+        class Recorded:
+            async def send(self, data: bytes) -> None:
+                sent.append(data)
+                await connection.send(data)
+
+            async def receive(self) -> bytes:
+                return await connection.receive()
+
+            def close(self) -> None:
+                connection.close()
+
+        return Recorded()
+
+    def prompt_keys(self) -> list[bytes]:
+        """The ephemeral key of each encrypted prompt sent, in order."""
+        keys = []
+        for data in self.sent:
+            request = json.loads(data)
+            if request["method"] == "session.prompt":
+                keys.append(bytes.fromhex(request["params"]["message"][2:])[:PUB_LEN])
+        return keys
+
+
+def test_a_sessions_prompts_share_one_key_and_each_session_has_its_own(
+    wb: mor.Workbench,
+) -> None:
+    router = wb.aio.router
+    recording = Recording()
+    router.transport = recording
+    keys = []
+    for _ in range(2):
+        session = wb.open_session(MODEL, duration="5m")
+        for question in ("one", "two", "three"):
+            assert session.chat(question)  # the provider opened each prompt
+        session.close()
+        keys.append(recording.prompt_keys())
+        recording.sent.clear()
+        assert router._prompt_boxes == {}  # let go of at close
+    first, second = keys
+    assert len(first) == len(second) == 3
+    assert len(set(first)) == 1 and len(set(second)) == 1
+    assert first[0] != second[0]
