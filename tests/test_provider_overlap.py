@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -27,7 +27,7 @@ from eth_account import Account
 from test_provider_sessions import close, open_session
 
 from mor_workbench.chain import listings
-from mor_workbench.chain.client import Chain
+from mor_workbench.chain.client import Call, Chain
 from mor_workbench.chain.keys import Signer
 from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.errors import ProviderError, SessionExpired
@@ -86,20 +86,22 @@ class WatchedModelServer(ModelServer):
 
 
 class WatchedChain(Chain):
-    """The provider's chain client, recording in `events` each getSession read as it returns;
-    with `hold_until` set, such a read first waits (at most HOLD_S) for that event."""
+    """The provider's chain client, recording in `events` each read of one session (a
+    prompt's: getSession with the chain's time) as it returns; with `hold_until` set, such a
+    read first waits (at most HOLD_S) for that event."""
 
     def __init__(self, rpc: RpcClient, deployment: Any, events: list[str]) -> None:
         super().__init__(rpc, deployment)
         self.events = events
         self.hold_until: asyncio.Event | None = None
 
-    async def call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
-        if fn == "getSession" and self.hold_until is not None:
+    async def read_with_time(self, calls: Sequence[Call]) -> tuple[list[Any], int]:
+        one_session = [c.fn for c in calls] == ["getSession"]
+        if one_session and self.hold_until is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.hold_until.wait(), HOLD_S)
-        result = await super().call(fn, *args, **kwargs)
-        if fn == "getSession":
+        result = await super().read_with_time(calls)
+        if one_session:
             self.events.append(SESSION_READ)
         return result
 

@@ -146,6 +146,33 @@ class Chain:
         results = await asyncio.gather(*(self._aggregate_batch(batch) for batch in batches))
         return [item for batch in results for chunk in batch for item in chunk]
 
+    async def read_with_time(self, calls: Sequence[Call]) -> tuple[list[Any], int]:
+        """`read_many(calls)` and the latest block's timestamp (s), in one HTTP request (a
+        JSON-RPC batch of the reads' eth_call and the block) when the reads fit one eth_call:
+        what a provider reads for every prompt (its session, judged on the chain's clock)."""
+        if len(calls) > _MULTICALL_CHUNK:
+            reads, now = await asyncio.gather(self.read_many(calls), self.block_timestamp())
+            return reads, now
+        single = len(calls) == 1
+        request = calls[0] if single else self._aggregate_call(calls)
+        address, data = self.encode_call(request)
+        raw, block = await self.rpc.batch(
+            [
+                ("eth_call", [{"to": address, "data": "0x" + data.hex()}, "latest"]),
+                ("eth_getBlockByNumber", ["latest", False]),
+            ]
+        )
+        if isinstance(block, RpcError):
+            raise block
+        now = int(block["timestamp"], 16)
+        if isinstance(raw, RpcError):
+            failed = self._revert(request.fn, raw.revert_data(), raw.rpc_message)
+            if single:
+                return [failed], now
+            raise failed
+        decoded = self._resolve(request)[1].decode(request.fn, bytes.fromhex(raw[2:]))
+        return ([decoded] if single else self._unpack(calls, decoded)), now
+
     def _aggregate_call(self, calls: Sequence[Call]) -> Call:
         encoded = [
             (address, True, codec.encode(c.fn, *c.args))

@@ -7,6 +7,7 @@ building a `PrivateKey` from bytes costs about as much as a signature."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -49,8 +50,11 @@ def public_key_of(private_key: bytes) -> bytes:
     return PrivateKey(private_key).public_key.format(compressed=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def address_of(public_key: bytes) -> str:
-    """The checksummed Ethereum address of a public key (65 or 64 bytes)."""
+    """The checksummed Ethereum address of a public key (65 or 64 bytes); remembered for the
+    last 4,096 keys (a provider asks it of the same users' keys for every prompt, and the
+    checksum costs as much as a signature check)."""
     raw = public_key[1:] if len(public_key) == 65 else public_key
     if len(raw) != 64:
         raise RemoteProtocolError("a public key must be 64 or 65 bytes")

@@ -188,10 +188,7 @@ class Capacity:
                 )
                 if not ids:
                     return
-                raws, now = await asyncio.gather(
-                    self.chain.read_many([Call("getSession", (i,)) for i in ids]),
-                    self.chain.block_timestamp(),
-                )
+                raws, now = await self.chain.read_with_time([Call("getSession", (i,)) for i in ids])
                 for session_id, raw in zip(ids, raws, strict=True):
                     if isinstance(raw, Exception):
                         raise raw
@@ -219,10 +216,7 @@ class Capacity:
         held = {i: m for i, m in self.open.items() if model_id in (None, m)}
         if not held:
             return
-        raws, now = await asyncio.gather(
-            self.chain.read_many([Call("getSession", (i,)) for i in held]),
-            self.chain.block_timestamp(),
-        )
+        raws, now = await self.chain.read_with_time([Call("getSession", (i,)) for i in held])
         for (session_id, session_model), raw in zip(held.items(), raws, strict=True):
             if isinstance(raw, Exception):
                 raise raw
@@ -247,9 +241,9 @@ class Capacity:
         return await asyncio.shield(pending)
 
     async def _read_session_now(self, session_id: bytes) -> tuple[dict[str, Any], int]:
-        raw, now = await asyncio.gather(
-            self.chain.call("getSession", session_id), self.chain.block_timestamp()
-        )
+        (raw,), now = await self.chain.read_with_time([Call("getSession", (session_id,))])
+        if isinstance(raw, Exception):
+            raise raw
         return raw, now
 
     async def session_model(self, session_id: bytes, sender_pubkey: bytes) -> bytes:
