@@ -1,15 +1,20 @@
 """The work a prompt does on an open session before it is sent (issue 16 §3): what the journal
 is asked (the SQL statements SQLite runs for it) and what the chain is asked (nothing: the
-session's end is known from its opening)."""
+session's end is known from its opening); and the call's deadline over a whole answer, kept
+with one timer per answer instead of a timeout scope per chunk."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 import mor_workbench as mor
+from mor_workbench.errors import ProviderStalled
+from mor_workbench.router.calls import _until
 
 MODEL = "llama-3.3-70b"
 
@@ -57,3 +62,47 @@ def test_a_prompt_on_an_opened_session_reads_the_journal_once_and_a_closed_one_i
     session.close()
     with pytest.raises(mor.ConfigurationError, match="closed"):
         session.chat("again")
+
+
+async def _chunks(closed: list[str], pause_after: int = 1) -> AsyncIterator[int]:
+    """A provider's answer as the router reads it: `pause_after` chunks, then a stall."""
+    try:
+        for i in range(pause_after):
+            yield i
+        await asyncio.sleep(3600)
+        yield pause_after
+    finally:
+        closed.append("closed")
+
+
+async def test_an_answer_past_the_calls_deadline_is_stalled_and_closed() -> None:
+    closed: list[str] = []
+    answer = _until(time.monotonic() + 0.05, _chunks(closed))
+    assert await anext(answer) == 0
+    with pytest.raises(ProviderStalled, match="deadline"):
+        await anext(answer)
+    assert closed == ["closed"]
+
+
+async def test_a_deadline_passing_while_the_caller_holds_a_chunk_ends_the_answer() -> None:
+    closed: list[str] = []
+    answer = _until(time.monotonic() + 0.05, _chunks(closed, pause_after=2))
+    assert await anext(answer) == 0
+    await asyncio.sleep(0.1)  # the caller is busy past the deadline
+    with pytest.raises(ProviderStalled, match="deadline"):
+        await anext(answer)  # the chunk waiting at the provider is not taken
+    assert closed == ["closed"]
+
+
+async def test_cancelling_the_caller_is_not_taken_for_a_stall() -> None:
+    closed: list[str] = []
+
+    async def read() -> list[int]:
+        return [chunk async for chunk in _until(time.monotonic() + 3600, _chunks(closed))]
+
+    reading = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert closed == ["closed"]
