@@ -10,13 +10,20 @@ each streamed chunk. Both paths yield parsed OpenAI dicts. For streaming and non
 each path, the milliseconds added and the ratio, and this process's CPU per request. The
 session is opened once before timing (its latency is printed on its own).
 
+`--breakdown` adds where one streamed prompt's time goes at 1 concurrent (median µs of
+sequential prompts, timed at the router's transport seam, so the steps hold whatever the code
+inside them becomes): the consumer's work before it connects (request body, journal check,
+encryption, signature), the TCP connect, writing the request, the provider and its backend up
+to the bytes of the first token, and the consumer's verification, decryption and parsing up
+to the caller; beside the direct call's TTFT, so the provider's share is the difference.
+
 The direct baseline is the official openai client by default (what one would call instead);
 `--direct-client aiohttp` gives a leaner floor, `httpx` a third view. On a 2-core machine the
 three processes (this one, the provider's, anvil) share the cores, so at 50 concurrent the
 figures include CPU queueing; the CPU per request printed under each case shows where it went.
 
     .venv/bin/python bench/router_overhead.py [--requests 200]
-        [--direct-client openai|aiohttp|httpx]
+        [--direct-client openai|aiohttp|httpx] [--breakdown]
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from mor_workbench.market import tables
 from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router.calls import CallRecord
+from mor_workbench.router.router import Router
+from mor_workbench.router.transport import PeerConnection, PeerTransport
 from mor_workbench.sandbox.model_server import LatencyProfile, ModelServer
 from mor_workbench.session import AsyncSession
 from mor_workbench.workbench import aconnect
@@ -153,6 +162,93 @@ def through_router(session: AsyncSession) -> Call:
         return await timed(session.payloads(body, CallRecord(MODEL)), started)
 
     return call
+
+
+class TimedTransport:
+    """The router's transport, timed (`--breakdown`): when the current prompt's connection was
+    asked for, made, its request written, and each batch of reply bytes arrived
+    (`time.perf_counter()` s). One prompt at a time."""
+
+    def __init__(self, inner: PeerTransport) -> None:
+        self.inner = inner
+        self.marks: dict[str, float] = {}
+        self.received: list[float] = []
+
+    def reset(self) -> None:
+        self.marks, self.received = {}, []
+
+    async def connect(self, endpoint: str) -> PeerConnection:
+        self.marks["connect"] = time.perf_counter()
+        connection = await self.inner.connect(endpoint)
+        self.marks["connected"] = time.perf_counter()
+        return _TimedConnection(connection, self)
+
+
+class _TimedConnection:
+    def __init__(self, inner: PeerConnection, timing: TimedTransport) -> None:
+        self._inner, self._timing = inner, timing
+
+    async def send(self, data: bytes) -> None:
+        await self._inner.send(data)
+        self._timing.marks["sent"] = time.perf_counter()
+
+    async def receive(self) -> bytes:
+        data = await self._inner.receive()
+        self._timing.received.append(time.perf_counter())
+        return data
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+BREAKDOWN_STEPS = (
+    ("consumer: body, journal check, encrypt, sign", "started", "connect"),
+    ("TCP connect to the provider", "connect", "connected"),
+    ("write the request", "connected", "sent"),
+    ("provider + backend: to the first token's bytes", "sent", "token bytes"),
+    ("consumer: verify, decrypt, parse, to the caller", "token bytes", "first token"),
+)
+
+
+async def breakdown(
+    router: Router, session: AsyncSession, direct: Call, count: int, max_tokens: int
+) -> None:
+    """Print where one streamed prompt's time goes (see the module docstring): `count`
+    sequential prompts through `session` (opened by `router`), each beside a direct call for
+    the baseline."""
+    timed = TimedTransport(router.transport)
+    router.transport = timed
+    steps: list[dict[str, float]] = []
+    direct_ttft: list[float] = []
+    try:
+        for i in range(count):
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"Tell me about rivers (b {i})."}],
+                "max_tokens": max_tokens,
+                "stream": True,
+            }
+            ttft, _ = await direct(body)
+            direct_ttft.append(ttft or 0.0)
+            timed.reset()
+            marks = {"started": time.perf_counter()}
+            async for payload in session.payloads(body, CallRecord(MODEL)):
+                if "first token" not in marks and has_content(payload):
+                    marks["first token"] = time.perf_counter()
+                    marks["token bytes"] = timed.received[-1]  # the bytes that carried it
+            steps.append(marks | timed.marks)
+    finally:
+        router.transport = timed.inner
+    print(f"where a streamed prompt's time goes (median of {count} sequential prompts):")
+    for label, start, end in BREAKDOWN_STEPS:
+        seconds = [s[end] - s[start] for s in steps]
+        print(f"  {label:<52}{pct(seconds, 50) * 1000:>9.0f} µs")  # pct gives ms
+    total = [s["first token"] - s["started"] for s in steps]
+    print(
+        f"  {'TTFT through the router':<52}{pct(total, 50) * 1000:>9.0f} µs"
+        f"   (direct: {pct(direct_ttft, 50) * 1000:.0f} µs)",
+        flush=True,
+    )
 
 
 async def run_cell(
@@ -354,6 +450,8 @@ async def bench(tmp: Path, args: argparse.Namespace) -> None:
             + ", ".join(summary)
             + f"; session open {open_s * 1000:.0f} ms once"
         )
+        if args.breakdown:
+            await breakdown(wb.router, session, direct, args.requests, args.max_tokens)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -369,4 +467,7 @@ if __name__ == "__main__":
     parser.add_argument("--tps", type=float, default=400.0, help="tokens per second")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--direct-client", choices=["openai", "httpx", "aiohttp"], default="openai")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also print where a streamed prompt's time goes"
+    )
     main(parser.parse_args())

@@ -320,7 +320,9 @@ class AsyncSession:
 
     def payloads(self, body: dict[str, Any], record: CallRecord) -> AsyncIterator[dict[str, Any]]:
         """The raw OpenAI chunks (or completion) for a request body, failing over as needed."""
-        if self.closed and not self.lease.renew:
+        # a renewing lease (the workbench's own sessions) is checked by its owner, which
+        # reopens it: no second journal read on the prompt's critical path
+        if not self.lease.renew and self.closed:
             if self.opened.session_id in self._router.expired:
                 raise SessionExpired(
                     f"session {self.id[:10]}… ended at {self.ends_at:%H:%M:%S} UTC and was "
