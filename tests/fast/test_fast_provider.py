@@ -103,13 +103,13 @@ async def test_a_burst_of_prompts_on_one_session_reads_it_on_chain_once(
             router = make_router()
             session = await router.open(MODEL, 600)
             reads: list[str] = []
-            call = chain.call
+            read_with_time = chain.read_with_time
 
-            async def counted(function: str, *args, **options):
-                reads.append(function)
-                return await call(function, *args, **options)
+            async def counted(calls):  # a prompt's read: getSession with the chain's time
+                reads.extend(c.fn for c in calls)
+                return await read_with_time(calls)
 
-            chain.call = counted
+            chain.read_with_time = counted
 
             async def answer() -> str:
                 chunks = [c async for c in router.stream(session, BODY)]
@@ -123,7 +123,7 @@ async def test_a_burst_of_prompts_on_one_session_reads_it_on_chain_once(
             (refused,) = [c async for c in _refusals(router, session)]
             assert "Session is closed" in refused and reads.count("getSession") == 1
         finally:
-            chain.call = call
+            chain.read_with_time = read_with_time
             await server.stop()
 
 

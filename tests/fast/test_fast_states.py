@@ -4,10 +4,6 @@ real chain."""
 
 from __future__ import annotations
 
-import pytest
-
-from mor_workbench.errors import IllegalTransition
-
 MODEL = "llama-3.3-70b"
 
 
@@ -25,8 +21,8 @@ async def test_a_closed_session_cannot_be_closed_again(make_router, providers) -
     assert await router.close(session) is True
     first = providers["first"]
     sent, asked = await _sent(router), list(first.asked)
-    with pytest.raises(IllegalTransition, match="closed cannot be close"):
-        await router.close(session)
+    # closed already (by this close, another workbench's, recovery): nothing more to do
+    assert await router.close(session) is True
     assert await _sent(router) == sent and first.asked == asked  # no transaction, no receipt
     assert router.journal.get(session.approval_hash).state == "closed"
 
@@ -45,6 +41,6 @@ async def test_a_session_the_chain_rolled_back_is_abandoned_and_never_closed(
     assert (await make_router().recover())["abandoned"] == 1
     assert router.journal.get(session.approval_hash).state == "abandoned"
     sent = await _sent(router)
-    with pytest.raises(IllegalTransition, match="abandoned cannot be close"):
-        await router.close(session)
+    assert await router.close(session) is True  # abandoned: nothing to close, nothing sent
     assert await _sent(router) == sent
+    assert router.journal.get(session.approval_hash).state == "abandoned"
