@@ -44,6 +44,11 @@ class Decoder:
         self._in_string = False
         self._failed: RemoteProtocolError | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Whether no part of a message is held (the next bytes start a new one)."""
+        return not self._buffer and self._failed is None
+
     def _fail(self, message: str) -> RemoteProtocolError:
         self._failed = RemoteProtocolError(message)
         return self._failed

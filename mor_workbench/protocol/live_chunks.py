@@ -105,6 +105,10 @@ class ChunkLines:
         self._decoder = Decoder(max_message, read_line=self._chunk)
 
     def feed(self, data: bytes) -> list[SealedChunk | Response]:
+        if data[-1:] == b"\n" and self._decoder.idle and data.find(b"\n") == len(data) - 1:
+            chunk = self._chunk(data[:-1])  # one whole line, the usual read: no buffering
+            if chunk is not None:
+                return [chunk]
         return [
             item if type(item) is SealedChunk else Response.from_json(item, SessionPromptRes)
             for item in self._decoder.feed(data)

@@ -355,11 +355,12 @@ class ChunkReader:
     def read_sealed(self, chunk: SealedChunk) -> dict[str, Any] | str:
         """The payload of a chunk read from its line (`ChunkLines`), checked as `read` checks
         a parsed one; `RemoteProtocolError` when it breaks a rule above."""
-        if not verify_digest(keccak(chunk.signed), chunk.signature, self._provider):
+        signature, box = chunk.signature, chunk.box
+        if not verify_digest(keccak(chunk.signed), signature, self._provider):
             raise RemoteProtocolError("SessionPromptRes is not signed by the expected key")
-        self._once(chunk.signature)
-        self.count(len(chunk.box))
-        return parse_chunk(self._boxes.open(chunk.box))
+        self._once(signature)
+        self.count(len(box))
+        return parse_chunk(self._boxes.open(box))
 
     def _once(self, signature: bytes) -> None:
         signed = signature[:64]

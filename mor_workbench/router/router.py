@@ -62,6 +62,7 @@ SpendGuard = Callable[["RankedBid", int, int], AbstractContextManager[Callable[[
 call with the session id once it is paid; raising from it refuses the open."""
 APPROVAL_TTL_S = 600  # an approval can no longer open a session after this
 RECHECK_CLOSED_S = 7 * 86400  # closed rows re-checked on chain by recover() (rollbacks)
+EXPIRED_KEPT = 4096  # sessions remembered as ended by housekeeping (32 bytes each)
 
 
 @contextlib.contextmanager
@@ -167,7 +168,10 @@ class Router:
         self.housekeeping_s = housekeeping_s
         self.cooldowns = Cooldowns()
         self.opened: dict[bytes, OpenSession] = {}  # sessions this router opened, still open
-        self.expired: set[bytes] = set()  # closed by housekeeping because their time was up
+        # closed by housekeeping because their time was up, the latest EXPIRED_KEPT (a
+        # process that runs for weeks closes sessions without end): how a prompt on one is
+        # refused (ended, or closed); a dict as an ordered set, oldest first
+        self.expired: dict[bytes, None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # a lock per session being closed, with how many closes share it: one close at a time
         self._closes: dict[bytes, tuple[asyncio.Lock, int]] = {}
@@ -637,7 +641,9 @@ class Router:
         now = await self.chain.block_timestamp()
         ended = [s for s in list(self.opened.values()) if s.ends_at <= now]
         for session in ended:
-            self.expired.add(session.session_id)
+            self.expired[session.session_id] = None
+            if len(self.expired) > EXPIRED_KEPT:
+                del self.expired[next(iter(self.expired))]
             await self.close(session)
         return {"closed": len(ended), "withdrawn": await self.withdraw_released()}
 

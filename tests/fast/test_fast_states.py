@@ -4,6 +4,8 @@ real chain."""
 
 from __future__ import annotations
 
+from mor_workbench.router import router as router_module
+
 MODEL = "llama-3.3-70b"
 
 
@@ -44,3 +46,18 @@ async def test_a_session_the_chain_rolled_back_is_abandoned_and_never_closed(
     assert await router.close(session) is True  # abandoned: nothing to close, nothing sent
     assert await _sent(router) == sent
     assert router.journal.get(session.approval_hash).state == "abandoned"
+
+
+async def test_the_sessions_housekeeping_ended_are_remembered_within_a_bound(
+    make_router, providers, monkeypatch
+) -> None:
+    """A session housekeeping closed at its end is refused as ended, not merely closed; a
+    process that runs for weeks remembers only the latest ones (it kept one id per session it
+    ever closed so)."""
+    monkeypatch.setattr(router_module, "EXPIRED_KEPT", 2)
+    router = make_router()
+    sessions = [await router.open(MODEL, 600) for _ in range(3)]
+    await router.chain.rpc.request("evm_increaseTime", [601])
+    await router.chain.rpc.request("evm_mine", [])
+    assert (await router.housekeep())["closed"] == 3
+    assert list(router.expired) == [s.session_id for s in sessions[1:]]
