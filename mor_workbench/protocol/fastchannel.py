@@ -442,6 +442,7 @@ class Replies:
     _aad: bytes = field(default=b"", repr=False)
     _transcript: Transcript | None = field(default=None, repr=False)
     _failed: Exception | None = field(default=None, repr=False)
+    _newline_due: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self._json = Decoder(self.max_message)
@@ -473,6 +474,9 @@ class Replies:
             return [first, *(self._response(o) for o in objects[1:] + self._json.feed(rest))]
         verify(result, public_key=self.provider_key)
         self._open(result.fast_channel)
+        # the accept's line ends with a newline; when the bytes broke just before it, the
+        # newline opens the next bytes, ahead of the first frame
+        self._newline_due = line_end < 0
         return self._frames(rest)
 
     def _response(self, obj: Any) -> Response:
@@ -496,6 +500,10 @@ class Replies:
         self.state = ReplyState.CHANNEL
 
     def _frames(self, data: bytes) -> list[Event]:
+        if self._newline_due and data:
+            self._newline_due = False
+            if data[:1] == b"\n":
+                data = data[1:]
         if self._buffer:  # the start of a frame came with the bytes before
             self._buffer += data
             data = bytes(self._buffer)

@@ -122,6 +122,19 @@ def test_round_trip_whatever_the_chunks_and_however_the_bytes_are_split(
     reader.finish()
 
 
+@pytest.mark.parametrize("chunks", [[], [b'{"a":1}']])
+def test_an_accept_whose_newline_comes_in_the_next_read_still_opens_the_channel(
+    chunks: list[bytes],
+) -> None:
+    """The bytes break right before the accept line's newline (found by the property above:
+    the newline was read as the start of the first frame, a frame 'longer than 1 MiB')."""
+    reader, accept, frames = stream(chunks)
+    assert accept.endswith(b"\n")
+    events = reader.feed(accept[:-1]) + reader.feed(b"\n" + b"".join(frames))
+    assert chunks_of(events) == chunks
+    assert isinstance(events[-1], End) and reader.state is ReplyState.ENDED
+
+
 def test_the_final_signature_is_the_providers_over_the_transcript() -> None:
     reader, accept, frames = stream([b'{"a":1}', b'{"b":2}'])
     end = reader.feed(accept + b"".join(frames))[-1]
