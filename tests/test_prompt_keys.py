@@ -38,14 +38,17 @@ class Recording:
 
         return Recorded()
 
+    def prompts(self) -> list[dict]:
+        """The params of each session.prompt sent, in order."""
+        return [
+            request["params"]
+            for request in map(json.loads, self.sent)
+            if request["method"] == "session.prompt"
+        ]
+
     def prompt_keys(self) -> list[bytes]:
         """The ephemeral key of each encrypted prompt sent, in order."""
-        keys = []
-        for data in self.sent:
-            request = json.loads(data)
-            if request["method"] == "session.prompt":
-                keys.append(bytes.fromhex(request["params"]["message"][2:])[:PUB_LEN])
-        return keys
+        return [bytes.fromhex(p["message"][2:])[:PUB_LEN] for p in self.prompts()]
 
 
 def test_a_sessions_prompts_share_one_key_and_each_session_has_its_own(
@@ -67,3 +70,19 @@ def test_a_sessions_prompts_share_one_key_and_each_session_has_its_own(
     assert len(first) == len(second) == 3
     assert len(set(first)) == 1 and len(set(second)) == 1
     assert first[0] != second[0]
+
+
+def test_each_prompt_offers_a_fast_channel_key_of_its_own_made_ahead(wb: mor.Workbench) -> None:
+    """The fast channel's X25519 key of a prompt is made after the last prompt's first chunk
+    (off the time to first token), and still used for one prompt only."""
+    router = wb.aio.router
+    recording = Recording()
+    router.transport = recording
+    session = wb.open_session(MODEL, duration="5m")
+    for question in ("one", "two", "three"):
+        assert session.chat(question)
+        assert set(router._offers) == {session.aio.opened.session_id}  # the next one, ready
+    offered = [p["fastChannel"] for p in recording.prompts()]
+    assert len(offered) == 3 and len(set(offered)) == 3
+    session.close()
+    assert router._offers == {}

@@ -403,6 +403,7 @@ async def prompt(
     transport: PeerTransport = TCP,
     fast_channel: bool = False,
     prompt_boxes: BoxSealer | None = None,
+    offer: Offer | None = None,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
     completion), stopping at "[DONE]". Timeouts in seconds. With `encrypt` the body goes
@@ -410,9 +411,10 @@ async def prompt(
     one ephemeral key for its prompts), else under a fresh ephemeral key.
 
     With `fast_channel` (for a provider whose pong advertises it: `supports_fast_channel`) the
-    prompt offers the fast channel; a provider that accepts streams sealed frames, checked as
-    `mor_workbench.protocol.fastchannel` says (and raising its `ChannelError`s), one that
-    does not answers on the live wire, read as below.
+    prompt offers the fast channel, with `offer` (an X25519 key the caller made ahead, used
+    for this prompt only) or a key made here; a provider that accepts streams sealed frames,
+    checked as `mor_workbench.protocol.fastchannel` says (and raising its `ChannelError`s),
+    one that does not answers on the live wire, read as below.
 
     Every chunk must be signed by `provider_pubkey`, seen once (a repeated signature is a
     replay), encrypted to us and a JSON object; the answer may not exceed `output_cap(body)`
@@ -430,7 +432,10 @@ async def prompt(
             else ecies_encrypt(provider_pubkey, plaintext)
         )
         text = "0x" + box.hex()
-    offer = Offer.new() if fast_channel else None
+    if fast_channel and offer is None:
+        offer = Offer.new()
+    elif not fast_channel:
+        offer = None
     offered = offer.public_key if offer is not None else b""
     signed = sign(SessionPromptReq(session_id, text, _now_ms(), fast_channel=offered), key)
     req = Request(_request_id(), signed)

@@ -42,6 +42,7 @@ from mor_workbench.protocol import (
     eth_sign,
 )
 from mor_workbench.protocol.ecies import BoxSealer
+from mor_workbench.protocol.fastchannel import Offer
 from mor_workbench.router import health, peer
 from mor_workbench.router.attestation import Attestation, TeeVerifier, attestation_for
 from mor_workbench.router.journal import JournalEntry, SessionJournal
@@ -152,6 +153,7 @@ class Router:
         # `serve` process opens sessions for weeks); see `attestation`
         self.attestations: dict[bytes, Attestation] = {}
         self._prompt_boxes: dict[bytes, BoxSealer] = {}  # by session id, open sessions only
+        self._offers: dict[bytes, Offer] = {}  # the next prompt's fast-channel key, by session
         self._model_tags: dict[bytes, list[str]] = {}
         # around each open once its deposit (wei) is known, before the provider is asked: may
         # refuse it (a spend cap); told the session id once paid (`SpendGuard`)
@@ -405,6 +407,10 @@ class Router:
         """The provider's verified, decrypted chunks (or completion) for one request body;
         `timeout` bounds the wait for the first reply and between chunks (a stall)."""
         await self._recheck_attestation(session)
+        # the fast channel's key for this prompt: made ahead (after the last prompt's first
+        # chunk), each used once, so its making is off the time to first token
+        offer = self._offers.pop(session.session_id, None) if session.fast_channel else None
+        ahead = session.fast_channel
         async for payload in peer.prompt(
             session.endpoint,
             self.signer,
@@ -417,8 +423,12 @@ class Router:
             idle_timeout=timeout,
             transport=self.transport,
             fast_channel=session.fast_channel,
+            offer=offer,
         ):
             yield payload
+            if ahead and session.session_id in self.opened:
+                ahead = False
+                self._offers.setdefault(session.session_id, Offer.new())
 
     def attestation(self, session_id: bytes) -> Attestation:
         """What the provider of `session_id`, a session this router holds open, attested:
@@ -531,9 +541,10 @@ class Router:
 
     def _drop_state(self, session_id: bytes) -> None:
         """Let go of what this router keeps for an open session (its attestation, its prompt
-        key): it has closed."""
+        key, its next fast-channel key): it has closed."""
         self.attestations.pop(session_id, None)
         self._prompt_boxes.pop(session_id, None)
+        self._offers.pop(session_id, None)
 
     def _prompt_sealer(self, session: OpenSession) -> BoxSealer | None:
         """The ECIES sealer of the session's prompts (one ephemeral key a session, so the
