@@ -13,8 +13,8 @@ from coincurve import PrivateKey
 from eth_hash.auto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_live_chunks import CONSUMER, CONSUMER_PUB, PROVIDER, PROVIDER_PUB
 
-from mor_workbench.chain.keys import Signer
 from mor_workbench.protocol import (
     Decoder,
     RemoteProtocolError,
@@ -29,12 +29,6 @@ from mor_workbench.protocol.gojson import go_object, go_string
 from mor_workbench.protocol.live_chunks import ChunkLines, ChunkSealer, SealedChunk
 from mor_workbench.router.peer import ChunkReader
 
-PROVIDER = PrivateKey(
-    bytes.fromhex("81f44a49c40f206517efbbcca783d808914841200e0ac9a769368e1b2741e227")
-)
-PROVIDER_PUB = PROVIDER.public_key.format(compressed=False)
-CONSUMER = Signer("0x" + "4b50fa71f5c3eeb8fdc452224b2395af2fcc3d125e06c32c82e048c0559db03f")
-CONSUMER_PUB = CONSUMER.public_key_65
 DELTA = {"choices": [{"index": 0, "delta": {"content": " fox & <b>"}}], "id": "c-1"}
 LIMIT = 1 << 22
 
