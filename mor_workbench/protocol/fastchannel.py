@@ -18,7 +18,9 @@ Handshake, riding on the prompt and the first reply (no extra round trip), once 
 Per prompt rather than per session: no state outlives an answer on either side (concurrent
 prompts on one session, a restarted provider and failover need nothing kept), every answer
 gets keys of its own, and the cost (one X25519 exchange and HKDF each side, one signature
-and its check; `bench/per_chunk.py` measures it) rides inside the prompt's round trip.
+and its check; `bench/per_chunk.py` measures it) rides inside the prompt's round trip. The
+consumer's router makes a session's next key after the current prompt's first chunk (off the
+time to first token), still one key per prompt.
 
 Keys. `key = HKDF-SHA256(ikm = X25519(ce, pe), salt = session id, info = context)` where
 `context` = "mor-fastchannel/1" ‖ session id ‖ len u32 ‖ request id ‖ the prompt's signature ‖
