@@ -10,10 +10,13 @@ in a process of its own (as in `router_overhead.py`). This process streams the s
     first use; LiteLLM is not a dependency of ours),
 and prints, for 1 and 50 concurrent streams, each path's TTFT and end-to-end p50/p99, the
 milliseconds each adds over the direct call, and how many times our added latency LiteLLM's
-is. Every HTTP path is read by the same aiohttp client. On a small machine the processes share
-its cores, so the 50-concurrent figures include CPU queueing.
+is. Every HTTP path (direct, serve, LiteLLM) is read by the same client: aiohttp, the leanest
+(a floor), or with `--client openai` the official openai client, what an application calls
+(issue 16's baseline). On a small machine the processes share its cores, so the 50-concurrent
+figures include CPU queueing.
 
     .venv/bin/python bench/peer_bench.py [--requests 100] [--concurrency 1 50]
+        [--client aiohttp|openai]
 """
 
 from __future__ import annotations
@@ -28,16 +31,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 from eth_account import Account
 from router_overhead import (
     MODEL,
     Call,
     Timing,
     direct_aiohttp,
+    direct_openai,
     pct,
     provider_process,
     run_cell,
@@ -159,6 +165,29 @@ def through_stream(wb: AsyncWorkbench, max_tokens: int) -> Call:
     return call
 
 
+@contextlib.asynccontextmanager
+async def http_reader(client: str) -> AsyncIterator[Callable[[str, str], Call]]:
+    """A maker of `Call`s reading an OpenAI-compatible base URL with an API key, all through
+    one `client` ("aiohttp": one session; "openai": the official client, one per URL)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if client == "openai":
+
+            def reader(base_url: str, api_key: str) -> Call:
+                made = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+                stack.push_async_callback(made.close)
+                return direct_openai(made)
+
+        else:
+            http = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+            )
+
+            def reader(base_url: str, api_key: str) -> Call:
+                return direct_aiohttp(http, base_url, {"Authorization": f"Bearer {api_key}"})
+
+        yield reader
+
+
 def table(label: str, direct: list[float], paths: dict[str, list[float]]) -> list[str]:
     """Rows: the direct floor, then each path's p50/p99 and what it adds (ms), then how many
     times our added latency LiteLLM's is."""
@@ -220,20 +249,12 @@ async def bench(tmp: Path, args: argparse.Namespace) -> None:
         litellm_url = await stack.enter_async_context(litellm_proxy(backend_url, tmp, master_key))
         wb = await aconnect("sandbox", sandbox_dir=directory, strategy={"allow": [provider]})
         stack.push_async_callback(wb.close)
-        http = await stack.enter_async_context(
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
-        )
-        keyed = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=200),
-                headers={"Authorization": f"Bearer {master_key}"},
-            )
-        )
+        reader = await stack.enter_async_context(http_reader(args.client))
         paths: dict[str, Call] = {
-            "direct": direct_aiohttp(http, backend_url),
+            "direct": reader(backend_url, "unused"),
             "wb.stream": through_stream(wb, args.max_tokens),
-            "serve": direct_aiohttp(http, serve_url),
-            "litellm": direct_aiohttp(keyed, litellm_url),
+            "serve": reader(serve_url, "unused"),
+            "litellm": reader(litellm_url, master_key),
         }
         top = max(args.concurrency)
         for call in paths.values():  # warm up: sessions, connections, pools, code paths
@@ -243,7 +264,7 @@ async def bench(tmp: Path, args: argparse.Namespace) -> None:
         print(
             f"peer bench: {MODEL} on one simulated backend (TTFT {args.ttft_ms:g} ms, "
             f"{args.tps:g} tokens/s, no jitter, max_tokens {args.max_tokens}), streamed; "
-            f"n={args.requests} per cell; milliseconds"
+            f"n={args.requests} per cell; HTTP paths read by {args.client}; milliseconds"
         )
         for concurrency in args.concurrency:
             timings: dict[str, list[Timing]] = {}
@@ -273,4 +294,7 @@ if __name__ == "__main__":
     parser.add_argument("--ttft-ms", type=float, default=20.0)
     parser.add_argument("--tps", type=float, default=400.0, help="tokens per second")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument(
+        "--client", choices=["aiohttp", "openai"], default="aiohttp", help="reads every HTTP path"
+    )
     main(parser.parse_args())

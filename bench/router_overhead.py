@@ -115,13 +115,16 @@ def direct_httpx(http: httpx.AsyncClient, base_url: str) -> Call:
     return call
 
 
-def direct_aiohttp(http: aiohttp.ClientSession, base_url: str) -> Call:
-    """POST to the model server with aiohttp: the leanest client, a floor for comparison."""
+def direct_aiohttp(
+    http: aiohttp.ClientSession, base_url: str, headers: dict[str, str] | None = None
+) -> Call:
+    """POST to an OpenAI-compatible `base_url` (the model server) with aiohttp: the leanest
+    client, a floor for comparison."""
     url = base_url + "/chat/completions"
 
     async def call(body: dict[str, Any]) -> Timing:
         started = time.perf_counter()
-        async with http.post(url, json=body) as reply:
+        async with http.post(url, json=body, headers=headers) as reply:
             reply.raise_for_status()
             if not body.get("stream"):
                 assert has_content(await reply.json())
