@@ -3,8 +3,9 @@
 1. per streamed chunk, CPU µs on each side: the live wire, its primitives' floor and the fast
    channel between our own peers (`per_chunk.py`);
 2. added TTFT and end-to-end p50/p99 over a direct call at 1 and 50 concurrent streams for
-   `wb.stream`, `serve` and LiteLLM's proxy, with ratios (`peer_bench.py`; it creates LiteLLM's
-   own venv under .bench-venvs/litellm on first use);
+   `wb.stream`, `serve` and LiteLLM's proxy, with ratios, the HTTP paths read once by the
+   openai client (issue 16's baseline) and once by aiohttp (`peer_bench.py`; it creates
+   LiteLLM's own venv under .bench-venvs/litellm on first use);
 3. the 10,000-bid market snapshot: bids, providers, stats and scores, with its round trips
    (`market_snapshot.py`, 2,500 providers x 4 models; seeding it takes minutes).
 
@@ -43,10 +44,21 @@ def main() -> None:
         "1. per streamed chunk: live wire, its floor, fast channel",
         ["per_chunk.py", "--iterations", str(args.iterations)],
     )
-    section(
-        "2. added latency over a direct call: wb.stream, serve, LiteLLM proxy",
-        ["peer_bench.py", "--requests", str(args.requests), "--concurrency", "1", "50"],
-    )
+    for client, why in (("openai", "what an application calls"), ("aiohttp", "a leaner floor")):
+        section(
+            f"2. added latency over a direct call: wb.stream, serve, LiteLLM proxy; HTTP read "
+            f"by {client} ({why})",
+            [
+                "peer_bench.py",
+                "--requests",
+                str(args.requests),
+                "--concurrency",
+                "1",
+                "50",
+                "--client",
+                client,
+            ],
+        )
     section(
         f"3. market snapshot: {args.providers * 4:,} bids",
         ["market_snapshot.py", "--providers", str(args.providers), "--repeat", "5"],
