@@ -155,23 +155,30 @@ class Chain:
             return reads, now
         single = len(calls) == 1
         request = calls[0] if single else self._aggregate_call(calls)
-        address, data = self.encode_call(request)
         raw, block = await self.rpc.batch(
-            [
-                ("eth_call", [{"to": address, "data": "0x" + data.hex()}, "latest"]),
-                ("eth_getBlockByNumber", ["latest", False]),
-            ]
+            [self._eth_call(request), ("eth_getBlockByNumber", ["latest", False])]
         )
         if isinstance(block, RpcError):
             raise block
         now = int(block["timestamp"], 16)
-        if isinstance(raw, RpcError):
-            failed = self._revert(request.fn, raw.revert_data(), raw.rpc_message)
+        try:
+            decoded = self._decoded(request, raw)
+        except ContractReverted as failed:
             if single:
                 return [failed], now
-            raise failed
-        decoded = self._resolve(request)[1].decode(request.fn, bytes.fromhex(raw[2:]))
+            raise
         return ([decoded] if single else self._unpack(calls, decoded)), now
+
+    def _eth_call(self, call: Call) -> tuple[str, list[Any]]:
+        """The JSON-RPC request (method, params) reading `call` at the latest block."""
+        address, data = self.encode_call(call)
+        return "eth_call", [{"to": address, "data": "0x" + data.hex()}, "latest"]
+
+    def _decoded(self, call: Call, raw: Any) -> Any:
+        """`call`'s result from its eth_call reply in a batch; `ContractReverted` for an error."""
+        if isinstance(raw, RpcError):
+            raise self._revert(call.fn, raw.revert_data(), raw.rpc_message)
+        return self._resolve(call)[1].decode(call.fn, bytes.fromhex(raw[2:]))
 
     def _aggregate_call(self, calls: Sequence[Call]) -> Call:
         encoded = [
@@ -196,19 +203,11 @@ class Chain:
 
     async def _aggregate_batch(self, chunks: Sequence[Sequence[Call]]) -> list[list[Any]]:
         aggregates = [self._aggregate_call(chunk) for chunk in chunks]
-        requests = []
-        for aggregate in aggregates:
-            address, data = self.encode_call(aggregate)
-            requests.append(("eth_call", [{"to": address, "data": "0x" + data.hex()}, "latest"]))
-        out = []
-        for chunk, aggregate, raw in zip(
-            chunks, aggregates, await self.rpc.batch(requests), strict=True
-        ):
-            _, codec = self._resolve(aggregate)
-            if isinstance(raw, RpcError):
-                raise self._revert(aggregate.fn, raw.revert_data(), raw.rpc_message)
-            out.append(self._unpack(chunk, codec.decode(aggregate.fn, bytes.fromhex(raw[2:]))))
-        return out
+        replies = await self.rpc.batch([self._eth_call(a) for a in aggregates])
+        return [
+            self._unpack(chunk, self._decoded(aggregate, raw))
+            for chunk, aggregate, raw in zip(chunks, aggregates, replies, strict=True)
+        ]
 
     async def chain_id(self) -> int:
         return int(await self.rpc.request("eth_chainId"), 16)
