@@ -432,10 +432,7 @@ async def prompt(
             else ecies_encrypt(provider_pubkey, plaintext)
         )
         text = "0x" + box.hex()
-    if fast_channel and offer is None:
-        offer = Offer.new()
-    elif not fast_channel:
-        offer = None
+    offer = (offer or Offer.new()) if fast_channel else None
     offered = offer.public_key if offer is not None else b""
     signed = sign(SessionPromptReq(session_id, text, _now_ms(), fast_channel=offered), key)
     req = Request(_request_id(), signed)
