@@ -17,7 +17,8 @@ machine count less than in wall time and touch every row alike; compare rows of 
     .venv/bin/python bench/per_chunk.py [--iterations 3000] [--json]
 
 The fast channel (`protocol.fastchannel`, our own peers) is measured the same way, its chunk
-JSON-encoded and decoded as the live wire's is, with its once-per-prompt handshake beside it.
+JSON-encoded and decoded as the live wire's is (`payload_json`), with its once-per-prompt
+handshake beside it.
 
 Another wire is one more entry in `WIRES`: a name and a function that opens one stream of it,
 returning its (encode, decode) pair (decode may keep state, as replay checks do);
@@ -40,7 +41,6 @@ from coincurve import PrivateKey, PublicKey
 from coincurve.ecdsa import cdata_to_der, deserialize_compact
 from coincurve.utils import get_valid_secret
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from eth_hash.auto import keccak
 
 from mor_workbench.protocol import (
     Response,
@@ -51,7 +51,9 @@ from mor_workbench.protocol import (
 )
 from mor_workbench.protocol.fastchannel import Data, Offer, Replies, accept_offer
 from mor_workbench.protocol.live_chunks import ChunkLines, ChunkSealer, SealedChunk
-from mor_workbench.router.peer import OUTPUT_BYTES_UNBOUNDED, ChunkReader
+from mor_workbench.protocol.payload_json import compact
+from mor_workbench.protocol.signing import keccak
+from mor_workbench.router.peer import OUTPUT_BYTES_UNBOUNDED, ChunkReader, parse_chunk
 from mor_workbench.router.transport import CONSUMER_MESSAGE_LIMIT
 
 Encode = Callable[[Any], bytes]
@@ -119,11 +121,11 @@ def fast_channel_wire() -> tuple[Encode, Decode]:
     sender, reader = _fast_channel_handshake(provider, consumer, os.urandom(32), "a1b2c3d4")
 
     def encode(payload: Any) -> bytes:
-        return sender.data(json.dumps(payload, separators=(",", ":")).encode())
+        return sender.data(compact(payload))
 
     def decode(data: bytes) -> Any:
         (chunk,) = [e.chunk for e in reader.feed(data) if type(e) is Data]
-        return json.loads(chunk)
+        return parse_chunk(chunk)
 
     return encode, decode
 

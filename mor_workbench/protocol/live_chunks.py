@@ -16,24 +16,20 @@ multiplication; the signature is the one multiplication left per chunk.
 from __future__ import annotations
 
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from coincurve import PrivateKey, PublicKey
-from eth_hash.auto import keccak
 
 from mor_workbench.protocol.ecies import BoxSealer
 from mor_workbench.protocol.framing import Decoder
 from mor_workbench.protocol.gojson import go_string
 from mor_workbench.protocol.messages import Response, SessionPromptRes
-from mor_workbench.protocol.signing import sign_digest
+from mor_workbench.protocol.payload_json import compact
+from mor_workbench.protocol.signing import keccak, sign_digest
 
 __all__ = ["ChunkLines", "ChunkSealer", "SealedChunk"]
-
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
-"""json.dumps(value, separators=(",", ":")), without building an encoder per chunk."""
 
 
 class ChunkSealer:
@@ -52,9 +48,9 @@ class ChunkSealer:
 
     def seal(self, payload: Any, timestamp_ms: int) -> Response:
         """The response carrying `payload` (a JSON value: a backend's chunk, or "[DONE]"),
-        written compactly (no spaces, ASCII) and stamped `timestamp_ms` (ms, wall clock),
-        with its wire bytes already encoded."""
-        plaintext = _compact_json(payload).encode()
+        written compactly (`payload_json.compact`: no spaces, UTF-8) and stamped
+        `timestamp_ms` (ms, wall clock), with its wire bytes already encoded."""
+        plaintext = compact(payload)
         return self.envelope(self._boxes.seal(plaintext), timestamp_ms)
 
     def envelope(self, box: bytes, timestamp_ms: int) -> Response:

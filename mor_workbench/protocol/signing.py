@@ -15,7 +15,8 @@ from coincurve import PrivateKey, PublicKey
 from coincurve.ecdsa import cdata_to_der, deserialize_compact
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_hash.auto import keccak
+from eth_hash import Keccak256
+from eth_hash.backends.pysha3 import backend as pysha3_backend
 from eth_utils import to_checksum_address
 
 from mor_workbench.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -31,6 +32,7 @@ __all__ = [
     "encode_receipt",
     "eth_recover",
     "eth_sign",
+    "keccak",
     "parse_public_key",
     "public_key_of",
     "recover_public_key",
@@ -42,6 +44,11 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=Message)
+
+keccak = Keccak256(pysha3_backend)
+"""keccak256 (bytes → 32 bytes) through eth-hash's pysha3 backend (safe-pysha3, in C): about
+5 µs for a chunk's 1.3 KB of signed JSON, against 11 through pycryptodome, which
+`eth_hash.auto` picks first when both are installed (eth-account installs pycryptodome)."""
 _SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from mor_workbench.errors import BackendError
+from mor_workbench.protocol.payload_json import parse
 from mor_workbench.provider.config import ModelConfig
 
 __all__ = [
@@ -233,7 +234,7 @@ class OpenAIBackend:
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     break
-                chunk = json.loads(data)
+                chunk = parse(data)
                 stats.chunks += 1
                 if stats.first_token_at is None and _has_output(chunk):
                     stats.first_token_at = time.monotonic()

@@ -62,6 +62,7 @@ from mor_workbench.protocol import (
 from mor_workbench.protocol.ecies import BoxOpener
 from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Frames, accept_offer
 from mor_workbench.protocol.live_chunks import ChunkSealer
+from mor_workbench.protocol.payload_json import compact
 from mor_workbench.protocol.signing import recover_public_key
 from mor_workbench.provider.backend import (
     BACKEND_FAILURES,
@@ -386,7 +387,7 @@ class RequestHandler:
         await send(Response(request_id, result=accept))
 
         async def send_chunk(payload: Any) -> None:
-            await send(sender.data(json.dumps(payload, separators=(",", ":")).encode()))
+            await send(sender.data(compact(payload)))
 
         async def send_failure(response: Response | Frames) -> None:
             await send(sender.failure(response.encode()))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from coincurve import PrivateKey
-from eth_hash.auto import keccak
 
 from mor_workbench.chain.client import Chain
 from mor_workbench.chain.keys import Signer
@@ -58,7 +57,8 @@ from mor_workbench.protocol import (
 from mor_workbench.protocol.ecies import BoxOpener, BoxSealer
 from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Data, End, Failure, Offer, Replies
 from mor_workbench.protocol.live_chunks import ChunkLines, SealedChunk
-from mor_workbench.protocol.signing import parse_public_key, verify_digest
+from mor_workbench.protocol.payload_json import parse
+from mor_workbench.protocol.signing import keccak, parse_public_key, verify_digest
 from mor_workbench.router.transport import (
     CONSUMER_MESSAGE_LIMIT,
     TCP,
@@ -380,7 +380,7 @@ def parse_chunk(plaintext: bytes) -> dict[str, Any] | str:
     """A chunk's payload from its JSON bytes: a JSON object or the string "[DONE]";
     `RemoteProtocolError` for anything else."""
     try:
-        payload = json.loads(plaintext)
+        payload = parse(plaintext)
     except ValueError:
         raise RemoteProtocolError("the provider sent a chunk that is not JSON") from None
     if payload != "[DONE]" and not isinstance(payload, dict):

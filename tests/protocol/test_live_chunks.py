@@ -32,6 +32,7 @@ from mor_workbench.protocol import (
 )
 from mor_workbench.protocol.gojson import go_string
 from mor_workbench.protocol.live_chunks import ChunkSealer
+from mor_workbench.protocol.payload_json import compact
 from mor_workbench.protocol.signing import recover_public_key
 from mor_workbench.router import peer
 from mor_workbench.router.peer import ChunkReader
@@ -87,13 +88,12 @@ def test_sealed_chunks_open_to_their_payloads() -> None:
     )
     reader = ChunkReader(CONSUMER.signing_key, PROVIDER_PUB, cap=1 << 20)
     assert read_all(wire, reader) == [DELTA, "[DONE]"]
-    # the plaintext is what json.dumps writes with compact separators (ASCII, escaped)
+    # the plaintext is the payload's compact JSON
     (first, _) = Decoder().feed(wire)
     box = bytes.fromhex(first["result"]["message"][2:])
-    assert (
-        ecies_decrypt(CONSUMER.private_key_bytes(), box)
-        == json.dumps(DELTA, separators=(",", ":")).encode()
-    )
+    plaintext = ecies_decrypt(CONSUMER.private_key_bytes(), box)
+    assert plaintext == compact(DELTA)
+    assert json.loads(plaintext) == DELTA
 
 
 def chunk(payload: object, key: PrivateKey = PROVIDER, timestamp: int = 1) -> SessionPromptRes:
