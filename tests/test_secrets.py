@@ -210,7 +210,7 @@ def test_connecting_shows_no_secret_when_it_fails(
     out, err = capfd.readouterr()
     captured |= {"stdout": out, "stderr": err, "logs": debug_logs.getvalue()}
     assert forwarder.forwarded > 0  # the secret URL was used, and its requests were logged
-    assert f"HTTP Request: POST http://127.0.0.1:{forwarder.server_port}/…" in captured["logs"]
+    assert f"JSON-RPC request: POST http://127.0.0.1:{forwarder.server_port}/…" in captured["logs"]
     assert_nothing_leaked(captured)
 
 
@@ -260,7 +260,7 @@ async def test_chat_revert_and_serve_show_no_secret(
         await runner.cleanup()  # closes the workbench and its sessions
     out, err = capfd.readouterr()
     captured |= {"stdout": out, "stderr": err, "logs": debug_logs.getvalue()}
-    assert forwarder.forwarded > 0 and "HTTP Request: POST" in captured["logs"]
+    assert forwarder.forwarded > 0 and "JSON-RPC request: POST" in captured["logs"]
     assert f"{base_url}/chat/completions" in captured["logs"]  # a URL without secrets: as is
     assert_nothing_leaked(captured)
 
@@ -347,7 +347,7 @@ def test_chat_morpheus_shows_no_secret(
     out, err = capfd.readouterr()
     captured |= {"callbacks": "\n".join(recorder.seen), "stdout": out, "stderr": err}
     captured["logs"] = debug_logs.getvalue()
-    assert len(recorder.seen) >= 4 and "HTTP Request: POST" in captured["logs"]
+    assert len(recorder.seen) >= 4 and "JSON-RPC request: POST" in captured["logs"]
     assert_nothing_leaked(captured)
 
 

@@ -2,22 +2,33 @@
 
 RPC URLs often embed an API key (`.../v2/<key>`), so a URL is only ever shown redacted, and
 each URL a client is given is registered with `mor_workbench._redact` so that no log record —
-ours or httpx's, at any level — shows its secrets.
+ours or a library's, at any level — shows its secrets.
+
+The HTTP client is aiohttp's: a JSON-RPC request to a local node costs about 0.2 ms of CPU
+through it against 0.9-1.5 ms through httpx (measured side by side on anvil), and a provider
+reads a session on chain for every prompt, on the event loop that forwards its answers
+(issue 16 §3).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+import orjson
 
 from mor_workbench._redact import hide_url, redact_url
 from mor_workbench.errors import ChainError, ConfigurationError, RpcUnavailable
 
 __all__ = ["RpcClient", "RpcError", "redact_url"]
+
+_JSON = {"Content-Type": "application/json"}
+_log = logging.getLogger(__name__)
 
 
 class RpcError(ChainError):
@@ -58,9 +69,9 @@ class RpcClient:
     ) -> None:
         self.urls = self._checked([urls] if isinstance(urls, str) else list(urls))
         self.refresh_urls = refresh_urls
-        self._http = httpx.AsyncClient(
-            timeout=timeout, limits=httpx.Limits(max_keepalive_connections=20)
-        )
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self._http: aiohttp.ClientSession | None = None  # made in the loop that uses it
+        self._http_loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
         self._current = 0
         self.round_trips = 0
@@ -81,7 +92,18 @@ class RpcClient:
         return f"RpcClient({', '.join(redact_url(u) for u in self.urls)})"
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        """The HTTP session of the running event loop (keep-alive connections are bound to
+        the loop that made them: a client used from another loop gets a session of its own)."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http.closed or self._http_loop is not loop:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+            self._http_loop = loop
+        return self._http
 
     async def _post(self, payload: Any) -> Any:
         errors: list[str] = []
@@ -104,12 +126,20 @@ class RpcClient:
         for attempt in range(len(urls)):
             index = (self._current + attempt) % len(urls)
             self.round_trips += 1
+            if _log.isEnabledFor(logging.DEBUG):
+                calls = (
+                    f"a batch of {len(payload)}" if isinstance(payload, list) else payload["method"]
+                )
+                _log.debug("JSON-RPC request: POST %s (%s)", redact_url(urls[index]), calls)
             try:
-                response = await self._http.post(urls[index], json=payload)
-                response.raise_for_status()
+                async with self._session().post(
+                    urls[index], data=orjson.dumps(payload), headers=_JSON
+                ) as response:
+                    response.raise_for_status()
+                    reply = orjson.loads(await response.read())
                 self._current = index
-                return True, response.json()
-            except (httpx.TransportError, httpx.HTTPStatusError, ValueError) as exc:
+                return True, reply
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 errors.append(f"{redact_url(urls[index])}: {type(exc).__name__}")
         return False, None
 
