@@ -200,6 +200,10 @@ class _TimedConnection:
         self._timing.received.append(time.perf_counter())
         return data
 
+    @property
+    def open(self) -> bool:  # kept by the router's pool when the provider keeps it alive
+        return bool(getattr(self._inner, "open", False))
+
     def close(self) -> None:
         self._inner.close()
 
@@ -221,6 +225,7 @@ async def breakdown(
     the baseline."""
     timed = TimedTransport(router.transport)
     router.transport = timed
+    router.connections.close()  # every connection from here on is a timed one
     steps: list[dict[str, float]] = []
     direct_ttft: list[float] = []
     try:
@@ -239,6 +244,8 @@ async def breakdown(
                 if "first token" not in marks and has_content(payload):
                     marks["first token"] = time.perf_counter()
                     marks["token bytes"] = timed.received[-1]  # the bytes that carried it
+            if "connect" not in timed.marks:  # the request went on a kept connection
+                timed.marks["connect"] = timed.marks["connected"] = timed.marks["sent"]
             steps.append(marks | timed.marks)
     finally:
         router.transport = timed.inner

@@ -63,6 +63,18 @@ Why a chunk cannot be forged, replayed, dropped, reordered or truncated unnotice
 - forward secrecy: the ephemeral private keys live for one answer, so a registered key
   leaked later does not open recorded answers (the live wire's ECIES to the consumer's
   static key does not have this).
+
+Connection reuse (`keep-alive/1`, a second pong token). The live wire takes one request per TCP
+connection; a provider that advertises `KEEP_ALIVE` keeps a connection open after the END of
+a fast-channel answer, waiting up to `KEEP_ALIVE_IDLE_S` for that consumer's next request,
+and never writes on a connection while it waits (it closes it without a word). The consumer
+puts a connection back for its next prompt to that provider only when the answer reached END
+with no byte after it (`Replies.reusable`), and takes it again only within
+`KEEP_ALIVE_REUSE_S` (below the provider's wait, so an idle close rarely meets a request);
+a request whose reused connection closes before any reply goes again on a new connection
+(the provider answered nothing on it). Nothing above depends on the connection: every prompt
+still has its own offer, keys, request id and signature, so reuse only saves the TCP connect
+(about half a millisecond on a loopback, a round trip across a network).
 """
 
 from __future__ import annotations
@@ -100,6 +112,9 @@ __all__ = [
     "END",
     "FAILURE",
     "FAST_CHANNEL",
+    "KEEP_ALIVE",
+    "KEEP_ALIVE_IDLE_S",
+    "KEEP_ALIVE_REUSE_S",
     "Channel",
     "ChannelSender",
     "Checkpoint",
@@ -122,6 +137,15 @@ CHECKPOINT_EVERY = 128
 """DATA frames between two signed checkpoints: a signature and its check cost 40-170 µs
 (idle to loaded machine), under 1.5 µs a chunk on each side; a cut answer stays provable up
 to at most this many chunks before the cut."""
+
+KEEP_ALIVE = "keep-alive/1"
+"""The pong `version` token of a provider that keeps a connection open after a fast-channel
+answer's END for the consumer's next request (see the module docstring)."""
+KEEP_ALIVE_IDLE_S = 30.0
+"""How long such a provider waits for the next request on an idle connection (s)."""
+KEEP_ALIVE_REUSE_S = 20.0
+"""How long a consumer keeps an idle connection for its next request (s): well under
+`KEEP_ALIVE_IDLE_S`."""
 
 _DOMAIN = b"mor-fastchannel/1"
 _HEADER = struct.Struct(">IBQ")  # length of what follows, kind, seq
@@ -448,6 +472,17 @@ class Replies:
 
     def __post_init__(self) -> None:
         self._json = Decoder(self.max_message)
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the answer reached its END with nothing after it, so that its connection
+        may carry the next request (to a provider that keeps connections alive)."""
+        return (
+            self.state is ReplyState.ENDED
+            and not self._buffer
+            and not self._newline_due
+            and self._failed is None
+        )
 
     def feed(self, data: bytes) -> list[Event]:
         if self._failed is not None:

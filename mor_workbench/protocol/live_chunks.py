@@ -96,6 +96,9 @@ class ChunkLines:
     generic path accepts. Messages over `max_message` bytes or malformed raise
     `RemoteProtocolError`."""
 
+    reusable = False
+    """The live wire takes one request per connection."""
+
     def __init__(self, request_id: str, max_message: int) -> None:
         self._head = ('{"id":' + go_string(request_id) + ',"result":{"message":"0x').encode()
         self._decoder = Decoder(max_message, read_line=self._chunk)

@@ -60,7 +60,7 @@ from mor_workbench.protocol import (
     verify,
 )
 from mor_workbench.protocol.ecies import BoxOpener
-from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Frames, accept_offer
+from mor_workbench.protocol.fastchannel import FAST_CHANNEL, KEEP_ALIVE, Frames, accept_offer
 from mor_workbench.protocol.live_chunks import ChunkSealer
 from mor_workbench.protocol.payload_json import compact
 from mor_workbench.protocol.signing import recover_public_key
@@ -166,7 +166,7 @@ class RequestHandler:
         self.max_message = max_message
         self.version = f"mor-workbench/{__version__} {ENCRYPTED_PROMPTS}"
         if self.fast_channel:
-            self.version += f" {FAST_CHANNEL}"
+            self.version += f" {FAST_CHANNEL} {KEEP_ALIVE}"
         self._http = http
         self._key = signer.signing_key  # built once: every chunk is signed with it
         # opens encrypted prompts; a consumer that sends a session's prompts under one
@@ -192,6 +192,15 @@ class RequestHandler:
             await self._send_error(send, request_id, str(exc))
         except ChainError as exc:
             await self._send_error(send, request_id, f"chain unavailable: {exc}")
+
+    def keeps_alive(self, request: Request) -> bool:
+        """Whether the connection that carried `request` stays open for the consumer's next
+        request once it is answered: after a prompt that offered the fast channel, which this
+        handler answers on it (`fastchannel.KEEP_ALIVE`)."""
+        params = request.params
+        return (
+            self.fast_channel and isinstance(params, SessionPromptReq) and bool(params.fast_channel)
+        )
 
     def error(self, request_id: str, message: str) -> Response:
         """A signed error answering `request_id` ("" before a request was read)."""

@@ -1,5 +1,8 @@
 """The provider's TCP transport: one MOR-RPC request per connection, as the live network does,
 handed to a `RequestHandler`; what it answers is written back, then the connection is closed.
+After a prompt answered on the fast channel the connection stays open for the consumer's next
+request, up to `KEEP_ALIVE_IDLE_S` (`fastchannel.KEEP_ALIVE`); an idle connection is closed
+without a word, and is the first to go when every slot is taken.
 
 Defences against abusive peers live here: a cap on connections held at once and per peer
 address, a deadline for the whole first request (so trickled bytes cannot hold a slot), the
@@ -18,6 +21,7 @@ from typing import Any
 
 from mor_workbench.errors import ConfigurationError
 from mor_workbench.protocol import Decoder, ProtocolError, RemoteProtocolError, Request, Response
+from mor_workbench.protocol.fastchannel import KEEP_ALIVE_IDLE_S
 from mor_workbench.provider.handler import RequestHandler
 
 __all__ = [
@@ -62,6 +66,7 @@ class _Connection:
 
     peer: str
     requested: bool = False  # its request has arrived complete: it is being answered
+    idle: bool = False  # kept alive after an answer, waiting for the next request
     evicted: bool = False  # dropped, still incomplete, to make room for a new connection
 
 
@@ -127,11 +132,12 @@ class TcpTransport:
         except asyncio.CancelledError:
             if connection.evicted:  # not a shutdown: tell the peer why before closing
                 task.uncancel()
-                await self._refuse(
-                    writer,
-                    "connection dropped: the provider is full and this request was still "
-                    "incomplete; send the whole request at once",
-                )
+                if not connection.idle:  # an idle one has no request waiting: a word would
+                    await self._refuse(  # read as the answer to its next request
+                        writer,
+                        "connection dropped: the provider is full and this request was still "
+                        "incomplete; send the whole request at once",
+                    )
         except ConnectionError:
             pass
         except Exception:  # a bug must not take the server down; the peer just loses this call
@@ -209,6 +215,21 @@ class TcpTransport:
             return
         connection.requested = True
         await self.handler.handle(request, send)
+        while self.handler.keeps_alive(request):
+            connection.requested, connection.idle = False, True  # evicted first when full
+            try:
+                request = await asyncio.wait_for(
+                    self._read_request(reader, Decoder(self.limits.max_message)),
+                    KEEP_ALIVE_IDLE_S,
+                )
+            except TimeoutError:
+                return  # idle too long: closed without a word
+            except ProtocolError as exc:
+                if not reader.at_eof():  # a malformed request, not the consumer leaving
+                    await self._refuse(writer, str(exc))
+                return
+            connection.requested, connection.idle = True, False
+            await self.handler.handle(request, send)
 
     async def _read_request(self, reader: asyncio.StreamReader, decoder: Decoder) -> Request:
         """The first complete message on the connection, as a request."""

@@ -11,6 +11,7 @@ Every exchange takes `transport=`: TCP unless a test passes an in-memory one
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -55,13 +56,22 @@ from mor_workbench.protocol import (
     verify,
 )
 from mor_workbench.protocol.ecies import BoxOpener, BoxSealer
-from mor_workbench.protocol.fastchannel import FAST_CHANNEL, Data, End, Failure, Offer, Replies
+from mor_workbench.protocol.fastchannel import (
+    FAST_CHANNEL,
+    KEEP_ALIVE,
+    Data,
+    End,
+    Failure,
+    Offer,
+    Replies,
+)
 from mor_workbench.protocol.live_chunks import ChunkLines, SealedChunk
 from mor_workbench.protocol.payload_json import parse
 from mor_workbench.protocol.signing import keccak, parse_public_key, verify_digest
 from mor_workbench.router.transport import (
     CONSUMER_MESSAGE_LIMIT,
     TCP,
+    ConnectionPool,
     PeerTransport,
     call,
     call_once,
@@ -84,6 +94,7 @@ __all__ = [
     "report",
     "request_approval",
     "supports_fast_channel",
+    "supports_keep_alive",
 ]
 
 
@@ -152,6 +163,12 @@ def supports_fast_channel(pong: PongRes) -> bool:
     """Whether the provider advertised the fast channel (`mor_workbench.protocol.fastchannel`):
     only then is it offered, so live providers never see the offer."""
     return FAST_CHANNEL in pong.version.split()
+
+
+def supports_keep_alive(pong: PongRes) -> bool:
+    """Whether the provider keeps a connection open after a fast-channel answer for the next
+    request (`fastchannel.KEEP_ALIVE`): then a router reuses its connections to it."""
+    return KEEP_ALIVE in pong.version.split()
 
 
 def encrypt_prompts_for(pong: PongRes, *, require_encrypted_prompts: bool = False) -> bool:
@@ -404,6 +421,7 @@ async def prompt(
     fast_channel: bool = False,
     prompt_boxes: BoxSealer | None = None,
     offer: Offer | None = None,
+    pool: ConnectionPool | None = None,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
     completion), stopping at "[DONE]". Timeouts in seconds. With `encrypt` the body goes
@@ -414,7 +432,10 @@ async def prompt(
     prompt offers the fast channel, with `offer` (an X25519 key the caller made ahead, used
     for this prompt only) or a key made here; a provider that accepts streams sealed frames,
     checked as `mor_workbench.protocol.fastchannel` says (and raising its `ChannelError`s),
-    one that does not answers on the live wire, read as below.
+    one that does not answers on the live wire, read as below. With `pool` as well (a
+    provider that keeps connections alive: `supports_keep_alive`) the request goes on an idle
+    connection of the pool when there is one, and its connection goes back to the pool when
+    the answer ended cleanly (`transport.call`).
 
     Every chunk must be signed by `provider_pubkey`, seen once (a repeated signature is a
     replay), encrypted to us and a JSON object; the answer may not exceed `output_cap(body)`
@@ -449,7 +470,7 @@ async def prompt(
         )
     reader = ChunkReader(key, provider_pubkey, output_cap(body))
     finished = False
-    async for reply in call(
+    exchange = call(
         endpoint,
         req,
         SessionPromptRes,
@@ -457,30 +478,35 @@ async def prompt(
         first_reply_timeout=first_reply_timeout,
         idle_timeout=idle_timeout,
         replies=replies,
-    ):
-        if type(reply) is SealedChunk:  # a live-wire chunk, read from its line
-            payload = reader.read_sealed(reply)
-        elif isinstance(reply, Response | Failure):  # a failure: a live-wire error, sealed
-            response = reply if isinstance(reply, Response) else reply.response
-            if response.error is not None:
-                raise _refusal(response.error, key, provider_pubkey)
-            assert response.result is not None
-            payload = reader.read(response.result)
-        elif isinstance(reply, End):
-            break
-        elif isinstance(reply, Data):
-            reader.count(len(reply.chunk))
-            payload = parse_chunk(reply.chunk)
-            if payload == "[DONE]":  # the signed END follows
+        pool=pool if offer is not None else None,
+    )
+    # closed as the loop ends (at END, a return, an error): a kept connection goes back to
+    # the pool before the next prompt can ask for it
+    async with contextlib.aclosing(exchange):
+        async for reply in exchange:
+            if type(reply) is SealedChunk:  # a live-wire chunk, read from its line
+                payload = reader.read_sealed(reply)
+            elif isinstance(reply, Response | Failure):  # a failure: a live-wire error, sealed
+                response = reply if isinstance(reply, Response) else reply.response
+                if response.error is not None:
+                    raise _refusal(response.error, key, provider_pubkey)
+                assert response.result is not None
+                payload = reader.read(response.result)
+            elif isinstance(reply, End):
+                break
+            elif isinstance(reply, Data):
+                reader.count(len(reply.chunk))
+                payload = parse_chunk(reply.chunk)
+                if payload == "[DONE]":  # the signed END follows
+                    finished = True
+                    continue
+            else:
+                continue  # the fast channel's accept, a checkpoint: checked by its reader
+            if payload == "[DONE]":
+                return
+            if not body.get("stream"):
                 finished = True
-                continue
-        else:
-            continue  # the fast channel's accept, a checkpoint: checked by its reader
-        if payload == "[DONE]":
-            return
-        if not body.get("stream"):
-            finished = True
-        yield payload
+            yield payload
     if isinstance(replies, Replies):
         replies.finish()
     if not finished:

@@ -49,7 +49,7 @@ from mor_workbench.router.journal import JournalEntry, SessionJournal
 from mor_workbench.router.scoring import Score, ScoreInput, score_bid
 from mor_workbench.router.states import SessionEvent, SessionState
 from mor_workbench.router.strategy import Cooldowns, Strategy
-from mor_workbench.router.transport import TCP, PeerTransport
+from mor_workbench.router.transport import TCP, ConnectionPool, PeerTransport
 
 __all__ = ["NoProviderAvailable", "OpenSession", "RankedBid", "Router", "rank_bids", "rank_book"]
 
@@ -98,6 +98,7 @@ class OpenSession:
     approval_hash: str
     price_per_second: int = 0
     fast_channel: bool = False  # the provider advertised it: prompts offer the fast channel
+    keep_alive: bool = False  # it keeps connections open after such prompts (KEEP_ALIVE)
 
 
 async def rank_bids(chain: Chain, model: str) -> list[RankedBid]:
@@ -159,6 +160,8 @@ class Router:
         # refuse it (a spend cap); told the session id once paid (`SpendGuard`)
         self.spend_guard: SpendGuard | None = None
         self.transport = transport
+        # idle connections to providers that keep them alive, for the next prompt's request
+        self.connections = ConnectionPool()
         # told "opened" or "closed" with the session, on this router's loop, after each change
         self.on_change = on_change
         self.standing_allowance = standing_allowance  # wei the Diamond may spend without asking
@@ -398,6 +401,7 @@ class Router:
             entry.approval_hash,
             bid.price_per_second,
             self.fast_channel and peer.supports_fast_channel(pong),
+            self.fast_channel and peer.supports_keep_alive(pong),
         )
 
     # ----- prompts -----
@@ -424,6 +428,7 @@ class Router:
             transport=self.transport,
             fast_channel=session.fast_channel,
             offer=offer,
+            pool=self.connections if session.keep_alive else None,
         ):
             yield payload
             if ahead and session.session_id in self.opened:
@@ -621,10 +626,11 @@ class Router:
             log.warning("could not close session 0x%s yet: %s", session.session_id.hex(), exc)
 
     async def drain(self) -> None:
-        """Wait for background closes; stop housekeeping."""
+        """Wait for background closes; stop housekeeping; close idle connections."""
         await cancel_and_wait(self._housekeeper)
         self._housekeeper = None
         await self.wait_for_closes()
+        self.connections.close()
 
     async def wait_for_closes(self) -> None:
         """Wait for the background closes `close_soon` started (housekeeping goes on)."""
