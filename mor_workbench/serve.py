@@ -250,12 +250,25 @@ async def _complete(request: web.Request, body: dict[str, Any], record: CallReco
 async def _stream(
     request: web.Request, body: dict[str, Any], record: CallRecord
 ) -> tuple[web.StreamResponse, str]:
-    """The answer as SSE; the last chunk carries `morpheus`. The outcome for the log."""
+    """The answer as SSE; the last chunk carries `morpheus`. The outcome for the log.
+
+    The headers wait until the request can no longer be refused (so a refusal still gets its
+    HTTP status, and the headers can name the provider and session): until the provider
+    accepts it on the fast channel (its model took the prompt; the client then reads the
+    headers while the model works on the first token, as from OpenAI), else until the first
+    payload."""
     payloads = request.app[WORKBENCH_KEY].payloads(body, record)
+    accepted = asyncio.Event()
+    record.on_accept = accepted.set
+    first_payload = asyncio.ensure_future(anext(payloads, None))
     try:
-        # The first payload comes before the headers, so a refusal still gets its HTTP status
-        # (and the headers can name the provider and session).
-        first = await anext(payloads, None)
+        acceptance = asyncio.ensure_future(accepted.wait())
+        try:
+            await asyncio.wait([first_payload, acceptance], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            acceptance.cancel()
+        if first_payload.done():
+            first_payload.result()  # a refusal raises here, before the headers
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -268,6 +281,7 @@ async def _stream(
             await response.prepare(request)
             held: dict[str, Any] | None = None  # a last-looking chunk, kept for `morpheus`
             try:
+                first = await first_payload
                 if first is not None:
                     async for payload in _chain(first, payloads):
                         if held is not None:
@@ -295,6 +309,8 @@ async def _stream(
             outcome = "the client went away"  # nobody is left to tell
         return response, outcome
     finally:
+        first_payload.cancel()
+        await asyncio.gather(first_payload, return_exceptions=True)
         await payloads.aclose()
 
 

@@ -153,15 +153,37 @@ async def test_concurrent_prompts_on_one_session_each_get_a_channel_of_their_own
     await market["router"].close(session)
 
 
-async def test_a_backend_refusal_comes_through_the_channel_typed(market) -> None:
+async def test_a_backend_refusal_comes_before_any_accept_typed(market) -> None:
     server = await market["server"]()
     session = await _open(market, server)
+    accepted: list[bool] = []
+    request = {"model": MODEL, "messages": MESSAGES, "stream": True, "temperature": 3}
     with pytest.raises(RequestRejected) as refused:
-        await _answer(market, session, stream=True, temperature=3)
+        async for _ in market["router"].stream(
+            session, request, on_accept=lambda: accepted.append(True)
+        ):
+            pass
     assert refused.value.param == "temperature"
     wire = bytes(market["wire"].received[-1])
-    # the accept, then the refusal sealed in the channel (not a JSON error of its own)
-    assert _json_lines(wire) == 1 and b'"fastChannel":"0x' in wire
+    # the provider accepts a prompt once its model took it: a refusal by the model comes
+    # first, as the live wire's signed error (one JSON line), and nobody was told "accepted"
+    assert _json_lines(wire) == 1 and b"fastChannel" not in wire and b'"error"' in wire
+    assert not accepted
+    payloads, _ = await _answer(market, session, stream=True)
+    assert _text(payloads)
+    await market["router"].close(session)
+
+
+async def test_the_accept_comes_before_the_first_chunk(market) -> None:
+    server = await market["server"]()
+    session = await _open(market, server)
+    events: list[str] = []
+    request = {"model": MODEL, "messages": MESSAGES, "stream": True}
+    async for _ in market["router"].stream(
+        session, request, on_accept=lambda: events.append("accepted")
+    ):
+        events.append("chunk")
+    assert events[0] == "accepted" and events.count("accepted") == 1 and len(events) > 2
     await market["router"].close(session)
 
 

@@ -108,11 +108,33 @@ async def test_unknown_model_is_a_clear_404(api: openai.AsyncOpenAI) -> None:
     assert "llama-3.3-70b" in caught.value.message  # it names the models there are
 
 
-async def test_a_request_the_provider_refuses_is_a_400(api: openai.AsyncOpenAI) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["completion", "stream"])
+async def test_a_request_the_provider_refuses_is_a_400(
+    api: openai.AsyncOpenAI, stream: bool
+) -> None:
+    # a stream's headers wait for the provider's accept, which waits for its model to take
+    # the request: a refusal by the model still gets its HTTP status
     with pytest.raises(openai.BadRequestError, match="tool_choice"):
         await api.chat.completions.create(
-            model="llama-3.3-70b", messages=MESSAGES, tool_choice="required"
+            model="llama-3.3-70b", messages=MESSAGES, tool_choice="required", stream=stream
         )
+
+
+async def test_a_streams_headers_come_once_the_model_took_the_request(workbench) -> None:
+    """As from OpenAI: the status and headers come while the model works on its first token
+    (the provider's accept on the fast channel), not with that token, so the client has
+    read them by then; the body follows as the tokens come."""
+    body = {"model": "llama-3.3-70b", "messages": MESSAGES, "stream": True, "max_tokens": 8}
+    async with running(make_app(workbench)) as base_url, aiohttp.ClientSession() as http:
+        for _ in range(2):  # a new session's first prompt, then a prompt on it
+            async with http.post(f"{base_url}/chat/completions", json=body) as response:
+                assert response.status == 200
+                assert response.headers["x-morpheus-provider"].startswith("0x")
+                # the sandbox's models take 30 ms or more to their first token: nothing of
+                # the body has come with the headers (before, the first chunk did)
+                assert response.content.total_bytes == 0
+                events = [line async for line in response.content if line.startswith(b"data:")]
+            assert events[-1] == b"data: [DONE]\n" and len(events) > 3
 
 
 async def test_the_api_key_is_required_and_never_echoed(api: openai.AsyncOpenAI) -> None:
@@ -174,6 +196,10 @@ async def test_router_failures_map_to_http_statuses(
 ) -> None:
     monkeypatch.setenv("MOR_WORKBENCH_HOME", str(tmp_path))
     workbench = await mor.aconnect("sandbox", sandbox_dir=sandbox_dir, **options)
+    # the live wire, where nothing comes before the first chunk: a stall before it is the
+    # call's failure, however late the machine runs its timers (on the fast channel a stall
+    # after the provider's accept comes after the headers, as an error event)
+    workbench.router.fast_channel = False
     async with running(make_app(workbench)) as base_url:
         for stream in (False, True):
             with pytest.raises(openai.APIStatusError) as caught:

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -448,7 +449,8 @@ class Replies:
     accept, which must be signed by `provider_key` (the 65-byte key the session was approved
     with) and switches to frames (state CHANNEL: `Data`, `Failure`, `Checkpoint` and last
     `End`). The accept itself yields no event: the wait for the first chunk stays the wait
-    for the first reply (the caller's first-reply timeout, not its idle one).
+    for the first reply (the caller's first-reply timeout, not its idle one); `on_accept`,
+    when given, is called as it is read (our provider accepts once its model took the prompt).
     Frames are checked as the module docstring says; call `finish()` once the connection has
     closed. Raises `ChunkForged`, `ChunkReplayed`, `ChunkMissing`, `TranscriptForged`,
     `StreamTruncated` or `RemoteProtocolError`; the reader is unusable afterwards."""
@@ -460,6 +462,7 @@ class Replies:
     consumer_key: bytes
     provider_key: bytes
     max_message: int
+    on_accept: Callable[[], None] | None = None
     state: ReplyState = ReplyState.FIRST
     seq: int = 0
     _json: Decoder = field(init=False, repr=False)
@@ -511,6 +514,8 @@ class Replies:
             return [first, *(self._response(o) for o in objects[1:] + self._json.feed(rest))]
         verify(result, public_key=self.provider_key)
         self._open(result.fast_channel)
+        if self.on_accept is not None:
+            self.on_accept()
         # the accept's line ends with a newline; when the bytes broke just before it, the
         # newline opens the next bytes, ahead of the first frame
         self._newline_due = line_end < 0

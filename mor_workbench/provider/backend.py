@@ -28,10 +28,11 @@ path httpx took milliseconds per request, aiohttp a fraction of one (issue 16 §
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -82,7 +83,8 @@ class BackendHttp:
 
 @dataclass
 class BackendStream:
-    """Measurements of one backend call, filled in as chunks arrive."""
+    """Measurements of one backend call, filled in as chunks arrive; `responded` is set once
+    the backend took the request (its response status a success), before its first chunk."""
 
     started: float = 0.0
     first_token_at: float | None = None
@@ -91,6 +93,7 @@ class BackendStream:
     completion_tokens: int = 0
     chunks: int = 0
     output_chunks: int = 0
+    responded: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def ttft_ms(self) -> int:
@@ -221,6 +224,7 @@ class OpenAIBackend:
         stats.started = time.monotonic()
         async with self._post(request) as response:
             await _raise_for_status(response)
+            stats.responded.set()
             if not streaming:
                 completion = json.loads(await response.read())
                 stats.first_token_at = stats.finished_at = time.monotonic()

@@ -109,10 +109,29 @@ class BackendAnswer:
         self.stats = stats
         self._chunks = chunks
         self._first: asyncio.Future[Any] | None = None
+        self._started = False
 
     def start(self) -> None:
-        """Send the request now, without waiting for its first chunk."""
-        self._first = asyncio.ensure_future(anext(self._chunks))
+        """Send the request now, without waiting for its first chunk (once: later calls do
+        nothing)."""
+        if not self._started:
+            self._started = True
+            self._first = asyncio.ensure_future(anext(self._chunks))
+
+    async def responded(self) -> bool:
+        """Send the request (`start`) and wait until the backend took it (its response status
+        a success: `BackendStream.responded`) or the answer's first step ended; False when
+        that step failed (the failure is raised by the first `__anext__`)."""
+        self.start()
+        first = self._first
+        if first is None:  # the first chunk was already taken: it answered
+            return True
+        taken = asyncio.ensure_future(self.stats.responded.wait())
+        try:
+            await asyncio.wait([first, taken], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            taken.cancel()
+        return not (first.done() and not first.cancelled() and first.exception() is not None)
 
     def __aiter__(self) -> BackendAnswer:
         return self
@@ -383,7 +402,19 @@ class RequestHandler:
     ) -> None:
         """Answer a verified prompt on the fast channel it offered: the signed accept, then
         sealed chunks, any failure sealed too (the live wire's signed error response), and
-        the signed END (`mor_workbench.protocol.fastchannel`)."""
+        the signed END (`mor_workbench.protocol.fastchannel`).
+
+        The accept waits for the backend to take the request, so that an accepted prompt is
+        one the model is answering: a consumer may tell its own client so (`serve` sends its
+        HTTP status then) and a refusal by the backend (a 4xx for the request's parameters)
+        still comes before any accept, on the live wire, as any refusal of the prompt does."""
+        if not await answer.responded():
+
+            async def never(payload: Any) -> None:
+                raise AssertionError("a backend answer that failed has no chunk")
+
+            await self._forward(req.session_id, answer, never, user_key, request_id, send)
+            return
         public, sender = accept_offer(
             req.fast_channel,
             identity_key=self._key,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +71,17 @@ class CallRecord:
     """Which surface made the call ("langchain", "serve", "%%mor", …), for budget reports."""
     streamed: bool | None = None
     """True once a streamed chunk arrived, False for a whole completion, None before either."""
+    accepted: float | None = None
+    """When (time.monotonic(), s) a provider accepted the request on the fast channel: its
+    model took the prompt (None on the live wire, which has no such moment)."""
+    on_accept: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    """Called as the request is accepted (`serve` sends its HTTP status then)."""
+
+    def accept(self) -> None:
+        """Note that a provider accepted the request (see `accepted`)."""
+        self.accepted = time.monotonic()
+        if self.on_accept is not None:
+            self.on_accept()
 
     def bind(self, session: OpenSession) -> None:
         self.provider = session.provider
@@ -305,7 +316,7 @@ async def run_call(
         session = lease.opened
         record.bind(session)
         request = resume_body(body, produced) if produced else body
-        answer = router.stream(session, request, timeout=timeout)
+        answer = router.stream(session, request, timeout=timeout, on_accept=record.accept)
         try:
             async for payload in _until(time.monotonic() + deadline_s, answer):
                 produced += record.observe(payload)

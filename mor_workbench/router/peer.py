@@ -422,6 +422,7 @@ async def prompt(
     prompt_boxes: BoxSealer | None = None,
     offer: Offer | None = None,
     pool: ConnectionPool | None = None,
+    on_accept: Callable[[], None] | None = None,
 ) -> AsyncIterator[Any]:
     """Send an OpenAI request body; yield each verified, decrypted payload (chunks, or the
     completion), stopping at "[DONE]". Timeouts in seconds. With `encrypt` the body goes
@@ -435,7 +436,9 @@ async def prompt(
     one that does not answers on the live wire, read as below. With `pool` as well (a
     provider that keeps connections alive: `supports_keep_alive`) the request goes on an idle
     connection of the pool when there is one, and its connection goes back to the pool when
-    the answer ended cleanly (`transport.call`).
+    the answer ended cleanly (`transport.call`). `on_accept` is called when the provider
+    accepts the offer (the fast channel's signed accept: our provider sends it once its model
+    took the prompt); on the live wire there is no such moment.
 
     Every chunk must be signed by `provider_pubkey`, seen once (a repeated signature is a
     replay), encrypted to us and a JSON object; the answer may not exceed `output_cap(body)`
@@ -467,6 +470,7 @@ async def prompt(
             signer.public_key_65,
             provider_pubkey,
             CONSUMER_MESSAGE_LIMIT,
+            on_accept,
         )
     reader = ChunkReader(key, provider_pubkey, output_cap(body))
     finished = False

@@ -406,10 +406,16 @@ class Router:
 
     # ----- prompts -----
     async def stream(
-        self, session: OpenSession, body: dict[str, Any], *, timeout: float = 60.0
+        self,
+        session: OpenSession,
+        body: dict[str, Any],
+        *,
+        timeout: float = 60.0,
+        on_accept: Callable[[], None] | None = None,
     ) -> AsyncIterator[Any]:
         """The provider's verified, decrypted chunks (or completion) for one request body;
-        `timeout` bounds the wait for the first reply and between chunks (a stall)."""
+        `timeout` bounds the wait for the first reply and between chunks (a stall);
+        `on_accept` is called when the provider accepts it on the fast channel (`peer.prompt`)."""
         await self._recheck_attestation(session)
         # the fast channel's key for this prompt: made ahead (after the last prompt's first
         # chunk), each used once, so its making is off the time to first token
@@ -429,6 +435,7 @@ class Router:
             fast_channel=session.fast_channel,
             offer=offer,
             pool=self.connections if session.keep_alive else None,
+            on_accept=on_accept,
         ):
             yield payload
             if ahead and session.session_id in self.opened:
