@@ -14,7 +14,11 @@ Handshake, riding on the prompt and the first reply (no extra round trip), once 
   prompt, and refuses a replayed prompt signature);
 - the provider makes a fresh X25519 key pair and answers with a `SessionPromptRes` carrying
   its public key `pe`, signed by its registered key (the consumer checks it against the key
-  the provider approved the session with, whose address is the bid's provider).
+  the provider approved the session with, whose address is the bid's provider). Our provider
+  sends this accept once its model took the prompt (the backend's success status), so an
+  accepted prompt is one being answered: a refusal by the model comes instead of the accept,
+  as the live wire's signed error, and a consumer may tell its own client at the accept
+  (`serve` sends its HTTP status then).
 Per prompt rather than per session: no state outlives an answer on either side (concurrent
 prompts on one session, a restarted provider and failover need nothing kept), every answer
 gets keys of its own, and the cost (one X25519 exchange and HKDF each side, one signature
