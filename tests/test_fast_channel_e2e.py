@@ -5,22 +5,15 @@ the live wire gives; a provider with it turned off keeps the live wire, even whe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 
 import pytest
 
-from mor_workbench.chain import listings
-from mor_workbench.chain.client import Chain
-from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.errors import RequestRejected
-from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.handler import RequestHandler
 from mor_workbench.provider.server import ProviderServer
-from mor_workbench.router.journal import SessionJournal
-from mor_workbench.router.router import OpenSession, Router
+from mor_workbench.router.router import OpenSession
 from mor_workbench.router.transport import TCP, PeerConnection
-from mor_workbench.sandbox.model_server import ModelServer
 
 MODEL = "llama-3.3-70b"
 MESSAGES = [{"role": "user", "content": "tell me about the fast channel"}]
@@ -65,28 +58,9 @@ class RecordingTcp:
 
 
 @pytest.fixture
-async def market(sandbox_info, tmp_path):
-    """Provider servers on demand (as the sandbox's provider:balanced), a recording router."""
-    chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
-    provider = sandbox_info.signer("provider:balanced")
-    model_id, _ = await listings.resolve_model(chain, MODEL)
-    backend = ModelServer([MODEL], profile="fast")
-    async with backend, contextlib.AsyncExitStack() as stack:
-        config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
-
-        async def server(kind: type[ProviderServer] = ProviderServer) -> ProviderServer:
-            made = kind(signer=provider, chain=chain, models=[config], claim_interval=None)
-            return await stack.enter_async_context(made)
-
-        wire = RecordingTcp()
-        router = Router(
-            chain,
-            sandbox_info.signer("consumer"),
-            SessionJournal(tmp_path / "journal.sqlite3"),
-            transport=wire,
-        )
-        yield {"server": server, "router": router, "wire": wire, "provider": provider}
-    await chain.rpc.aclose()
+def wire() -> RecordingTcp:
+    """The router's transport (see conftest's `market`): every connection's bytes kept."""
+    return RecordingTcp()
 
 
 async def _open(market, server: ProviderServer) -> OpenSession:

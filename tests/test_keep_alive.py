@@ -7,23 +7,16 @@ one request per connection."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 
 import pytest
 
-from mor_workbench.chain import listings
-from mor_workbench.chain.client import Chain
-from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.provider import transport as provider_transport
-from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.handler import RequestHandler
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router import peer
-from mor_workbench.router.journal import SessionJournal
-from mor_workbench.router.router import OpenSession, Router
+from mor_workbench.router.router import OpenSession
 from mor_workbench.router.transport import TCP, PeerConnection
-from mor_workbench.sandbox.model_server import ModelServer
 
 MODEL = "llama-3.3-70b"
 BODY = {
@@ -104,32 +97,9 @@ class DropsSecondRequest:
 
 
 @pytest.fixture
-async def market(sandbox_info, tmp_path):
-    """Provider servers on demand (as the sandbox's provider:balanced) and a router whose
-    connections are counted."""
-    chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
-    provider = sandbox_info.signer("provider:balanced")
-    model_id, _ = await listings.resolve_model(chain, MODEL)
-    backend = ModelServer([MODEL], profile="fast")
-    async with backend, contextlib.AsyncExitStack() as stack:
-        config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
-
-        async def server(kind: type[ProviderServer] = ProviderServer, **options) -> ProviderServer:
-            made = kind(
-                signer=provider, chain=chain, models=[config], claim_interval=None, **options
-            )
-            return await stack.enter_async_context(made)
-
-        wire = CountingTcp()
-        router = Router(
-            chain,
-            sandbox_info.signer("consumer"),
-            SessionJournal(tmp_path / "journal.sqlite3"),
-            transport=wire,
-        )
-        yield {"server": server, "router": router, "wire": wire, "provider": provider}
-        await router.drain()
-    await chain.rpc.aclose()
+def wire() -> CountingTcp:
+    """The router's transport (see conftest's `market`): connections counted."""
+    return CountingTcp()
 
 
 async def _open(market, endpoint: str) -> OpenSession:

@@ -13,50 +13,32 @@ import time
 
 import pytest
 
-from mor_workbench.chain import listings
-from mor_workbench.chain.client import Chain
-from mor_workbench.chain.rpc import RpcClient
 from mor_workbench.errors import ConfigurationError
 from mor_workbench.market import tables
 from mor_workbench.protocol import Decoder, PingReq, PongRes, Request, Response, sign
-from mor_workbench.provider.config import ModelConfig
 from mor_workbench.provider.server import ProviderServer
 from mor_workbench.router import peer
 from mor_workbench.router.journal import SessionJournal
 from mor_workbench.router.router import OpenSession, Router
-from mor_workbench.sandbox.model_server import ModelServer
 
 MODEL = "llama-3.3-70b"
 TRICKLE_S = 2.0  # the attackers' pause between bytes
 
 
 @pytest.fixture
-async def market(sandbox_info, tmp_path):
-    """Build a provider server (as the sandbox's provider:balanced, with `settings`) on demand."""
-    chain = Chain(RpcClient(sandbox_info.rpc_url), sandbox_info.deployment)
-    provider = sandbox_info.signer("provider:balanced")
-    model_id, _ = await listings.resolve_model(chain, MODEL)
-    backend = ModelServer([MODEL], profile="fast")
-    async with backend, contextlib.AsyncExitStack() as stack:
-        config = ModelConfig(model_id, MODEL, backend.base_url + "/chat/completions")
-
-        async def server(**settings: float) -> ProviderServer:
-            made = ProviderServer(
-                signer=provider, chain=chain, models=[config], claim_interval=None, **settings
-            )
-            return await stack.enter_async_context(made)
-
-        bids = await tables.bids(chain, MODEL)
-        yield {
-            "server": server,
-            "chain": chain,
-            "provider": provider,
-            "consumer": sandbox_info.signer("consumer"),
-            "bid": bids[bids["provider"] == provider.address].iloc[0],
-            "model_id": model_id,
-            "journal": tmp_path / "journal.sqlite3",
-        }
-    await chain.rpc.aclose()
+async def market(provider_servers, sandbox_info, tmp_path):
+    """Provider servers on demand (with `settings`) and what a consumer needs to reach them."""
+    chain, provider = provider_servers.chain, provider_servers.provider
+    bids = await tables.bids(chain, MODEL)
+    return {
+        "server": provider_servers.make,
+        "chain": chain,
+        "provider": provider,
+        "consumer": sandbox_info.signer("consumer"),
+        "bid": bids[bids["provider"] == provider.address].iloc[0],
+        "model_id": provider_servers.model_id,
+        "journal": tmp_path / "journal.sqlite3",
+    }
 
 
 async def slow_connection(
