@@ -153,14 +153,9 @@ class ConnectionPool:
 
     def take(self, endpoint: str) -> PeerConnection | None:
         """The most recently released connection to `endpoint` still open, else None."""
-        self._sweep()
+        self._sweep()  # what is left is open and fresh
         idle = self._idle.get(endpoint)
-        while idle:
-            _, connection = idle.pop()
-            if connection.open:
-                return connection
-            connection.close()
-        return None
+        return idle.pop()[1] if idle else None
 
     def release(self, endpoint: str, connection: PeerConnection) -> None:
         """Keep `connection` (its request fully answered) for the next request to `endpoint`."""
