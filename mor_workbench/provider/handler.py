@@ -121,11 +121,11 @@ class BackendAnswer:
     async def responded(self) -> bool:
         """Send the request (`start`) and wait until the backend took it (its response status
         a success: `BackendStream.responded`) or the answer's first step ended; False when
-        that step failed (the failure is raised by the first `__anext__`)."""
+        that step failed (the failure is raised by the first `__anext__`). Asked before the
+        answer is read."""
         self.start()
         first = self._first
-        if first is None:  # the first chunk was already taken: it answered
-            return True
+        assert first is not None, "responded() is asked before the answer is read"
         taken = asyncio.ensure_future(self.stats.responded.wait())
         try:
             await asyncio.wait([first, taken], return_when=asyncio.FIRST_COMPLETED)

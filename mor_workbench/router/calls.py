@@ -71,15 +71,13 @@ class CallRecord:
     """Which surface made the call ("langchain", "serve", "%%mor", …), for budget reports."""
     streamed: bool | None = None
     """True once a streamed chunk arrived, False for a whole completion, None before either."""
-    accepted: float | None = None
-    """When (time.monotonic(), s) a provider accepted the request on the fast channel: its
-    model took the prompt (None on the live wire, which has no such moment)."""
     on_accept: Callable[[], None] | None = field(default=None, repr=False, compare=False)
-    """Called as the request is accepted (`serve` sends its HTTP status then)."""
+    """Called as a provider accepts the request on the fast channel, its model having taken
+    the prompt (`serve` sends its HTTP status then); the live wire has no such moment."""
 
     def accept(self) -> None:
-        """Note that a provider accepted the request (see `accepted`)."""
-        self.accepted = time.monotonic()
+        """A provider accepted the request: tell `on_accept`, set when the call was already
+        under way."""
         if self.on_accept is not None:
             self.on_accept()
 
